@@ -1,0 +1,11 @@
+//! shoal: flags → Config → run. Nothing else lives here.
+
+mod config;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let config = config::Config::parse();
+    let _ = config;
+    Ok(())
+}
