@@ -1,11 +1,29 @@
 //! shoal: flags → Config → run. Nothing else lives here.
 
+mod api;
+mod body;
 mod config;
+mod daemon;
+mod listen;
+mod proxy;
+mod tls;
 
+use anyhow::Context;
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = config::Config::parse();
-    let _ = config;
+    let filter = EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid --log-level {:?}", config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(daemon::run(config))?;
     Ok(())
 }

@@ -1,0 +1,113 @@
+//! Wires the parts together for one run of the daemon: listeners in front,
+//! the proxy behind, and a shutdown that closes everything it opened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::Api;
+use crate::config::{expand_home, Config};
+use crate::listen::{ListenAddr, ListenError, Listener};
+use crate::proxy::engine::{EngineAddr, EngineAddrError};
+use crate::proxy::Proxy;
+use crate::tls::{self, TlsError};
+
+/// How long in-flight requests get to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Engine(#[from] EngineAddrError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let proxy = Proxy::new(
+        &config.engine,
+        EngineAddr::parse(&config.engine)?,
+        engine_tls(&config)?,
+        shutdown.clone(),
+        tasks.clone(),
+    );
+    let api = Api::new(proxy);
+
+    let listeners = bind_all(&config).await?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+
+    let serving = TaskTracker::new();
+    for listener in listeners {
+        tracing::info!(address = %listener.describe(), engine = %config.engine, "shoal listening");
+        serving.spawn(listener.serve(api.clone(), shutdown.clone(), tasks.clone()));
+    }
+    serving.close();
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+    // Listeners stop accepting and remove their sockets first.
+    serving.wait().await;
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish in time; closing them");
+    }
+    Ok(())
+}
+
+/// Binds every `-H` address before serving any, so a bad one fails the start.
+async fn bind_all(config: &Config) -> Result<Vec<Listener>, StartError> {
+    let acceptor = client_tls(config)?;
+    let mut listeners = Vec::new();
+    for host in &config.hosts {
+        let addr = ListenAddr::parse(host, config.serves_tls())?;
+        let tls = matches!(addr, ListenAddr::Tcp(_))
+            .then(|| acceptor.clone())
+            .flatten();
+        listeners.push(Listener::bind(&addr, tls).await?);
+    }
+    Ok(listeners)
+}
+
+/// The TLS acceptor for tcp:// listeners, when `--tls` or `--tlsverify` is set.
+fn client_tls(config: &Config) -> Result<Option<TlsAcceptor>, StartError> {
+    if !config.serves_tls() {
+        return Ok(None);
+    }
+    let ca = config.tlsverify.then(|| expand_home(&config.tlscacert));
+    let server = tls::server_config(
+        &expand_home(&config.tlscert),
+        &expand_home(&config.tlskey),
+        ca.as_deref(),
+    )?;
+    Ok(Some(TlsAcceptor::from(Arc::new(server))))
+}
+
+fn engine_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, StartError> {
+    if !config.engine_tls() {
+        return Ok(None);
+    }
+    let cert_and_key = config
+        .engine_tlscert
+        .as_deref()
+        .zip(config.engine_tlskey.as_deref());
+    let client = tls::engine_client_config(config.engine_tlscacert.as_deref(), cert_and_key)?;
+    Ok(Some(Arc::new(client)))
+}
