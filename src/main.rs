@@ -2,6 +2,7 @@
 
 mod api;
 mod body;
+mod ca;
 mod config;
 mod daemon;
 mod listen;
