@@ -1,6 +1,9 @@
 //! shoal: flags → Config → run. Nothing else lives here.
 
 mod config;
+mod raft;
+mod store;
+mod types;
 
 use clap::Parser;
 
