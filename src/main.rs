@@ -7,7 +7,10 @@ mod config;
 mod daemon;
 mod listen;
 mod proxy;
+mod raft;
+mod store;
 mod tls;
+mod types;
 
 use anyhow::Context;
 use clap::Parser;

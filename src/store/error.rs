@@ -1,0 +1,58 @@
+//! Errors of the store part.
+
+use crate::types::Kind;
+use serde::{Deserialize, Serialize};
+
+/// Why a transaction or lookup failed. A failed transaction changed nothing.
+/// Serializable because it travels back to the proposer as the raft
+/// response of a committed no-op.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StoreError {
+    #[error("{kind} {id} already exists")]
+    AlreadyExists { kind: Kind, id: String },
+    /// Another object of the kind has the same name, compared
+    /// case-insensitively as swarmkit does.
+    #[error("{kind} name {name:?} is already in use")]
+    NameConflict { kind: Kind, name: String },
+    #[error("{kind} {id} not found")]
+    NotFound { kind: Kind, id: String },
+    /// The writer's `Version.Index` is not the stored one. The engine's text.
+    #[error("update out of sequence")]
+    OutOfSequence {
+        kind: Kind,
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// A reference matched several objects by name or ID prefix.
+    #[error("{kind} {reference} is ambiguous ({count} matches)")]
+    Ambiguous {
+        kind: Kind,
+        reference: String,
+        count: usize,
+    },
+    #[error("invalid {kind}: {reason}")]
+    Invalid { kind: Kind, reason: String },
+}
+
+/// Why an object could not be encoded or decoded for disk.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Why a proposal did not produce an outcome.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; writes go to `leader` (forwarding comes
+    /// with the transport).
+    #[error("this node is not the raft leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("raft is shutting down")]
+    ShuttingDown,
+    #[error("raft failed: {0}")]
+    Raft(String),
+}

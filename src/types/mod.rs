@@ -1,0 +1,206 @@
+//! Swarm objects as the store keeps them.
+//!
+//! Every object is one of bollard's Engine API models (API 1.53), so a spec
+//! keeps every field a client sent and drops the ones the API does not know
+//! (deserialising into the bollard type does exactly that). The only wrapper
+//! is [`SwarmNetwork`]: the engine's `Network` shape has no `Version`, so the
+//! store keeps that beside it. Conversion to wire JSON is `serde_json::to_*`
+//! of the inner model.
+
+#![allow(dead_code)] // wired by the api in issue 4
+
+mod id;
+mod time;
+
+pub use id::{new_id, ID_LEN};
+pub use time::Timestamp;
+
+use bollard::models::{Config, Network, Node, ObjectVersion, Secret, Service, Swarm, Task};
+use serde::{Deserialize, Serialize};
+
+/// The tables of the store, one per kind of swarm object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Cluster,
+    Node,
+    Service,
+    Task,
+    Secret,
+    Config,
+    Network,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Cluster,
+        Kind::Node,
+        Kind::Service,
+        Kind::Task,
+        Kind::Secret,
+        Kind::Config,
+        Kind::Network,
+    ];
+
+    /// Dense index, for per-kind arrays.
+    pub fn slot(self) -> usize {
+        self as usize
+    }
+
+    /// Kinds whose name must be unique (case-insensitively), as in swarmkit.
+    /// Nodes are looked up by hostname but two nodes may share one.
+    pub fn unique_names(self) -> bool {
+        matches!(
+            self,
+            Kind::Service | Kind::Secret | Kind::Config | Kind::Network
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cluster",
+            Kind::Node => "node",
+            Kind::Service => "service",
+            Kind::Task => "task",
+            Kind::Secret => "secret",
+            Kind::Config => "config",
+            Kind::Network => "network",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A swarm-scoped network: the engine's `Network` JSON (what `/networks`
+/// returns, with `Id`, `Name`, `Created`, `Scope:"swarm"`) plus the object
+/// meta the engine's shape lacks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmNetwork {
+    #[serde(rename = "Version", default)]
+    pub version: ObjectVersion,
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Network")]
+    pub network: Network,
+}
+
+/// One stored object. The variant is the table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Object {
+    Cluster(Swarm),
+    Node(Node),
+    Service(Service),
+    Task(Task),
+    Secret(Secret),
+    Config(Config),
+    Network(SwarmNetwork),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Cluster(_) => Kind::Cluster,
+            Object::Node(_) => Kind::Node,
+            Object::Service(_) => Kind::Service,
+            Object::Task(_) => Kind::Task,
+            Object::Secret(_) => Kind::Secret,
+            Object::Config(_) => Kind::Config,
+            Object::Network(_) => Kind::Network,
+        }
+    }
+
+    /// The object's ID, `""` when unset.
+    pub fn id(&self) -> &str {
+        let id = match self {
+            Object::Cluster(o) => &o.id,
+            Object::Node(o) => &o.id,
+            Object::Service(o) => &o.id,
+            Object::Task(o) => &o.id,
+            Object::Secret(o) => &o.id,
+            Object::Config(o) => &o.id,
+            Object::Network(o) => &o.network.id,
+        };
+        id.as_deref().unwrap_or("")
+    }
+
+    /// `Version.Index`: the raft index of the object's last write.
+    pub fn version(&self) -> Option<u64> {
+        let v = match self {
+            Object::Cluster(o) => o.version.as_ref(),
+            Object::Node(o) => o.version.as_ref(),
+            Object::Service(o) => o.version.as_ref(),
+            Object::Task(o) => o.version.as_ref(),
+            Object::Secret(o) => o.version.as_ref(),
+            Object::Config(o) => o.version.as_ref(),
+            Object::Network(o) => Some(&o.version),
+        };
+        v.and_then(|v| v.index)
+    }
+
+    pub fn created_at(&self) -> Option<&str> {
+        let c = match self {
+            Object::Cluster(o) => &o.created_at,
+            Object::Node(o) => &o.created_at,
+            Object::Service(o) => &o.created_at,
+            Object::Task(o) => &o.created_at,
+            Object::Secret(o) => &o.created_at,
+            Object::Config(o) => &o.created_at,
+            Object::Network(o) => &o.network.created,
+        };
+        c.as_deref()
+    }
+
+    /// The name the API looks the object up by: `Spec.Name` for services,
+    /// secrets and configs, `Name` for networks, `Description.Hostname` for
+    /// nodes. Clusters and tasks have none.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Object::Service(o) => o.spec.as_ref()?.name.as_deref(),
+            Object::Secret(o) => o.spec.as_ref()?.name.as_deref(),
+            Object::Config(o) => o.spec.as_ref()?.name.as_deref(),
+            Object::Network(o) => o.network.name.as_deref(),
+            Object::Node(o) => o.description.as_ref()?.hostname.as_deref(),
+            Object::Cluster(_) | Object::Task(_) => None,
+        }
+    }
+
+    /// For tasks: `(ServiceID, NodeID)`.
+    pub fn task_refs(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Object::Task(t) => (t.service_id.as_deref(), t.node_id.as_deref()),
+            _ => (None, None),
+        }
+    }
+
+    /// Stamp the meta a committed write sets: `Version.Index`, `UpdatedAt`,
+    /// and `CreatedAt` (kept from `created` on update, so a proposer cannot
+    /// rewrite history).
+    pub fn stamp(&mut self, index: u64, at: &str, created: Option<String>) {
+        let version = Some(ObjectVersion { index: Some(index) });
+        let created = Some(created.unwrap_or_else(|| at.to_string()));
+        let updated = Some(at.to_string());
+        macro_rules! meta {
+            ($o:expr) => {{
+                $o.version = version;
+                $o.created_at = created;
+                $o.updated_at = updated;
+            }};
+        }
+        match self {
+            Object::Cluster(o) => meta!(o),
+            Object::Node(o) => meta!(o),
+            Object::Service(o) => meta!(o),
+            Object::Task(o) => meta!(o),
+            Object::Secret(o) => meta!(o),
+            Object::Config(o) => meta!(o),
+            Object::Network(o) => {
+                o.version = ObjectVersion { index: Some(index) };
+                o.network.created = created;
+                o.updated_at = updated;
+            }
+        }
+    }
+}
