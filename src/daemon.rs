@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{expand_home, Config};
 use crate::listen::{ListenAddr, ListenError, Listener};
 use crate::proxy::engine::{EngineAddr, EngineAddrError};
@@ -27,6 +28,8 @@ pub enum StartError {
     Engine(#[from] EngineAddrError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -42,7 +45,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         shutdown.clone(),
         tasks.clone(),
     );
-    let api = Api::new(proxy);
+    let cluster = Arc::new(Cluster::open(&config.data_dir).await?);
+    let api = Api::new(proxy, cluster.clone());
 
     let listeners = bind_all(&config).await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
@@ -69,6 +73,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     {
         tracing::warn!("some connections did not finish in time; closing them");
     }
+    cluster.shutdown().await;
     Ok(())
 }
 

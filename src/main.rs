@@ -3,9 +3,11 @@
 mod api;
 mod body;
 mod ca;
+mod cluster;
 mod config;
 mod daemon;
 mod listen;
+mod netutil;
 mod proxy;
 mod raft;
 mod store;
@@ -18,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = config::Config::parse();
-    let filter = EnvFilter::try_new(&config.log_level)
+    let filter = EnvFilter::try_new(log_filter(&config.log_level))
         .with_context(|| format!("invalid --log-level {:?}", config.log_level))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -30,4 +32,14 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     runtime.block_on(daemon::run(config))?;
     Ok(())
+}
+
+/// A bare level (`info`) applies to shoal; raft's and sled's chatter stays
+/// at warnings unless a full filter asks for it.
+fn log_filter(level: &str) -> String {
+    if level.contains('=') || level.contains(',') {
+        level.to_string()
+    } else {
+        format!("{level},openraft=warn,sled=warn")
+    }
 }

@@ -1,22 +1,34 @@
 //! The HTTP front door. Strips `/vX.YY`, sends swarm paths to shoal's own
-//! handlers and everything else to `proxy`, and turns every error into the
-//! engine's response shape in one place (`error.rs`).
+//! handlers, patches `/info` and `/_ping`, hands everything else to `proxy`,
+//! and turns every error into the engine's response shape in one place
+//! (`error.rs`).
 
 pub mod error;
+mod filters;
+mod info;
+mod nodes;
+mod query;
+mod swarm;
+mod tasks;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use serde::Serialize;
 
-use crate::body::Body;
+use crate::body::{self, Body};
+use crate::cluster::Cluster;
 use crate::proxy::Proxy;
-pub use error::ApiError;
+pub use error::{ApiError, RpcCode};
+use query::Query;
 
 /// Routes each request; cheap to clone per connection.
 #[derive(Clone)]
 pub struct Api {
     proxy: Proxy,
+    cluster: Arc<Cluster>,
 }
 
 /// Who answers a request.
@@ -24,24 +36,124 @@ pub struct Api {
 enum Route {
     /// The swarm API: shoal answers from its own cluster state.
     Swarm,
+    /// An engine endpoint with swarm parts: the engine answers, shoal adds them.
+    Info,
+    Ping,
     /// Everything else: the engine answers, unchanged.
     Engine,
 }
 
 impl Api {
-    pub fn new(proxy: Proxy) -> Self {
-        Self { proxy }
+    pub fn new(proxy: Proxy, cluster: Arc<Cluster>) -> Self {
+        Self { proxy, cluster }
     }
 
     pub async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        let route = route(req.uri().path());
+        let route = route(req.method(), req.uri().path());
         tracing::trace!(method = %req.method(), path = req.uri().path(), ?route, "request");
-        let result = match route {
+        let response = match route {
             Route::Engine => self.proxy.forward(req).await.map_err(ApiError::from),
-            Route::Swarm => Err(ApiError::NotSwarmManager),
+            Route::Info => info::info(&self.cluster, &self.proxy, req).await,
+            Route::Ping => info::ping(&self.cluster, &self.proxy, req).await,
+            Route::Swarm => return Ok(self.swarm(req).await),
         };
-        Ok(result.unwrap_or_else(ApiError::into_response))
+        Ok(response.unwrap_or_else(ApiError::into_response))
     }
+
+    /// shoal's own endpoints answer with the engine's identity headers.
+    async fn swarm(&self, req: Request<Incoming>) -> Response<Body> {
+        let identity = self.proxy.identity().await.ok().cloned();
+        let requested = split_version(req.uri().path()).0.map(str::to_string);
+        let result = match (&identity, requested) {
+            (Some(id), Some(requested)) if !version_le(&requested, &id.api_version) => {
+                Err(ApiError::VersionTooNew {
+                    requested,
+                    max: id.api_version.clone(),
+                })
+            }
+            _ => self.dispatch(req).await,
+        };
+        let mut response = result.unwrap_or_else(ApiError::into_response);
+        if let Some(identity) = identity {
+            for (name, value) in &identity.headers {
+                response.headers_mut().insert(name, value.clone());
+            }
+        }
+        response
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let (parts, body) = req.into_parts();
+        let query = Query::parse(parts.uri.query());
+        let (_, path) = split_version(parts.uri.path());
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let cluster = &*self.cluster;
+        let method = &parts.method;
+        match (method, segments.as_slice()) {
+            (&Method::POST, ["swarm", "init"]) => swarm::init(cluster, &self.proxy, body).await,
+            (&Method::POST, ["swarm", "join"]) => swarm::join(cluster, body).await,
+            (&Method::POST, ["swarm", "leave"]) => swarm::leave(cluster, &query).await,
+            (&Method::POST, ["swarm", "unlock"]) => swarm::unlock(body).await,
+            (&Method::GET, ["swarm"]) => swarm::inspect(cluster).await,
+            (&Method::POST, ["swarm", "update"]) => swarm::update(cluster, &query, body).await,
+            (&Method::GET, ["swarm", "unlockkey"]) => swarm::unlock_key(cluster).await,
+            (_, ["swarm", ..]) => Err(ApiError::page_not_found()),
+            _ => self.managed(method, &segments, &query, body).await,
+        }
+    }
+
+    /// Endpoints that read or change cluster state: a manager is needed.
+    async fn managed(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        query: &Query,
+        body: Incoming,
+    ) -> Result<Response<Body>, ApiError> {
+        let manager = self.cluster.manager().await?;
+        match (method, segments) {
+            (&Method::GET, ["nodes"]) => nodes::list(&manager, query),
+            (&Method::GET, ["nodes", id]) => nodes::inspect(&manager, id),
+            (&Method::POST, ["nodes", id, "update"]) => {
+                nodes::update(&manager, id, query, body).await
+            }
+            (&Method::DELETE, ["nodes", id]) => nodes::remove(&manager, id, query).await,
+            (&Method::GET, ["tasks"]) => tasks::list(&manager, query),
+            (&Method::GET, ["tasks", id]) => tasks::inspect(&manager, id),
+            (_, ["services" | "tasks" | "secrets" | "configs", ..]) => Err(ApiError::NotSupported(
+                "this endpoint (services, secrets and configs come next)",
+            )),
+            _ => Err(ApiError::page_not_found()),
+        }
+    }
+}
+
+/// A JSON answer as the engine writes it: `application/json`, newline-terminated.
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(mut bytes) => {
+            bytes.push(b'\n');
+            let mut response = Response::new(body::full(bytes));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => {
+            ApiError::Internal(format!("cannot encode the response: {error}")).into_response()
+        }
+    }
+}
+
+/// `200` with an empty body, as the engine answers most swarm writes.
+pub fn empty_ok() -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
 }
 
 /// The path without its `/vX.YY` prefix, and the version if there was one.
@@ -51,30 +163,46 @@ pub fn split_version(path: &str) -> (Option<&str>, &str) {
     };
     let end = rest.find('/').unwrap_or(rest.len());
     let version = &rest[..end];
-    let is_version = version
-        .split_once('.')
-        .is_some_and(|(major, minor)| is_digits(major) && is_digits(minor));
-    if is_version {
+    if parse_version(version).is_some() {
         (Some(version), &rest[end..])
     } else {
         (None, path)
     }
 }
 
-fn is_digits(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.split_once('.')?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(major) || !digits(minor) {
+        return None;
+    }
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+fn version_le(a: &str, b: &str) -> bool {
+    match (parse_version(a), parse_version(b)) {
+        (Some(a), Some(b)) => a <= b,
+        _ => true,
+    }
+}
+
+pub fn version_at_least(version: &str, floor: (u32, u32)) -> bool {
+    parse_version(version).is_some_and(|v| v >= floor)
 }
 
 /// Swarm-mode resources; `/networks` is split later by scope, so it is not here.
 const SWARM_RESOURCES: [&str; 6] = ["swarm", "nodes", "services", "tasks", "secrets", "configs"];
 
-fn route(path: &str) -> Route {
+fn route(method: &Method, path: &str) -> Route {
     let (_, path) = split_version(path);
-    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    if SWARM_RESOURCES.contains(&first) {
-        Route::Swarm
-    } else {
-        Route::Engine
+    let mut segments = path.trim_start_matches('/').split('/');
+    let first = segments.next().unwrap_or("");
+    let only = segments.next().is_none();
+    match first {
+        _ if SWARM_RESOURCES.contains(&first) => Route::Swarm,
+        "info" if only && method == Method::GET => Route::Info,
+        "_ping" if only => Route::Ping,
+        _ => Route::Engine,
     }
 }
 
@@ -96,11 +224,21 @@ mod tests {
 
     #[test]
     fn routes_swarm_paths_to_shoal_and_the_rest_to_the_engine() {
-        assert_eq!(route("/v1.41/services/create"), Route::Swarm);
-        assert_eq!(route("/swarm"), Route::Swarm);
-        assert_eq!(route("/v1.47/nodes"), Route::Swarm);
-        assert_eq!(route("/v1.41/containers/json"), Route::Engine);
-        assert_eq!(route("/_ping"), Route::Engine);
-        assert_eq!(route("/servicesx"), Route::Engine);
+        assert_eq!(route(&Method::POST, "/v1.41/services/create"), Route::Swarm);
+        assert_eq!(route(&Method::GET, "/swarm"), Route::Swarm);
+        assert_eq!(route(&Method::GET, "/v1.47/nodes"), Route::Swarm);
+        assert_eq!(route(&Method::GET, "/v1.41/containers/json"), Route::Engine);
+        assert_eq!(route(&Method::GET, "/v1.41/info"), Route::Info);
+        assert_eq!(route(&Method::HEAD, "/_ping"), Route::Ping);
+        assert_eq!(route(&Method::GET, "/servicesx"), Route::Engine);
+    }
+
+    #[test]
+    fn compares_versions() {
+        assert!(version_le("1.41", "1.41"));
+        assert!(version_le("1.9", "1.41"));
+        assert!(!version_le("1.99", "1.41"));
+        assert!(version_at_least("1.42", (1, 42)));
+        assert!(!version_at_least("1.41", (1, 42)));
     }
 }

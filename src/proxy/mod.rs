@@ -31,7 +31,26 @@ pub enum ProxyError {
     EngineUnreachable { engine: String, reason: String },
     #[error("invalid request URI {0:?}")]
     BadUri(String),
+    #[error("the Docker engine answered {path} with {status}: {detail}")]
+    EngineAnswer {
+        path: String,
+        status: StatusCode,
+        detail: String,
+    },
 }
+
+/// What shoal's own answers share with the engine's: the API version and
+/// the headers the engine puts on every response.
+#[derive(Debug, Clone)]
+pub struct EngineIdentity {
+    /// The highest API version the engine speaks, e.g. "1.41".
+    pub api_version: String,
+    /// `Api-Version`, `Docker-Experimental`, `Ostype`, `Server`.
+    pub headers: HeaderMap,
+}
+
+/// Headers the engine sets on every response, which shoal's own repeat.
+const IDENTITY_HEADERS: [&str; 4] = ["api-version", "docker-experimental", "ostype", "server"];
 
 /// Forwards requests to the local engine over a pool of keep-alive connections.
 #[derive(Clone)]
@@ -43,6 +62,8 @@ pub struct Proxy {
     shutdown: CancellationToken,
     /// Spliced connections outlive their request; shutdown waits for them.
     tasks: TaskTracker,
+    /// Learnt from the engine's first answer to `/_ping`, then kept.
+    identity: Arc<tokio::sync::OnceCell<EngineIdentity>>,
 }
 
 impl Proxy {
@@ -63,7 +84,68 @@ impl Proxy {
             engine_label: engine_label.into(),
             shutdown,
             tasks,
+            identity: Arc::default(),
         }
+    }
+
+    /// The engine's API version and common headers; asked once, retried
+    /// while the engine is unreachable.
+    pub async fn identity(&self) -> Result<&EngineIdentity, ProxyError> {
+        self.identity
+            .get_or_try_init(|| async {
+                let response = self.get("/_ping").await?;
+                let mut headers = HeaderMap::new();
+                for name in IDENTITY_HEADERS {
+                    if let Some(value) = response.headers().get(name) {
+                        headers.insert(name, value.clone());
+                    }
+                }
+                let api_version = headers
+                    .get("api-version")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("1.24")
+                    .to_string();
+                Ok(EngineIdentity {
+                    api_version,
+                    headers,
+                })
+            })
+            .await
+    }
+
+    /// GETs `path` from the engine for shoal's own use and parses the JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ProxyError> {
+        let response = self.get(path).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable_by(&e))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(ProxyError::EngineAnswer {
+                path: path.to_string(),
+                status,
+                detail: String::from_utf8_lossy(&bytes).trim().to_string(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ProxyError::EngineAnswer {
+            path: path.to_string(),
+            status,
+            detail: format!("invalid JSON: {e}"),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<Response<Incoming>, ProxyError> {
+        let request = Request::get(format!("http://docker{path}"))
+            .header(header::HOST, "docker")
+            .body(crate::body::empty())
+            .map_err(|_| ProxyError::BadUri(path.to_string()))?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| self.unreachable(&e))
     }
 
     /// Sends `req` to the engine unchanged and returns its answer unchanged,
@@ -129,6 +211,10 @@ impl Proxy {
     }
 
     fn unreachable(&self, error: &hyper_util::client::legacy::Error) -> ProxyError {
+        self.unreachable_by(error)
+    }
+
+    fn unreachable_by(&self, error: &(dyn std::error::Error + 'static)) -> ProxyError {
         ProxyError::EngineUnreachable {
             engine: self.engine_label.to_string(),
             reason: root_cause(error),

@@ -1,0 +1,102 @@
+//! The swarm parts of engine endpoints: `/info` gets this node's `Swarm`
+//! object, `/_ping` the `Swarm` header where the engine's API has it.
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::ApiError;
+use crate::body::{self, Body};
+use crate::cluster::{self, Cluster, Manager};
+use crate::proxy::{Proxy, ProxyError};
+
+pub async fn info(
+    cluster: &Cluster,
+    proxy: &Proxy,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let manager = cluster.try_manager().await;
+    let response = proxy.forward(req).await?;
+    // Inactive: the engine (never in swarm mode itself) already says so.
+    let Some(manager) = manager else {
+        return Ok(response);
+    };
+    if !response.status().is_success() {
+        return Ok(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    // The engine's own /info is trusted to be small (a few KiB).
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| ProxyError::EngineUnreachable {
+            engine: "the engine".to_string(),
+            reason: e.to_string(),
+        })?
+        .to_bytes();
+    let Ok(mut info) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(Response::from_parts(parts, body::full(bytes)));
+    };
+    info["Swarm"] = swarm_info(&manager);
+    let mut patched = serde_json::to_vec(&info).unwrap_or_else(|_| bytes.to_vec());
+    patched.push(b'\n');
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(patched.len()));
+    Ok(Response::from_parts(parts, body::full(patched)))
+}
+
+/// The `Swarm` object of an active manager, in the engine's field order.
+fn swarm_info(manager: &Manager) -> Value {
+    let store = manager.store();
+    let nodes = super::nodes::all_nodes(&store);
+    let managers = super::nodes::manager_count(&store);
+    let cluster = cluster::the_cluster(&store).map(|swarm| {
+        let mut value = serde_json::to_value(&swarm).unwrap_or(Value::Null);
+        if let Some(object) = value.as_object_mut() {
+            // /info never shows the join tokens.
+            object.remove("JoinTokens");
+            object.entry("DefaultAddrPool").or_insert(Value::Null);
+        }
+        value
+    });
+    json!({
+        "NodeID": manager.node_id(),
+        "NodeAddr": manager.local.advertise_ip(),
+        "LocalNodeState": "active",
+        "ControlAvailable": true,
+        "Error": "",
+        "RemoteManagers": [{ "NodeID": manager.node_id(), "Addr": manager.local.advertise_addr }],
+        "Nodes": nodes.len(),
+        "Managers": managers,
+        "Cluster": cluster,
+    })
+}
+
+/// The ping `Swarm` header exists from API 1.42 on; older engines' clients
+/// never see it, exactly as against such an engine.
+pub async fn ping(
+    cluster: &Cluster,
+    proxy: &Proxy,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let mut response = proxy.forward(req).await?;
+    let speaks_swarm_header = proxy
+        .identity()
+        .await
+        .map(|id| super::version_at_least(&id.api_version, (1, 42)))
+        .unwrap_or(false);
+    if speaks_swarm_header {
+        let state = if cluster.is_active().await {
+            "active/manager"
+        } else {
+            "inactive"
+        };
+        response
+            .headers_mut()
+            .insert("swarm", HeaderValue::from_static(state));
+    }
+    Ok(response)
+}

@@ -1,0 +1,148 @@
+//! Reading what a request carries: query parameters, JSON bodies and the
+//! `version` of an update, with the engine's texts when they are wrong.
+
+use std::collections::HashMap;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+
+use super::ApiError;
+
+/// Bodies of swarm calls are specs and small files (secrets < 500 KB).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Query parameters, percent-decoded; the last value of a repeated key wins.
+#[derive(Debug, Default)]
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn parse(query: Option<&str>) -> Self {
+        Query(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// A boolean as the engine's `httputils.BoolValue`: absent, empty, "0",
+    /// "no", "false", "none" are false; anything else is true.
+    pub fn flag(&self, key: &str) -> bool {
+        match self.get(key) {
+            None => false,
+            Some(v) => !matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "" | "0" | "no" | "false" | "none"
+            ),
+        }
+    }
+
+    /// A boolean parsed as Go's `strconv.ParseBool`, absent = false; any
+    /// other text is the engine's "invalid value for <key>: <text>".
+    pub fn strict_bool(&self, key: &str) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None | Some("") => Ok(false),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "invalid value for {key}: {other}"
+            ))),
+        }
+    }
+
+    /// The `version` an update must echo: "invalid <kind> version '<v>': ..."
+    /// as the engine words it when it is not a uint64.
+    pub fn version(&self, kind: &str) -> Result<u64, ApiError> {
+        let raw = self.get("version").unwrap_or("");
+        raw.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "invalid {kind} version '{raw}': strconv.ParseUint: parsing \"{raw}\": invalid syntax"
+            ))
+        })
+    }
+}
+
+/// Reads a JSON body into `T`. An empty body and malformed JSON get the
+/// engine's 400s; fields the API does not know are dropped by `T`.
+pub async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
+    let bytes = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("error reading request body: {e}")))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "got EOF while reading request body".to_string(),
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(go_json_message(&e, &bytes)))
+}
+
+/// serde_json's error worded like Go's encoding/json, which is what the
+/// engine returns: clients and scripts match on these prefixes.
+fn go_json_message(error: &serde_json::Error, bytes: &[u8]) -> String {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Eof => "unexpected EOF".to_string(),
+        Category::Syntax => {
+            let offset = byte_offset(bytes, error.line(), error.column());
+            match bytes.get(offset.saturating_sub(1)) {
+                Some(&c) => format!(
+                    "invalid character '{}' looking for beginning of value",
+                    c as char
+                ),
+                None => "unexpected EOF".to_string(),
+            }
+        }
+        Category::Data | Category::Io => format!("json: cannot unmarshal {error}"),
+    }
+}
+
+/// serde_json reports line/column (1-based); Go reports the character.
+fn byte_offset(bytes: &[u8], line: usize, column: usize) -> usize {
+    let line_start: usize = bytes
+        .split(|&b| b == b'\n')
+        .take(line.saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    line_start + column
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_query_flags_and_versions() {
+        let q = Query::parse(Some(
+            "force=1&version=12&rotateWorkerToken=x&filters=%7B%7D",
+        ));
+        assert!(q.flag("force"));
+        assert!(!q.flag("missing"));
+        assert_eq!(q.version("node").unwrap(), 12);
+        assert_eq!(q.get("filters"), Some("{}"));
+        assert_eq!(
+            q.strict_bool("rotateWorkerToken").unwrap_err().to_string(),
+            "invalid value for rotateWorkerToken: x"
+        );
+        let missing = Query::parse(None).version("node").unwrap_err().to_string();
+        assert_eq!(
+            missing,
+            "invalid node version '': strconv.ParseUint: parsing \"\": invalid syntax"
+        );
+    }
+
+    #[test]
+    fn words_syntax_errors_like_go() {
+        let bytes = b"{\"Name\": x}";
+        let e = serde_json::from_slice::<serde_json::Value>(bytes).unwrap_err();
+        assert_eq!(
+            go_json_message(&e, bytes),
+            "invalid character 'x' looking for beginning of value"
+        );
+    }
+}

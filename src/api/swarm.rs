@@ -1,0 +1,408 @@
+//! `/swarm`: init, join, leave, inspect, update, and the unlock endpoints.
+
+use std::time::SystemTime;
+
+use bollard::models::{
+    JoinTokens, NodeSpecAvailabilityEnum, Swarm, SwarmInitRequest, SwarmSpec, SwarmSpecCaConfig,
+    SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration, SwarmSpecRaft,
+    SwarmSpecTaskDefaults,
+};
+use http::Response;
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::query::{read_json, Query};
+use super::{json, ApiError, RpcCode};
+use crate::body::Body;
+use crate::ca;
+use crate::cluster::{self, Cluster, InitParams};
+use crate::proxy::Proxy;
+use crate::store::Transaction;
+use crate::types::{Object, Timestamp};
+
+const DEFAULT_LISTEN_PORT: u16 = 2377;
+const DEFAULT_DATA_PATH_PORT: u32 = 4789;
+const DEFAULT_SUBNET_SIZE: u32 = 24;
+const SECOND: i64 = 1_000_000_000;
+/// swarmkit refuses node certificates shorter-lived than an hour.
+const MIN_CERT_EXPIRY: i64 = 3600 * SECOND;
+
+/// `POST /swarm/init` body: the API's InitRequest plus the fields bollard's
+/// model lacks (AutoLockManagers, Availability, DataPathPort defaults).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct InitBody {
+    #[serde(flatten)]
+    request: SwarmInitRequest,
+    auto_lock_managers: bool,
+    availability: String,
+}
+
+pub async fn init(
+    cluster: &Cluster,
+    proxy: &Proxy,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let body: InitBody = read_json(body).await?;
+    if cluster.is_active().await {
+        return Err(cluster::ClusterError::AlreadyInSwarm.into());
+    }
+    let request = body.request;
+    let listen_addr = listen_addr(request.listen_addr.as_deref().unwrap_or(""))?;
+    let advertise_addr = advertise_addr(
+        request.advertise_addr.as_deref().unwrap_or(""),
+        &listen_addr,
+    )?;
+    let spec = request.spec.unwrap_or_default();
+    check_spec_name(&spec)?;
+    if body.auto_lock_managers || auto_lock(&spec) {
+        return Err(ApiError::NotSupported("autolock (swarm init --autolock)"));
+    }
+    let mut description = cluster::describe_node(&proxy.get_json("/info").await?);
+    if description.hostname.is_none() {
+        description.hostname = Some("localhost".to_string());
+    }
+    let availability = match body.availability.as_str() {
+        "" | "active" => NodeSpecAvailabilityEnum::ACTIVE,
+        "pause" => NodeSpecAvailabilityEnum::PAUSE,
+        "drain" => NodeSpecAvailabilityEnum::DRAIN,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid Availability: {other:?}"
+            )))
+        }
+    };
+    let params = InitParams {
+        listen_addr,
+        advertise_addr,
+        spec: merge_defaults(spec),
+        default_addr_pool: request.default_addr_pool.filter(|pool| !pool.is_empty()),
+        subnet_size: request
+            .subnet_size
+            .filter(|&s| s != 0)
+            .unwrap_or(DEFAULT_SUBNET_SIZE),
+        data_path_port: request
+            .data_path_port
+            .filter(|&p| p != 0)
+            .unwrap_or(DEFAULT_DATA_PATH_PORT),
+        availability,
+        description,
+    };
+    let node_id = cluster.init(params).await?;
+    Ok(json(http::StatusCode::OK, &node_id))
+}
+
+/// Joining needs the cluster transport; until then an active node answers
+/// as the engine does and an inactive one is told plainly.
+pub async fn join(cluster: &Cluster, body: Incoming) -> Result<Response<Body>, ApiError> {
+    let _: serde_json::Value = read_json(body).await?;
+    if cluster.is_active().await {
+        return Err(cluster::ClusterError::AlreadyInSwarm.into());
+    }
+    Err(ApiError::NotSupported(
+        "joining another node's swarm (swarm join)",
+    ))
+}
+
+pub async fn leave(cluster: &Cluster, query: &Query) -> Result<Response<Body>, ApiError> {
+    cluster.leave(query.flag("force")).await?;
+    Ok(super::empty_ok())
+}
+
+pub async fn inspect(cluster: &Cluster) -> Result<Response<Body>, ApiError> {
+    let manager = cluster.manager().await?;
+    let swarm = cluster::the_cluster(&manager.store()).ok_or(cluster::ClusterError::NotManager)?;
+    Ok(json(http::StatusCode::OK, &swarm))
+}
+
+pub async fn update(
+    cluster: &Cluster,
+    query: &Query,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let version = query.version("swarm")?;
+    let rotate_worker = query.strict_bool("rotateWorkerToken")?;
+    let rotate_manager = query.strict_bool("rotateManagerToken")?;
+    let rotate_unlock = query.strict_bool("rotateManagerUnlockKey")?;
+    let spec: SwarmSpec = read_json(body).await?;
+    check_spec_name(&spec)?;
+    validate_update(&spec)?;
+    if auto_lock(&spec) || rotate_unlock {
+        return Err(ApiError::NotSupported("autolock (swarm update --autolock)"));
+    }
+    let manager = cluster.manager().await?;
+    let current =
+        cluster::the_cluster(&manager.store()).ok_or(cluster::ClusterError::NotManager)?;
+    let root = cluster.root_ca()?;
+    let tokens = current.join_tokens.clone().unwrap_or_default();
+    let join_tokens = JoinTokens {
+        worker: rotated(tokens.worker, rotate_worker, &root)?,
+        manager: rotated(tokens.manager, rotate_manager, &root)?,
+    };
+    let updated = Swarm {
+        spec: Some(replace_defaults(spec)),
+        join_tokens: Some(join_tokens),
+        ..current
+    };
+    let tx = Transaction::new(Timestamp::from_system(SystemTime::now()))
+        .update(Object::Cluster(updated), version);
+    manager.proposer().propose(tx).await??;
+    Ok(super::empty_ok())
+}
+
+/// Autolock is not built yet: with it off, the engine reports an empty key.
+pub async fn unlock_key(cluster: &Cluster) -> Result<Response<Body>, ApiError> {
+    cluster.manager().await?;
+    Ok(json(
+        http::StatusCode::OK,
+        &serde_json::json!({ "UnlockKey": "" }),
+    ))
+}
+
+pub async fn unlock(body: Incoming) -> Result<Response<Body>, ApiError> {
+    let _: serde_json::Value = read_json(body).await?;
+    // Without autolock no swarm of shoal's is ever locked.
+    Err(ApiError::Conflict("swarm is not locked".to_string()))
+}
+
+fn rotated(
+    token: Option<String>,
+    rotate: bool,
+    root: &ca::RootCa,
+) -> Result<Option<String>, ApiError> {
+    if rotate || token.is_none() {
+        return Ok(Some(
+            ca::new_join_token(root).map_err(cluster::ClusterError::from)?,
+        ));
+    }
+    Ok(token)
+}
+
+fn auto_lock(spec: &SwarmSpec) -> bool {
+    spec.encryption_config
+        .as_ref()
+        .and_then(|e| e.auto_lock_managers)
+        .unwrap_or(false)
+}
+
+fn check_spec_name(spec: &SwarmSpec) -> Result<(), ApiError> {
+    match spec.name.as_deref() {
+        None | Some("") | Some("default") => Ok(()),
+        Some(_) => Err(ApiError::BadRequest(
+            "swarm spec must be named \"default\"".to_string(),
+        )),
+    }
+}
+
+fn validate_update(spec: &SwarmSpec) -> Result<(), ApiError> {
+    let expiry = spec
+        .ca_config
+        .as_ref()
+        .and_then(|c| c.node_cert_expiry)
+        .unwrap_or(0);
+    if expiry != 0 && expiry < MIN_CERT_EXPIRY {
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            "minimum certificate expiry time is: 1h0m0s",
+        ));
+    }
+    let heartbeat = spec
+        .dispatcher
+        .as_ref()
+        .and_then(|d| d.heartbeat_period)
+        .unwrap_or(0);
+    if heartbeat < 0 {
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            "heartbeat time period cannot be a negative duration",
+        ));
+    }
+    Ok(())
+}
+
+/// `swarm init` merges the request onto swarmkit's defaults: only non-zero
+/// fields count (the CLI sends zeros for every flag it was not given).
+fn merge_defaults(spec: SwarmSpec) -> SwarmSpec {
+    replace_defaults(spec)
+}
+
+/// `swarm update` replaces the spec; zero or absent fields fall back to the
+/// defaults, so `GET /swarm` always shows a complete spec as the engine does.
+fn replace_defaults(spec: SwarmSpec) -> SwarmSpec {
+    let nonzero = |v: Option<i64>, default: i64| Some(v.filter(|&v| v > 0).unwrap_or(default));
+    let nonzero_u = |v: Option<u64>, default: u64| Some(v.filter(|&v| v > 0).unwrap_or(default));
+    let raft = spec.raft.unwrap_or_default();
+    let orchestration = spec.orchestration.unwrap_or_default();
+    let ca_config = spec.ca_config.unwrap_or_default();
+    SwarmSpec {
+        name: Some("default".to_string()),
+        labels: Some(spec.labels.unwrap_or_default()),
+        orchestration: Some(SwarmSpecOrchestration {
+            task_history_retention_limit: Some(
+                orchestration
+                    .task_history_retention_limit
+                    .filter(|&l| l != 0)
+                    .unwrap_or(5),
+            ),
+        }),
+        raft: Some(SwarmSpecRaft {
+            snapshot_interval: nonzero_u(raft.snapshot_interval, 10_000),
+            keep_old_snapshots: Some(raft.keep_old_snapshots.unwrap_or(0)),
+            log_entries_for_slow_followers: nonzero_u(raft.log_entries_for_slow_followers, 500),
+            election_tick: nonzero(raft.election_tick, 10),
+            heartbeat_tick: nonzero(raft.heartbeat_tick, 1),
+        }),
+        dispatcher: Some(SwarmSpecDispatcher {
+            heartbeat_period: nonzero(spec.dispatcher.and_then(|d| d.heartbeat_period), 5 * SECOND),
+        }),
+        ca_config: Some(SwarmSpecCaConfig {
+            node_cert_expiry: nonzero(ca_config.node_cert_expiry, 90 * 24 * 3600 * SECOND),
+            external_cas: ca_config.external_cas.filter(|cas| !cas.is_empty()),
+            force_rotate: ca_config.force_rotate.filter(|&r| r != 0),
+            // A signing CA of the user's own is not supported; it is never echoed.
+            signing_ca_cert: None,
+            signing_ca_key: None,
+        }),
+        task_defaults: Some(
+            spec.task_defaults
+                .unwrap_or(SwarmSpecTaskDefaults { log_driver: None }),
+        ),
+        encryption_config: Some(SwarmSpecEncryptionConfig {
+            auto_lock_managers: Some(false),
+        }),
+    }
+}
+
+/// `ListenAddr` as `host[:port]`, port 2377 by default.
+fn listen_addr(raw: &str) -> Result<String, ApiError> {
+    let raw = if raw.is_empty() { "0.0.0.0:2377" } else { raw };
+    let invalid = |why: &str| ApiError::BadRequest(format!("invalid ListenAddr {raw:?}: {why}"));
+    let (host, port) = split_host_port(raw, DEFAULT_LISTEN_PORT).map_err(|e| invalid(&e))?;
+    if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
+        return Err(invalid(
+            "only IP addresses are supported by shoal, not interface names",
+        ));
+    }
+    Ok(join_host_port(&host, port))
+}
+
+/// `AdvertiseAddr`: given, or the listen address when it is specific. The
+/// port defaults to the listen port.
+fn advertise_addr(raw: &str, listen: &str) -> Result<String, ApiError> {
+    let (listen_host, listen_port) =
+        split_host_port(listen, DEFAULT_LISTEN_PORT).map_err(ApiError::BadRequest)?;
+    if raw.is_empty() {
+        let unspecified = listen_host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_unspecified())
+            .unwrap_or(false);
+        if unspecified {
+            return system_addr(listen_port);
+        }
+        return Ok(join_host_port(&listen_host, listen_port));
+    }
+    let (host, port) = split_host_port(raw, listen_port)
+        .map_err(|e| ApiError::BadRequest(format!("invalid AdvertiseAddr {raw:?}: {e}")))?;
+    if host.parse::<std::net::IpAddr>().is_err() {
+        return Err(ApiError::BadRequest(format!(
+            "invalid AdvertiseAddr {raw:?}: only IP addresses are supported by shoal, not interface names"
+        )));
+    }
+    Ok(join_host_port(&host, port))
+}
+
+/// The host's one non-loopback IPv4 address, as the engine picks it.
+fn system_addr(port: u16) -> Result<String, ApiError> {
+    let addrs = crate::netutil::global_ipv4_addrs();
+    match addrs.as_slice() {
+        [] => Err(ApiError::BadRequest("could not find the system's IP address".to_string())),
+        [one] => Ok(join_host_port(&one.to_string(), port)),
+        many => Err(ApiError::BadRequest(format!(
+            "could not choose an IP address to advertise since this system has multiple addresses ({})",
+            many.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+fn split_host_port(raw: &str, default_port: u16) -> Result<(String, u16), String> {
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("missing ']' in address")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("invalid port {p:?}"))?,
+            None if after.is_empty() => default_port,
+            None => return Err("unexpected text after address".to_string()),
+        };
+        return Ok((host.to_string(), port));
+    }
+    match raw.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            let port = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
+            Ok((host.to_string(), port))
+        }
+        _ => Ok((raw.to_string(), default_port)),
+    }
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_and_advertise_addresses() {
+        assert_eq!(listen_addr("").unwrap(), "0.0.0.0:2377");
+        assert_eq!(listen_addr("127.0.0.1").unwrap(), "127.0.0.1:2377");
+        assert!(listen_addr("eth0:x").is_err());
+        assert_eq!(
+            advertise_addr("127.0.0.1", "0.0.0.0:2377").unwrap(),
+            "127.0.0.1:2377"
+        );
+        assert_eq!(
+            advertise_addr("10.0.0.2:4000", "0.0.0.0:2377").unwrap(),
+            "10.0.0.2:4000"
+        );
+        assert_eq!(
+            advertise_addr("", "10.1.1.1:2377").unwrap(),
+            "10.1.1.1:2377"
+        );
+    }
+
+    #[test]
+    fn defaults_fill_zero_fields() {
+        let cli: SwarmSpec = serde_json::from_str(
+            r#"{"Labels":null,"Orchestration":{},"Raft":{"ElectionTick":0,"HeartbeatTick":0},"Dispatcher":{},"CAConfig":{},"TaskDefaults":{},"EncryptionConfig":{"AutoLockManagers":false}}"#,
+        )
+        .unwrap();
+        let spec = merge_defaults(cli);
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["Name"], "default");
+        assert_eq!(json["Orchestration"]["TaskHistoryRetentionLimit"], 5);
+        assert_eq!(json["Raft"]["ElectionTick"], 10);
+        assert_eq!(json["Raft"]["SnapshotInterval"], 10000);
+        assert_eq!(json["Dispatcher"]["HeartbeatPeriod"], 5_000_000_000i64);
+        assert_eq!(json["CAConfig"]["NodeCertExpiry"], 7_776_000_000_000_000i64);
+        assert_eq!(json["Labels"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn refuses_short_certificates_and_other_names() {
+        let mut spec = SwarmSpec::default();
+        spec.ca_config = Some(SwarmSpecCaConfig {
+            node_cert_expiry: Some(60 * SECOND),
+            ..Default::default()
+        });
+        assert_eq!(
+            validate_update(&spec).unwrap_err().to_string(),
+            "rpc error: code = InvalidArgument desc = minimum certificate expiry time is: 1h0m0s"
+        );
+        spec.name = Some("other".into());
+        assert!(check_spec_name(&spec).is_err());
+    }
+}

@@ -1,0 +1,123 @@
+//! `/tasks`: list and inspect, read from the store.
+
+use bollard::models::Task;
+use http::{Response, StatusCode};
+
+use super::filters::{label_matches, Filters};
+use super::query::Query;
+use super::{json, ApiError};
+use crate::body::Body;
+use crate::cluster::Manager;
+use crate::store::Store;
+use crate::types::{Kind, Object};
+
+const FILTERS: [&str; 8] = [
+    "_up-to-date",
+    "desired-state",
+    "id",
+    "label",
+    "name",
+    "node",
+    "runtime",
+    "service",
+];
+const DESIRED_STATES: [&str; 14] = [
+    "new",
+    "allocated",
+    "pending",
+    "assigned",
+    "accepted",
+    "preparing",
+    "ready",
+    "starting",
+    "running",
+    "complete",
+    "shutdown",
+    "failed",
+    "rejected",
+    "remove",
+];
+
+pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError> {
+    let filters = Filters::parse(query.get("filters"), &FILTERS)?;
+    for state in filters.values("desired-state") {
+        if !DESIRED_STATES.contains(&state.as_str()) {
+            return Err(ApiError::Internal(format!(
+                "Invalid desired-state filter: '{state}'"
+            )));
+        }
+    }
+    let store = manager.store();
+    // The engine resolves node and service references first: unknown → 404.
+    let node_ids = resolve_all(&store, Kind::Node, filters.values("node"))?;
+    let service_ids = resolve_all(&store, Kind::Service, filters.values("service"))?;
+    let mut tasks: Vec<Task> = store
+        .list(Kind::Task)
+        .iter()
+        .filter_map(|o| match &**o {
+            Object::Task(task) => Some(task.clone()),
+            _ => None,
+        })
+        .filter(|task| {
+            let id = task.id.as_deref().unwrap_or("");
+            let desired = task
+                .desired_state
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            (node_ids.is_empty() || task.node_id.as_ref().is_some_and(|n| node_ids.contains(n)))
+                && (service_ids.is_empty()
+                    || task
+                        .service_id
+                        .as_ref()
+                        .is_some_and(|s| service_ids.contains(s)))
+                && filters.any("id", |f| id.starts_with(f))
+                && filters.any("desired-state", |f| f == desired)
+                && filters.any("name", |f| task_name(&store, task).starts_with(f))
+                && (!filters.contains("label")
+                    || filters
+                        .values("label")
+                        .iter()
+                        .all(|f| label_matches(service_labels(&store, task).as_ref(), f)))
+        })
+        .collect();
+    tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(json(StatusCode::OK, &tasks))
+}
+
+pub fn inspect(manager: &Manager, reference: &str) -> Result<Response<Body>, ApiError> {
+    match &*manager.store().find(Kind::Task, reference)? {
+        Object::Task(task) => Ok(json(StatusCode::OK, task)),
+        _ => Err(ApiError::NotFound(format!("task {reference} not found"))),
+    }
+}
+
+fn resolve_all(store: &Store, kind: Kind, references: &[String]) -> Result<Vec<String>, ApiError> {
+    references
+        .iter()
+        .map(|r| Ok(store.find(kind, r)?.id().to_string()))
+        .collect()
+}
+
+/// `service.slot.taskid`, or `service.nodeid.taskid` for global tasks.
+fn task_name(store: &Store, task: &Task) -> String {
+    let service = task
+        .service_id
+        .as_deref()
+        .and_then(|id| store.get(Kind::Service, id))
+        .and_then(|o| o.name().map(str::to_string))
+        .unwrap_or_default();
+    let middle = match task.slot {
+        Some(slot) if slot > 0 => slot.to_string(),
+        _ => task.node_id.clone().unwrap_or_default(),
+    };
+    format!("{service}.{middle}.{}", task.id.as_deref().unwrap_or(""))
+}
+
+/// A task `label` filter matches the labels of its service, not its own.
+fn service_labels(store: &Store, task: &Task) -> Option<std::collections::HashMap<String, String>> {
+    let object = store.get(Kind::Service, task.service_id.as_deref()?)?;
+    match &*object {
+        Object::Service(service) => service.spec.as_ref()?.labels.clone(),
+        _ => None,
+    }
+}

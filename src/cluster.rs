@@ -1,0 +1,499 @@
+//! This node's membership: not in a swarm, or a manager holding the raft
+//! node whose store is the cluster's state. `swarm init`, `swarm leave` and
+//! a restart move between the two; everything persisted lives under
+//! `<data-dir>/swarm`, so leaving removes exactly that.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bollard::models::{
+    EngineDescription, EngineDescriptionPlugins, JoinTokens, ManagerStatus, Node, NodeDescription,
+    NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, NodeStatus, Platform,
+    Reachability, ResourceObject, Swarm, SwarmSpec, TlsInfo,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use crate::ca::{self, CaError, RootCa};
+use crate::raft::{NodeOptions, RaftError, RaftNode};
+use crate::store::{Proposer, Store, Transaction};
+use crate::types::{new_id, Kind, Object, Timestamp};
+
+/// The raft ID of the first manager; more come with `swarm join`.
+const FIRST_RAFT_ID: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.")]
+    AlreadyInSwarm,
+    #[error("This node is not part of a swarm")]
+    NotInSwarm,
+    #[error("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.")]
+    NotManager,
+    #[error("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ")]
+    LastManager,
+    #[error("cannot write swarm state under {path}: {source}")]
+    Disk {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("swarm state under {path} is unreadable: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("the initial swarm state could not be committed: {0}")]
+    Bootstrap(String),
+}
+
+/// What this node keeps about itself beside the raft log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LocalNode {
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub listen_addr: String,
+    /// The address other nodes reach this one at, `ip:port`.
+    pub advertise_addr: String,
+    #[serde(rename = "RaftID")]
+    pub raft_id: u64,
+}
+
+impl LocalNode {
+    /// The advertised IP without its port, as `/info` shows `NodeAddr`.
+    pub fn advertise_ip(&self) -> &str {
+        host_of(&self.advertise_addr)
+    }
+}
+
+/// A manager of an active swarm: the local identity and the raft node.
+pub struct Manager {
+    pub local: LocalNode,
+    raft: RaftNode,
+}
+
+impl Manager {
+    pub fn store(&self) -> Arc<Store> {
+        self.raft.store()
+    }
+
+    pub fn proposer(&self) -> &dyn Proposer {
+        &self.raft
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.local.node_id
+    }
+}
+
+enum Membership {
+    Inactive,
+    Manager(Arc<Manager>),
+}
+
+/// Everything `swarm init` needs beyond the request's defaults.
+pub struct InitParams {
+    pub listen_addr: String,
+    pub advertise_addr: String,
+    pub spec: SwarmSpec,
+    pub default_addr_pool: Option<Vec<String>>,
+    pub subnet_size: u32,
+    pub data_path_port: u32,
+    pub availability: NodeSpecAvailabilityEnum,
+    /// The engine's view of this host, for the node's Description.
+    pub description: NodeDescription,
+}
+
+pub struct Cluster {
+    dir: PathBuf,
+    membership: RwLock<Membership>,
+}
+
+impl Cluster {
+    /// Opens the swarm state under `data_dir`, rejoining raft when this
+    /// node was a manager before the restart.
+    pub async fn open(data_dir: &Path) -> Result<Cluster, ClusterError> {
+        let dir = data_dir.join("swarm");
+        let membership = match read_local(&dir)? {
+            None => Membership::Inactive,
+            Some(local) => {
+                let raft = RaftNode::open(&dir, local.raft_id, raft_options(&local)).await?;
+                tracing::info!(node = %local.node_id, "rejoined the swarm as a manager");
+                Membership::Manager(Arc::new(Manager { local, raft }))
+            }
+        };
+        Ok(Cluster {
+            dir,
+            membership: RwLock::new(membership),
+        })
+    }
+
+    /// The manager, or the engine's "not a swarm manager" refusal.
+    pub async fn manager(&self) -> Result<Arc<Manager>, ClusterError> {
+        match &*self.membership.read().await {
+            Membership::Manager(manager) => Ok(manager.clone()),
+            Membership::Inactive => Err(ClusterError::NotManager),
+        }
+    }
+
+    /// The manager when there is one (for patching `/info`).
+    pub async fn try_manager(&self) -> Option<Arc<Manager>> {
+        self.manager().await.ok()
+    }
+
+    pub async fn is_active(&self) -> bool {
+        matches!(&*self.membership.read().await, Membership::Manager(_))
+    }
+
+    /// The root CA of the swarm this node manages (kept beside the raft log
+    /// until managers replicate it).
+    pub fn root_ca(&self) -> Result<RootCa, ClusterError> {
+        let path = self.dir.join("ca.json");
+        let bytes = std::fs::read(&path).map_err(|source| ClusterError::Disk {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClusterError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Makes this node the first manager of a new swarm; returns its node ID.
+    pub async fn init(&self, params: InitParams) -> Result<String, ClusterError> {
+        let mut membership = self.membership.write().await;
+        if let Membership::Manager(_) = &*membership {
+            return Err(ClusterError::AlreadyInSwarm);
+        }
+        // StdRng is Send: the rng lives across the awaits below.
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let local = LocalNode {
+            node_id: new_id(&mut rng),
+            listen_addr: params.listen_addr.clone(),
+            advertise_addr: params.advertise_addr.clone(),
+            raft_id: FIRST_RAFT_ID,
+        };
+        // Start from nothing: a half-made swarm from a crash is not resumed.
+        remove_dir(&self.dir)?;
+        let raft = RaftNode::open(&self.dir, local.raft_id, raft_options(&local)).await?;
+        let manager = Manager { local, raft };
+        if let Err(error) = bootstrap(&manager, params, &self.dir, &mut rng).await {
+            let _ = manager.raft.shutdown().await;
+            let _ = remove_dir(&self.dir);
+            return Err(error);
+        }
+        // Written last: its presence is what makes a restart rejoin.
+        write_local(&self.dir, &manager.local)?;
+        let node_id = manager.local.node_id.clone();
+        *membership = Membership::Manager(Arc::new(manager));
+        tracing::info!(node = %node_id, "swarm initialised");
+        Ok(node_id)
+    }
+
+    /// Stops raft cleanly at daemon shutdown (the log is durable either way).
+    pub async fn shutdown(&self) {
+        let mut membership = self.membership.write().await;
+        if let Membership::Manager(manager) =
+            std::mem::replace(&mut *membership, Membership::Inactive)
+        {
+            if let Ok(manager) = Arc::try_unwrap(manager) {
+                if let Err(error) = manager.raft.shutdown().await {
+                    tracing::warn!(%error, "raft did not shut down cleanly");
+                }
+            }
+        }
+    }
+
+    /// Leaves the swarm: a manager only with `force` (it is always the last
+    /// one until nodes can join). Erases the swarm state on disk.
+    pub async fn leave(&self, force: bool) -> Result<(), ClusterError> {
+        let mut membership = self.membership.write().await;
+        let manager = match &*membership {
+            Membership::Inactive => return Err(ClusterError::NotInSwarm),
+            Membership::Manager(manager) => manager.clone(),
+        };
+        if !force {
+            return Err(ClusterError::LastManager);
+        }
+        *membership = Membership::Inactive;
+        // Readers still holding the manager finish against the old store.
+        match Arc::try_unwrap(manager) {
+            Ok(manager) => manager.raft.shutdown().await?,
+            Err(_) => tracing::debug!(
+                "manager still referenced by in-flight requests; raft stops when they finish"
+            ),
+        }
+        remove_dir(&self.dir)?;
+        tracing::info!("left the swarm");
+        Ok(())
+    }
+}
+
+fn raft_options(local: &LocalNode) -> NodeOptions {
+    NodeOptions {
+        addr: local.advertise_addr.clone(),
+        ..NodeOptions::default()
+    }
+}
+
+/// Commits the cluster object and this node in one transaction, and keeps
+/// the CA key beside the raft log.
+async fn bootstrap(
+    manager: &Manager,
+    params: InitParams,
+    dir: &Path,
+    rng: &mut impl rand::RngCore,
+) -> Result<(), ClusterError> {
+    let availability = params.availability;
+    let cluster_id = new_id(rng);
+    let root = RootCa::generate()?;
+    write_private(
+        &dir.join("ca.json"),
+        &serde_json::to_vec(&root).unwrap_or_default(),
+    )?;
+    // This node's identity on the cluster port (used by the transport).
+    let (cert, key) = root.issue_node_cert(
+        &manager.local.node_id,
+        "swarm-manager",
+        &cluster_id,
+        std::time::Duration::from_secs(90 * 24 * 3600),
+    )?;
+    write_private(&dir.join("node.crt"), cert.as_bytes())?;
+    write_private(&dir.join("node.key"), key.as_bytes())?;
+    let tls = tls_info(&root)?;
+    let cluster = Swarm {
+        id: Some(cluster_id),
+        spec: Some(params.spec),
+        tls_info: Some(tls.clone()),
+        root_rotation_in_progress: Some(false),
+        data_path_port: Some(params.data_path_port),
+        default_addr_pool: params.default_addr_pool,
+        subnet_size: Some(params.subnet_size),
+        join_tokens: Some(JoinTokens {
+            worker: Some(ca::new_join_token(&root)?),
+            manager: Some(ca::new_join_token(&root)?),
+        }),
+        ..Swarm::default()
+    };
+    let mut description = params.description;
+    description.tls_info = Some(tls);
+    let node = Node {
+        id: Some(manager.local.node_id.clone()),
+        spec: Some(NodeSpec {
+            labels: Some(Default::default()),
+            role: Some(NodeSpecRoleEnum::MANAGER),
+            availability: Some(availability),
+            ..NodeSpec::default()
+        }),
+        description: Some(description),
+        status: Some(NodeStatus {
+            state: Some(NodeState::READY),
+            addr: Some(manager.local.advertise_ip().to_string()),
+            ..NodeStatus::default()
+        }),
+        manager_status: Some(ManagerStatus {
+            leader: Some(true),
+            reachability: Some(Reachability::REACHABLE),
+            addr: Some(manager.local.advertise_addr.clone()),
+        }),
+        ..Node::default()
+    };
+    let tx = Transaction::new(Timestamp::from_system(SystemTime::now()))
+        .create(Object::Cluster(cluster))
+        .create(Object::Node(node));
+    match manager.proposer().propose(tx).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(ClusterError::Bootstrap(error.to_string())),
+        Err(error) => Err(ClusterError::Bootstrap(error.to_string())),
+    }
+}
+
+fn tls_info(root: &RootCa) -> Result<TlsInfo, ClusterError> {
+    let info = root.tls_info()?;
+    Ok(TlsInfo {
+        trust_root: Some(info.trust_root),
+        cert_issuer_subject: Some(info.cert_issuer_subject),
+        cert_issuer_public_key: Some(info.cert_issuer_public_key),
+    })
+}
+
+/// The node's Description from the engine's `/info`, as swarmkit reports it.
+pub fn describe_node(info: &serde_json::Value) -> NodeDescription {
+    let text = |key: &str| info.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let ncpu = info.get("NCPU").and_then(|v| v.as_i64()).unwrap_or(0);
+    let memory = info.get("MemTotal").and_then(|v| v.as_i64()).unwrap_or(0);
+    let labels: std::collections::HashMap<String, String> = info
+        .get("Labels")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            l.as_str()?
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    NodeDescription {
+        hostname: text("Name"),
+        platform: Some(Platform {
+            architecture: text("Architecture"),
+            os: text("OSType"),
+        }),
+        resources: Some(ResourceObject {
+            nano_cpus: Some(ncpu * 1_000_000_000),
+            memory_bytes: Some(memory),
+            ..ResourceObject::default()
+        }),
+        engine: Some(EngineDescription {
+            engine_version: text("ServerVersion"),
+            labels: (!labels.is_empty()).then_some(labels),
+            plugins: Some(engine_plugins(info)),
+        }),
+        tls_info: None,
+    }
+}
+
+/// `Plugins: {"Volume": [...], "Network": [...], "Log": [...]}` flattened and
+/// sorted by type then name, as the engine lists them.
+fn engine_plugins(info: &serde_json::Value) -> Vec<EngineDescriptionPlugins> {
+    let mut plugins = Vec::new();
+    if let Some(map) = info.get("Plugins").and_then(|v| v.as_object()) {
+        for (kind, names) in map {
+            if kind == "Authorization" {
+                continue;
+            }
+            for name in names
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str())
+            {
+                plugins.push(EngineDescriptionPlugins {
+                    typ: Some(kind.clone()),
+                    name: Some(name.to_string()),
+                });
+            }
+        }
+    }
+    plugins.sort_by(|a, b| (&a.typ, &a.name).cmp(&(&b.typ, &b.name)));
+    plugins
+}
+
+/// `host` of `host:port` (IPv6 brackets removed).
+pub fn host_of(addr: &str) -> &str {
+    let host = match addr.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => addr,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn local_path(dir: &Path) -> PathBuf {
+    dir.join("node.json")
+}
+
+fn read_local(dir: &Path) -> Result<Option<LocalNode>, ClusterError> {
+    let path = local_path(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClusterError::Corrupt {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ClusterError::Disk { path, source }),
+    }
+}
+
+fn write_local(dir: &Path, local: &LocalNode) -> Result<(), ClusterError> {
+    write_private(
+        &local_path(dir),
+        &serde_json::to_vec_pretty(local).unwrap_or_default(),
+    )
+}
+
+/// Writes a file atomically (temp file, fsync, rename, fsync the directory)
+/// with mode 0600: it is either all there after a crash, or not at all.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let disk = |source| ClusterError::Disk {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(disk)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(disk)?;
+    file.write_all(bytes).map_err(disk)?;
+    file.sync_all().map_err(disk)?;
+    std::fs::rename(&tmp, path).map_err(disk)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(disk)?;
+    Ok(())
+}
+
+fn remove_dir(dir: &Path) -> Result<(), ClusterError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ClusterError::Disk {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Reads one object of a kind that has exactly one (the cluster).
+pub fn the_cluster(store: &Store) -> Option<Swarm> {
+    store
+        .list(Kind::Cluster)
+        .into_iter()
+        .find_map(|o| match &*o {
+            Object::Cluster(swarm) => Some(swarm.clone()),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_strips_ports_and_brackets() {
+        assert_eq!(host_of("127.0.0.1:2377"), "127.0.0.1");
+        assert_eq!(host_of("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:2377"), "::1");
+    }
+
+    #[test]
+    fn describes_the_node_from_engine_info() {
+        let info = serde_json::json!({
+            "Name": "vm", "Architecture": "x86_64", "OSType": "linux", "NCPU": 2,
+            "MemTotal": 1024, "ServerVersion": "20.10.24", "Labels": ["zone=a"],
+            "Plugins": {"Volume": ["local"], "Network": ["bridge"], "Authorization": null, "Log": ["json-file"]}
+        });
+        let d = describe_node(&info);
+        assert_eq!(d.hostname.as_deref(), Some("vm"));
+        assert_eq!(d.resources.unwrap().nano_cpus, Some(2_000_000_000));
+        let engine = d.engine.unwrap();
+        assert_eq!(engine.labels.unwrap()["zone"], "a");
+        let kinds: Vec<_> = engine
+            .plugins
+            .unwrap()
+            .into_iter()
+            .map(|p| p.typ.unwrap())
+            .collect();
+        assert_eq!(kinds, ["Log", "Network", "Volume"]);
+    }
+}
