@@ -14,7 +14,10 @@ use bollard::models::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::agent::Executor;
 use crate::ca::{self, CaError, RootCa};
 use crate::raft::{NodeOptions, RaftError, RaftNode};
 use crate::store::{Proposer, Store, Transaction};
@@ -68,19 +71,59 @@ impl LocalNode {
     }
 }
 
-/// A manager of an active swarm: the local identity and the raft node.
+/// A manager of an active swarm: the local identity, the raft node, and
+/// the loops that run while this node leads (all of them, on one node).
 pub struct Manager {
     pub local: LocalNode,
-    raft: RaftNode,
+    raft: Arc<RaftNode>,
+    loops: CancellationToken,
+    running: TaskTracker,
 }
 
 impl Manager {
+    fn start(local: LocalNode, raft: RaftNode, executor: Arc<dyn Executor>) -> Manager {
+        let raft = Arc::new(raft);
+        let loops = CancellationToken::new();
+        let running = TaskTracker::new();
+        let proposer: Arc<dyn Proposer> = raft.clone();
+        crate::manager::start(
+            local.node_id.clone(),
+            raft.store(),
+            proposer,
+            executor,
+            loops.clone(),
+            &running,
+        );
+        running.close();
+        Manager {
+            local,
+            raft,
+            loops,
+            running,
+        }
+    }
+
+    /// Stops the loops, then raft. Requests still holding the manager
+    /// finish against the old store; raft stops when the last one lets go.
+    async fn stop(self: Arc<Self>) -> Result<(), ClusterError> {
+        self.loops.cancel();
+        self.running.wait().await;
+        match Arc::try_unwrap(self) {
+            Ok(manager) => match Arc::try_unwrap(manager.raft) {
+                Ok(raft) => raft.shutdown().await?,
+                Err(_) => tracing::debug!("raft still referenced; it stops when released"),
+            },
+            Err(_) => tracing::debug!("manager still referenced by in-flight requests"),
+        }
+        Ok(())
+    }
+
     pub fn store(&self) -> Arc<Store> {
         self.raft.store()
     }
 
     pub fn proposer(&self) -> &dyn Proposer {
-        &self.raft
+        &*self.raft
     }
 
     pub fn node_id(&self) -> &str {
@@ -109,24 +152,26 @@ pub struct InitParams {
 pub struct Cluster {
     dir: PathBuf,
     membership: RwLock<Membership>,
+    executor: Arc<dyn Executor>,
 }
 
 impl Cluster {
     /// Opens the swarm state under `data_dir`, rejoining raft when this
     /// node was a manager before the restart.
-    pub async fn open(data_dir: &Path) -> Result<Cluster, ClusterError> {
+    pub async fn open(data_dir: &Path, executor: Arc<dyn Executor>) -> Result<Cluster, ClusterError> {
         let dir = data_dir.join("swarm");
         let membership = match read_local(&dir)? {
             None => Membership::Inactive,
             Some(local) => {
                 let raft = RaftNode::open(&dir, local.raft_id, raft_options(&local)).await?;
                 tracing::info!(node = %local.node_id, "rejoined the swarm as a manager");
-                Membership::Manager(Arc::new(Manager { local, raft }))
+                Membership::Manager(Arc::new(Manager::start(local, raft, executor.clone())))
             }
         };
         Ok(Cluster {
             dir,
             membership: RwLock::new(membership),
+            executor,
         })
     }
 
@@ -178,30 +223,25 @@ impl Cluster {
         // Start from nothing: a half-made swarm from a crash is not resumed.
         remove_dir(&self.dir)?;
         let raft = RaftNode::open(&self.dir, local.raft_id, raft_options(&local)).await?;
-        let manager = Manager { local, raft };
-        if let Err(error) = bootstrap(&manager, params, &self.dir, &mut rng).await {
-            let _ = manager.raft.shutdown().await;
+        if let Err(error) = bootstrap(&raft, &local, params, &self.dir, &mut rng).await {
+            let _ = raft.shutdown().await;
             let _ = remove_dir(&self.dir);
             return Err(error);
         }
         // Written last: its presence is what makes a restart rejoin.
-        write_local(&self.dir, &manager.local)?;
-        let node_id = manager.local.node_id.clone();
-        *membership = Membership::Manager(Arc::new(manager));
+        write_local(&self.dir, &local)?;
+        let node_id = local.node_id.clone();
+        *membership = Membership::Manager(Arc::new(Manager::start(local, raft, self.executor.clone())));
         tracing::info!(node = %node_id, "swarm initialised");
         Ok(node_id)
     }
 
-    /// Stops raft cleanly at daemon shutdown (the log is durable either way).
+    /// Stops the loops and raft at daemon shutdown (the log is durable either way).
     pub async fn shutdown(&self) {
         let mut membership = self.membership.write().await;
-        if let Membership::Manager(manager) =
-            std::mem::replace(&mut *membership, Membership::Inactive)
-        {
-            if let Ok(manager) = Arc::try_unwrap(manager) {
-                if let Err(error) = manager.raft.shutdown().await {
-                    tracing::warn!(%error, "raft did not shut down cleanly");
-                }
+        if let Membership::Manager(manager) = std::mem::replace(&mut *membership, Membership::Inactive) {
+            if let Err(error) = manager.stop().await {
+                tracing::warn!(%error, "raft did not shut down cleanly");
             }
         }
     }
@@ -218,12 +258,12 @@ impl Cluster {
             return Err(ClusterError::LastManager);
         }
         *membership = Membership::Inactive;
-        // Readers still holding the manager finish against the old store.
-        match Arc::try_unwrap(manager) {
-            Ok(manager) => manager.raft.shutdown().await?,
-            Err(_) => tracing::debug!(
-                "manager still referenced by in-flight requests; raft stops when they finish"
-            ),
+        let node_id = manager.local.node_id.clone();
+        manager.stop().await?;
+        // As the engine does on leave: its task containers go too.
+        match crate::agent::remove_all_own(&*self.executor, &node_id).await {
+            Ok(removed) => tracing::info!(removed, "removed this node's task containers"),
+            Err(error) => tracing::warn!(%error, "could not remove this node's task containers"),
         }
         remove_dir(&self.dir)?;
         tracing::info!("left the swarm");
@@ -241,7 +281,8 @@ fn raft_options(local: &LocalNode) -> NodeOptions {
 /// Commits the cluster object and this node in one transaction, and keeps
 /// the CA key beside the raft log.
 async fn bootstrap(
-    manager: &Manager,
+    raft: &RaftNode,
+    local: &LocalNode,
     params: InitParams,
     dir: &Path,
     rng: &mut impl rand::RngCore,
@@ -255,7 +296,7 @@ async fn bootstrap(
     )?;
     // This node's identity on the cluster port (used by the transport).
     let (cert, key) = root.issue_node_cert(
-        &manager.local.node_id,
+        &local.node_id,
         "swarm-manager",
         &cluster_id,
         std::time::Duration::from_secs(90 * 24 * 3600),
@@ -280,7 +321,7 @@ async fn bootstrap(
     let mut description = params.description;
     description.tls_info = Some(tls);
     let node = Node {
-        id: Some(manager.local.node_id.clone()),
+        id: Some(local.node_id.clone()),
         spec: Some(NodeSpec {
             labels: Some(Default::default()),
             role: Some(NodeSpecRoleEnum::MANAGER),
@@ -290,20 +331,20 @@ async fn bootstrap(
         description: Some(description),
         status: Some(NodeStatus {
             state: Some(NodeState::READY),
-            addr: Some(manager.local.advertise_ip().to_string()),
+            addr: Some(local.advertise_ip().to_string()),
             ..NodeStatus::default()
         }),
         manager_status: Some(ManagerStatus {
             leader: Some(true),
             reachability: Some(Reachability::REACHABLE),
-            addr: Some(manager.local.advertise_addr.clone()),
+            addr: Some(local.advertise_addr.clone()),
         }),
         ..Node::default()
     };
     let tx = Transaction::new(Timestamp::from_system(SystemTime::now()))
         .create(Object::Cluster(cluster))
         .create(Object::Node(node));
-    match manager.proposer().propose(tx).await {
+    match raft.propose(tx).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(ClusterError::Bootstrap(error.to_string())),
         Err(error) => Err(ClusterError::Bootstrap(error.to_string())),

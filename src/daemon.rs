@@ -9,6 +9,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::agent::{AgentError, DockerExecutor};
 use crate::api::Api;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{expand_home, Config};
@@ -30,6 +31,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -45,7 +48,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         shutdown.clone(),
         tasks.clone(),
     );
-    let cluster = Arc::new(Cluster::open(&config.data_dir).await?);
+    let executor = Arc::new(DockerExecutor::connect(&config.engine)?);
+    let cluster = Arc::new(Cluster::open(&config.data_dir, executor).await?);
     let api = Api::new(proxy, cluster.clone());
 
     let listeners = bind_all(&config).await?;

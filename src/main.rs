@@ -1,5 +1,6 @@
 //! shoal: flags → Config → run. Nothing else lives here.
 
+mod agent;
 mod api;
 mod body;
 mod ca;
@@ -7,6 +8,7 @@ mod cluster;
 mod config;
 mod daemon;
 mod listen;
+mod manager;
 mod netutil;
 mod proxy;
 mod raft;

@@ -14,12 +14,14 @@ use crate::store::{ProposeError, StoreError};
 pub enum RpcCode {
     InvalidArgument,
     FailedPrecondition,
+    Unimplemented,
 }
 
 impl RpcCode {
     fn status(self) -> StatusCode {
         match self {
             RpcCode::InvalidArgument | RpcCode::FailedPrecondition => StatusCode::BAD_REQUEST,
+            RpcCode::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }

@@ -8,6 +8,7 @@ mod filters;
 mod info;
 mod nodes;
 mod query;
+mod services;
 mod swarm;
 mod tasks;
 
@@ -118,6 +119,11 @@ impl Api {
                 nodes::update(&manager, id, query, body).await
             }
             (&Method::DELETE, ["nodes", id]) => nodes::remove(&manager, id, query).await,
+            (&Method::POST, ["services", "create"]) => services::create(&manager, body).await,
+            (&Method::GET, ["services"]) => services::list(&manager, query),
+            (&Method::GET, ["services", id]) => services::inspect(&manager, id, query),
+            (&Method::POST, ["services", id, "update"]) => services::update(&manager, id, query, body).await,
+            (&Method::DELETE, ["services", id]) => services::remove(&manager, id).await,
             (&Method::GET, ["tasks"]) => tasks::list(&manager, query),
             (&Method::GET, ["tasks", id]) => tasks::inspect(&manager, id),
             (_, ["services" | "tasks" | "secrets" | "configs", ..]) => Err(ApiError::NotSupported(

@@ -36,7 +36,7 @@ pub(crate) fn service(id: &str) -> Object {
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }.into())
 }
 
 pub(crate) fn create(id: &str) -> Transaction {

@@ -14,7 +14,7 @@ fn service(id: &str, name: &str) -> Object {
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }.into())
 }
 
 fn task(id: &str, service: &str, node: Option<&str>) -> Object {

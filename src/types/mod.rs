@@ -87,12 +87,44 @@ pub struct SwarmNetwork {
     pub network: Network,
 }
 
+/// A service as the engine shows it: bollard's `Service` plus the
+/// `PreviousSpec` that the API has and bollard's model lacks (rollback needs it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmService {
+    #[serde(flatten)]
+    pub service: Service,
+    #[serde(rename = "PreviousSpec", default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<bollard::models::ServiceSpec>,
+}
+
+impl std::ops::Deref for SwarmService {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl std::ops::DerefMut for SwarmService {
+    fn deref_mut(&mut self) -> &mut Service {
+        &mut self.service
+    }
+}
+
+impl From<Service> for SwarmService {
+    fn from(service: Service) -> Self {
+        SwarmService {
+            service,
+            previous_spec: None,
+        }
+    }
+}
+
 /// One stored object. The variant is the table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Object {
     Cluster(Swarm),
     Node(Node),
-    Service(Service),
+    Service(SwarmService),
     Task(Task),
     Secret(Secret),
     Config(Config),

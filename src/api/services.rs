@@ -1,0 +1,399 @@
+//! `/services`: create, list, inspect, update (and rollback), remove.
+//! Specs are stored as sent (bollard's model keeps every API field and
+//! drops unknown ones); defaults appear only with `insertDefaults`.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use bollard::models::{
+    EndpointSpec, EndpointSpecModeEnum, Service, ServiceEndpoint, ServiceServiceStatus, ServiceSpec,
+    ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
+    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum,
+    ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskSpecContainerSpecIsolationEnum,
+    TaskSpecContainerSpecDnsConfig, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
+};
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::filters::{label_matches, Filters};
+use super::query::{read_json, Query};
+use super::{json, ApiError, RpcCode};
+use crate::body::Body;
+use crate::cluster::Manager;
+use crate::manager::orchestrator::{as_service, as_task, is_global, replicas};
+use crate::manager::tasks;
+use crate::store::{Store, Transaction};
+use crate::types::{new_id, Kind, Object, SwarmService, Timestamp};
+
+const FILTERS: [&str; 5] = ["id", "label", "mode", "name", "runtime"];
+const SECOND: i64 = 1_000_000_000;
+
+pub async fn create(manager: &Manager, body: Incoming) -> Result<Response<Body>, ApiError> {
+    let mut spec: ServiceSpec = read_json(body).await?;
+    let store = manager.store();
+    // StdRng is Send: it lives across the await below.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    if spec.name.as_deref().unwrap_or("").is_empty() {
+        spec.name = Some(random_name(&mut rng, &store));
+    }
+    validate(&store, &spec)?;
+    normalise(&mut spec);
+    let endpoint = endpoint_of(&spec);
+    let service = SwarmService::from(Service {
+        id: Some(new_id(&mut rng)),
+        spec: Some(spec),
+        endpoint: Some(endpoint),
+        ..Service::default()
+    });
+    let id = service.id.clone().unwrap_or_default();
+    let tx = Transaction::new(now()).create(Object::Service(service));
+    manager.proposer().propose(tx).await??;
+    Ok(json(StatusCode::CREATED, &serde_json::json!({ "ID": id })))
+}
+
+pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError> {
+    let filters = Filters::parse(query.get("filters"), &FILTERS)?;
+    let store = manager.store();
+    let with_status = query.flag("status");
+    let mut services: Vec<SwarmService> = store
+        .list(Kind::Service)
+        .iter()
+        .filter_map(as_service)
+        .filter(|s| matches(s, &filters))
+        .collect();
+    services.sort_by(|a, b| a.id.cmp(&b.id));
+    if with_status {
+        for service in &mut services {
+            service.service_status = Some(status_of(&store, service));
+        }
+    }
+    Ok(json(StatusCode::OK, &services))
+}
+
+pub fn inspect(manager: &Manager, reference: &str, query: &Query) -> Result<Response<Body>, ApiError> {
+    let insert_defaults = match query.get("insertDefaults") {
+        None | Some("") | Some("0") | Some("false") | Some("False") | Some("FALSE") | Some("f") | Some("F") => false,
+        Some("1") | Some("true") | Some("True") | Some("TRUE") | Some("t") | Some("T") => true,
+        Some(other) => return Err(ApiError::BadRequest(format!("invalid value for insertDefaults: {other}"))),
+    };
+    let mut service = find(&manager.store(), reference)?;
+    if insert_defaults {
+        if let Some(spec) = service.spec.as_mut() {
+            insert_spec_defaults(spec);
+        }
+    }
+    Ok(json(StatusCode::OK, &service))
+}
+
+pub async fn update(manager: &Manager, reference: &str, query: &Query, body: Incoming) -> Result<Response<Body>, ApiError> {
+    let version = query.version("service")?;
+    let mut spec: ServiceSpec = read_json(body).await?;
+    match query.get("registryAuthFrom") {
+        None | Some("") | Some("spec") | Some("previous-spec") => {}
+        Some(_) => return Err(ApiError::Internal("unsupported registryAuthFrom value".to_string())),
+    }
+    let store = manager.store();
+    let current = find(&store, reference)?;
+    let id = current.id.clone().unwrap_or_default();
+    let current_spec = current.spec.clone().unwrap_or_default();
+    let rollback = match query.get("rollback") {
+        None | Some("") => false,
+        Some("previous") => true,
+        Some(other) => return Err(ApiError::Internal(format!("unrecognized rollback option {other}"))),
+    };
+    let mut update_status = current.update_status.clone();
+    let previous = if rollback {
+        // A rollback ignores the body: Spec and PreviousSpec swap.
+        let Some(previous) = current.previous_spec.clone() else {
+            return Err(ApiError::rpc(RpcCode::FailedPrecondition, format!("service {id} does not have a previous spec")));
+        };
+        spec = previous;
+        update_status = Some(ServiceUpdateStatus {
+            state: Some(ServiceUpdateStatusStateEnum::ROLLBACK_STARTED),
+            started_at: Some(tasks::now()),
+            completed_at: None,
+            message: Some("manually requested rollback".to_string()),
+        });
+        current_spec.clone()
+    } else {
+        if spec.name != current_spec.name {
+            return Err(ApiError::Rpc {
+                code: RpcCode::Unimplemented,
+                desc: "renaming services is not supported".to_string(),
+            });
+        }
+        validate(&store, &spec)?;
+        normalise(&mut spec);
+        if mode_kind(&spec) != mode_kind(&current_spec) {
+            return Err(ApiError::Rpc {
+                code: RpcCode::Unimplemented,
+                desc: "service mode change is not allowed".to_string(),
+            });
+        }
+        if spec.task_template != current_spec.task_template {
+            update_status = Some(ServiceUpdateStatus {
+                state: Some(ServiceUpdateStatusStateEnum::UPDATING),
+                started_at: Some(tasks::now()),
+                completed_at: None,
+                message: Some("update in progress".to_string()),
+            });
+        }
+        current_spec.clone()
+    };
+    let endpoint = endpoint_of(&spec);
+    let updated = SwarmService {
+        service: Service {
+            spec: Some(spec),
+            endpoint: Some(endpoint),
+            update_status,
+            ..current.service
+        },
+        previous_spec: Some(previous),
+    };
+    let tx = Transaction::new(now()).update(Object::Service(updated), version);
+    manager.proposer().propose(tx).await??;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "Warnings": null })))
+}
+
+pub async fn remove(manager: &Manager, reference: &str) -> Result<Response<Body>, ApiError> {
+    let store = manager.store();
+    let service = find(&store, reference)?;
+    let id = service.id.clone().unwrap_or_default();
+    // Tasks go to desired `remove` in the same entry, so a network or stack
+    // removal right after sees them leaving (as swarmkit's orchestrator does).
+    let mut tx = Transaction::new(now()).delete(Kind::Service, id.clone(), None);
+    for task in store.tasks_by_service(&id).iter().filter_map(as_task) {
+        if task.desired_state != Some(TaskState::REMOVE) {
+            let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+            let updated = bollard::models::Task {
+                desired_state: Some(TaskState::REMOVE),
+                ..task
+            };
+            tx = tx.update(Object::Task(updated), version);
+        }
+    }
+    manager.proposer().propose(tx).await??;
+    Ok(super::empty_ok())
+}
+
+pub fn find(store: &Store, reference: &str) -> Result<SwarmService, ApiError> {
+    as_service(&store.find(Kind::Service, reference)?).ok_or_else(|| ApiError::NotFound(format!("service {reference} not found")))
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_system(SystemTime::now())
+}
+
+/// The engine's checks, with its texts, before anything is written.
+fn validate(store: &Store, spec: &ServiceSpec) -> Result<(), ApiError> {
+    let name = spec.name.as_deref().unwrap_or("");
+    if !valid_name(name) {
+        return Err(ApiError::rpc(RpcCode::InvalidArgument, "name must be valid as a DNS name component"));
+    }
+    if name.len() > 63 {
+        return Err(ApiError::rpc(RpcCode::InvalidArgument, "name must be 63 characters or fewer"));
+    }
+    let modes = spec.mode.as_ref().map(|m| {
+        [m.replicated.is_some(), m.global.is_some(), m.replicated_job.is_some(), m.global_job.is_some()]
+            .iter()
+            .filter(|&&b| b)
+            .count()
+    });
+    if modes.unwrap_or(0) > 1 {
+        return Err(ApiError::BadRequest("must specify only one service mode".to_string()));
+    }
+    if let Some(replicas) = spec.mode.as_ref().and_then(|m| m.replicated.as_ref()).and_then(|r| r.replicas) {
+        if replicas < 0 {
+            return Err(ApiError::BadRequest(format!(
+                "json: cannot unmarshal number {replicas} into Go struct field ReplicatedService.Mode.Replicated.Replicas of type uint64"
+            )));
+        }
+    }
+    let mode = spec.mode.as_ref();
+    if mode.is_some_and(|m| m.replicated_job.is_some() || m.global_job.is_some()) {
+        return Err(ApiError::NotSupported("job services (replicated-job, global-job)"));
+    }
+    let template = spec.task_template.clone().unwrap_or_default();
+    let container = template.container_spec.clone().unwrap_or_default();
+    if container.image.as_deref().unwrap_or("").is_empty() {
+        return Err(ApiError::rpc(RpcCode::InvalidArgument, "ContainerSpec: image reference must be provided"));
+    }
+    for secret in container.secrets.iter().flatten() {
+        let reference = secret.secret_id.clone().or(secret.secret_name.clone()).unwrap_or_default();
+        if store.find(Kind::Secret, &reference).is_err() {
+            return Err(ApiError::rpc(RpcCode::InvalidArgument, format!("secret not found: {reference}")));
+        }
+    }
+    for config in container.configs.iter().flatten() {
+        let reference = config.config_id.clone().or(config.config_name.clone()).unwrap_or_default();
+        if store.find(Kind::Config, &reference).is_err() {
+            return Err(ApiError::rpc(RpcCode::InvalidArgument, format!("config not found: {reference}")));
+        }
+    }
+    let networks = template.networks.iter().flatten().count() + spec.networks.iter().flatten().count();
+    if networks > 0 {
+        return Err(ApiError::NotSupported("attaching services to networks"));
+    }
+    if spec.endpoint_spec.as_ref().and_then(|e| e.ports.as_ref()).is_some_and(|p| !p.is_empty()) {
+        return Err(ApiError::NotSupported("published ports"));
+    }
+    if let Some(field) = crate::agent::unsupported_fields(&container).into_iter().next() {
+        return Err(ApiError::BadRequest(format!("ContainerSpec.{field} is not supported by shoal yet")));
+    }
+    Ok(())
+}
+
+/// `^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$`: swarmkit's DNS-label rule for names.
+fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+}
+
+/// What the engine stores beyond the request: `Runtime: container`,
+/// `Isolation: default`, an empty endpoint spec read back as `vip`, and a
+/// replicated mode without a count as one replica.
+fn normalise(spec: &mut ServiceSpec) {
+    let template = spec.task_template.get_or_insert_with(Default::default);
+    template.runtime.get_or_insert_with(|| "container".to_string());
+    let container = template.container_spec.get_or_insert_with(Default::default);
+    container.isolation.get_or_insert(TaskSpecContainerSpecIsolationEnum::DEFAULT);
+    template.force_update.get_or_insert(0);
+    let mode = spec.mode.get_or_insert_with(Default::default);
+    if mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
+        let replicated = mode.replicated.get_or_insert_with(Default::default);
+        replicated.replicas.get_or_insert(1);
+    }
+    if let Some(endpoint) = spec.endpoint_spec.as_mut() {
+        endpoint.mode.get_or_insert(EndpointSpecModeEnum::VIP);
+    }
+    spec.labels.get_or_insert_with(HashMap::new);
+}
+
+fn endpoint_of(spec: &ServiceSpec) -> ServiceEndpoint {
+    ServiceEndpoint {
+        spec: Some(spec.endpoint_spec.clone().unwrap_or(EndpointSpec { mode: None, ports: None })),
+        ..ServiceEndpoint::default()
+    }
+}
+
+fn mode_kind(spec: &ServiceSpec) -> &'static str {
+    match spec.mode.as_ref() {
+        Some(m) if m.global.is_some() => "global",
+        Some(m) if m.replicated_job.is_some() => "replicated-job",
+        Some(m) if m.global_job.is_some() => "global-job",
+        _ => "replicated",
+    }
+}
+
+fn matches(service: &SwarmService, filters: &Filters) -> bool {
+    let id = service.id.as_deref().unwrap_or("");
+    let spec = service.spec.clone().unwrap_or_default();
+    let name = spec.name.as_deref().unwrap_or("");
+    filters.any("id", |f| id.starts_with(f))
+        && filters.any("name", |f| name.starts_with(f))
+        && filters.any("mode", |f| f == mode_kind(&spec))
+        && filters.any("runtime", |f| f == "container")
+        && (!filters.contains("label") || filters.values("label").iter().all(|f| label_matches(spec.labels.as_ref(), f)))
+}
+
+/// `ServiceStatus` for `service ls`: running tasks anywhere, desired as the mode says.
+fn status_of(store: &Store, service: &SwarmService) -> ServiceServiceStatus {
+    let id = service.id.clone().unwrap_or_default();
+    let service_tasks: Vec<_> = store.tasks_by_service(&id).iter().filter_map(as_task).collect();
+    let running = service_tasks.iter().filter(|t| tasks::state(t) == TaskState::RUNNING).count() as u64;
+    let desired = match replicas(service) {
+        Some(count) => count,
+        None if is_global(service) => service_tasks.iter().filter(|t| t.desired_state == Some(TaskState::RUNNING)).count() as u64,
+        None => 0,
+    };
+    ServiceServiceStatus {
+        running_tasks: Some(running),
+        desired_tasks: Some(desired),
+        completed_tasks: Some(0),
+    }
+}
+
+/// The defaults swarmkit fills in, shown by `service inspect` (insertDefaults=true).
+fn insert_spec_defaults(spec: &mut ServiceSpec) {
+    let template = spec.task_template.get_or_insert_with(Default::default);
+    let container = template.container_spec.get_or_insert_with(Default::default);
+    container.stop_grace_period.get_or_insert(10 * SECOND);
+    container.dns_config.get_or_insert_with(TaskSpecContainerSpecDnsConfig::default);
+    template.resources.get_or_insert_with(TaskSpecResources::default);
+    let restart = template.restart_policy.get_or_insert_with(TaskSpecRestartPolicy::default);
+    if matches!(restart.condition, None | Some(TaskSpecRestartPolicyConditionEnum::EMPTY)) {
+        restart.condition = Some(TaskSpecRestartPolicyConditionEnum::ANY);
+    }
+    restart.delay.get_or_insert(5 * SECOND);
+    restart.max_attempts.get_or_insert(0);
+    template.placement.get_or_insert_with(TaskSpecPlacement::default);
+    let update = spec.update_config.get_or_insert_with(ServiceSpecUpdateConfig::default);
+    update.parallelism.get_or_insert(1);
+    update.failure_action.get_or_insert(ServiceSpecUpdateConfigFailureActionEnum::PAUSE);
+    update.monitor.get_or_insert(5 * SECOND);
+    update.max_failure_ratio.get_or_insert(0.0);
+    update.order.get_or_insert(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST);
+    let rollback = spec.rollback_config.get_or_insert_with(ServiceSpecRollbackConfig::default);
+    rollback.parallelism.get_or_insert(1);
+    rollback.failure_action.get_or_insert(ServiceSpecRollbackConfigFailureActionEnum::PAUSE);
+    rollback.monitor.get_or_insert(5 * SECOND);
+    rollback.max_failure_ratio.get_or_insert(0.0);
+    rollback.order.get_or_insert(ServiceSpecRollbackConfigOrderEnum::STOP_FIRST);
+}
+
+const ADJECTIVES: [&str; 16] = [
+    "admiring", "brave", "calm", "dazzling", "eager", "focused", "gallant", "happy", "inspiring", "jolly", "keen",
+    "loving", "modest", "nifty", "optimistic", "quirky",
+];
+const SURNAMES: [&str; 16] = [
+    "archimedes", "babbage", "curie", "darwin", "euclid", "fermi", "galileo", "hopper", "lovelace", "meitner",
+    "newton", "pasteur", "ritchie", "shannon", "turing", "wozniak",
+];
+
+/// A Docker-style `adjective_surname` not yet taken.
+fn random_name(rng: &mut impl rand::Rng, store: &Store) -> String {
+    loop {
+        let name = format!(
+            "{}_{}",
+            ADJECTIVES[rng.gen_range(0..ADJECTIVES.len())],
+            SURNAMES[rng.gen_range(0..SURNAMES.len())]
+        );
+        if store.find(Kind::Service, &name).is_err() {
+            return name;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_follow_the_dns_rule() {
+        assert!(valid_name("web"));
+        assert!(valid_name("my_web-1"));
+        assert!(!valid_name("web."));
+        assert!(!valid_name("-web"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a.b"));
+    }
+
+    #[test]
+    fn normalise_adds_what_the_engine_stores() {
+        let mut spec: ServiceSpec = serde_json::from_str(
+            r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"busybox"}},"Mode":{"Replicated":{}},"EndpointSpec":{}}"#,
+        )
+        .unwrap();
+        normalise(&mut spec);
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["TaskTemplate"]["Runtime"], "container");
+        assert_eq!(v["TaskTemplate"]["ContainerSpec"]["Isolation"], "default");
+        assert_eq!(v["Mode"]["Replicated"]["Replicas"], 1);
+        assert_eq!(v["EndpointSpec"]["Mode"], "vip");
+        assert_eq!(v["Labels"], serde_json::json!({}));
+    }
+}

@@ -1,0 +1,124 @@
+//! The manager side of a node's session: hands the node's agent its
+//! assignment set (its tasks, from the store) and batches the status the
+//! agent reports into raft. On one node the session is in-process; the
+//! cluster transport carries the same two streams between hosts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bollard::models::{Task, TaskState};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::orchestrator::as_task;
+use super::tasks::{rank, state};
+use crate::agent::{Assignment, StatusReport};
+use crate::store::{Proposer, Store, Transaction};
+use crate::types::{Kind, Object, Timestamp};
+
+/// How many reports one raft entry carries at most.
+const MAX_BATCH: usize = 512;
+
+/// Keeps `assignments` equal to the tasks placed on `node_id`.
+pub async fn publish_assignments(
+    node_id: String,
+    store: Arc<Store>,
+    assignments: watch::Sender<Arc<Vec<Assignment>>>,
+    shutdown: CancellationToken,
+) {
+    let mut watcher = store.watch_from(store.index());
+    loop {
+        let set = assignment_set(&store, &node_id);
+        assignments.send_if_modified(|current| {
+            let same = current.len() == set.len()
+                && current.iter().zip(&set).all(|(a, b)| a.task == b.task && a.service_name == b.service_name);
+            if !same {
+                *current = Arc::new(set);
+            }
+            !same
+        });
+        if !super::wait_for_change(&store, &mut watcher, &shutdown, None).await {
+            break;
+        }
+    }
+}
+
+/// Tasks the scheduler has placed on the node, whatever their desired state.
+fn assignment_set(store: &Store, node_id: &str) -> Vec<Assignment> {
+    let mut set: Vec<Assignment> = store.read(|tables| {
+        tables
+            .tasks_by_node(node_id)
+            .iter()
+            .filter_map(as_task)
+            .filter(|t| rank(state(t)) >= rank(TaskState::ASSIGNED))
+            .map(|task| {
+                let service_name = task
+                    .service_id
+                    .as_deref()
+                    .and_then(|id| tables.get(Kind::Service, id))
+                    .and_then(|s| s.name().map(str::to_string))
+                    .unwrap_or_default();
+                Assignment { task, service_name }
+            })
+            .collect()
+    });
+    set.sort_by(|a, b| a.task.id.cmp(&b.task.id));
+    set
+}
+
+/// Commits the agent's reports, many per raft entry.
+pub async fn commit_reports(
+    store: Arc<Store>,
+    proposer: Arc<dyn Proposer>,
+    mut reports: mpsc::Receiver<StatusReport>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            report = reports.recv() => match report {
+                Some(report) => report,
+                None => break,
+            },
+        };
+        // Latest report per task wins; whatever is already queued joins the batch.
+        let mut batch: HashMap<String, StatusReport> = HashMap::new();
+        batch.insert(first.task_id.clone(), first);
+        while batch.len() < MAX_BATCH {
+            match reports.try_recv() {
+                Ok(report) => {
+                    batch.insert(report.task_id.clone(), report);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = super::propose_fresh(&proposer, || status_transaction(&store, &batch)).await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "task status could not be committed");
+        }
+    }
+}
+
+/// Status changes only move forward: a late report never undoes a newer state.
+fn status_transaction(store: &Store, batch: &HashMap<String, StatusReport>) -> Option<Transaction> {
+    let mut tx = Transaction::new(Timestamp::from_system(SystemTime::now()));
+    let mut changed = false;
+    for report in batch.values() {
+        let Some(Object::Task(task)) = store.get(Kind::Task, &report.task_id).as_deref().cloned() else {
+            continue;
+        };
+        let Some(new_state) = report.status.state else { continue };
+        if rank(new_state) < rank(state(&task)) || task.status.as_ref() == Some(&report.status) {
+            continue;
+        }
+        let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+        let updated = Task {
+            status: Some(report.status.clone()),
+            ..task
+        };
+        tx = tx.update(Object::Task(updated), version);
+        changed = true;
+    }
+    changed.then_some(tx)
+}

@@ -1,0 +1,107 @@
+//! The leader-only loops that turn services into running tasks:
+//! `orchestrator` (desired tasks), `scheduler` (placement), and the
+//! manager side of node sessions, `dispatcher`. Each reads the store and
+//! writes through the Proposer; none keeps its own copy of cluster state.
+
+pub mod dispatcher;
+pub mod orchestrator;
+pub mod scheduler;
+pub mod tasks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::{self, Executor};
+use crate::store::{Proposer, Store, StoreError, Transaction, WatchItem, Watcher};
+
+/// Reports the agent may queue before it waits for the dispatcher.
+const REPORT_QUEUE: usize = 4096;
+
+/// Starts every loop of a manager that leads, and this node's agent; all
+/// end when `shutdown` fires.
+pub fn start(
+    node_id: String,
+    store: Arc<Store>,
+    proposer: Arc<dyn Proposer>,
+    executor: Arc<dyn Executor>,
+    shutdown: CancellationToken,
+    running: &TaskTracker,
+) {
+    let (assignments_tx, assignments_rx) = watch::channel(Arc::new(Vec::new()));
+    let (reports_tx, reports_rx) = mpsc::channel(REPORT_QUEUE);
+    running.spawn(orchestrator::run(store.clone(), proposer.clone(), shutdown.clone()));
+    running.spawn(scheduler::run(store.clone(), proposer.clone(), shutdown.clone()));
+    running.spawn(dispatcher::publish_assignments(
+        node_id.clone(),
+        store.clone(),
+        assignments_tx,
+        shutdown.clone(),
+    ));
+    running.spawn(dispatcher::commit_reports(store, proposer, reports_rx, shutdown.clone()));
+    running.spawn(agent::run(node_id, executor, assignments_rx, reports_tx, shutdown));
+}
+
+/// Waits until the store changes (or `shutdown`), then lets a short burst of
+/// further changes arrive so one reconcile covers them all. Returns false
+/// at shutdown.
+pub async fn wait_for_change(
+    store: &Store,
+    watcher: &mut Watcher,
+    shutdown: &CancellationToken,
+    wake_at: Option<tokio::time::Instant>,
+) -> bool {
+    let sleep = async {
+        match wake_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return false,
+        item = watcher.next() => match item {
+            Some(WatchItem::Event(_)) => {}
+            // Lost events or a closed watch: restart from the store as it is.
+            Some(WatchItem::Resync) | None => *watcher = store.watch_from(store.index()),
+        },
+        _ = sleep => {}
+    }
+    // Coalesce: take whatever else is already queued without waiting.
+    let burst = tokio::time::sleep(Duration::from_millis(2));
+    tokio::pin!(burst);
+    loop {
+        tokio::select! {
+            biased;
+            item = watcher.next() => match item {
+                Some(WatchItem::Event(_)) => continue,
+                Some(WatchItem::Resync) | None => {
+                    *watcher = store.watch_from(store.index());
+                    break;
+                }
+            },
+            _ = &mut burst => break,
+        }
+    }
+    !shutdown.is_cancelled()
+}
+
+/// Proposes a transaction built from the current store; when another write
+/// got in between (a stale version), builds it again from the new state.
+pub async fn propose_fresh(
+    proposer: &Arc<dyn Proposer>,
+    mut build: impl FnMut() -> Option<Transaction>,
+) -> Result<(), String> {
+    for _ in 0..5 {
+        let Some(tx) = build() else { return Ok(()) };
+        match proposer.propose(tx).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(StoreError::OutOfSequence { .. })) => continue,
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Err("gave up after repeated version conflicts".to_string())
+}

@@ -1,0 +1,106 @@
+//! Task facts every loop shares: swarmkit's state order, new tasks, and
+//! what a task's spec must equal to be up to date.
+
+use std::time::SystemTime;
+
+use bollard::models::{Service, Task, TaskSpec, TaskState, TaskStatus};
+
+use crate::types::{new_id, Timestamp};
+
+/// swarmkit's numeric task states: everything past `running` is terminal.
+pub fn rank(state: TaskState) -> u16 {
+    match state {
+        TaskState::NEW => 0,
+        TaskState::ALLOCATED => 32,
+        TaskState::PENDING => 64,
+        TaskState::ASSIGNED => 192,
+        TaskState::ACCEPTED => 256,
+        TaskState::PREPARING => 320,
+        TaskState::READY => 384,
+        TaskState::STARTING => 448,
+        TaskState::RUNNING => 512,
+        TaskState::COMPLETE => 576,
+        TaskState::SHUTDOWN => 640,
+        TaskState::FAILED => 704,
+        TaskState::REJECTED => 768,
+        TaskState::REMOVE => 800,
+        TaskState::ORPHANED => 832,
+    }
+}
+
+pub fn state(task: &Task) -> TaskState {
+    task.status.as_ref().and_then(|s| s.state).unwrap_or(TaskState::NEW)
+}
+
+pub fn desired(task: &Task) -> TaskState {
+    task.desired_state.unwrap_or(TaskState::RUNNING)
+}
+
+pub fn is_terminal(state: TaskState) -> bool {
+    rank(state) > rank(TaskState::RUNNING)
+}
+
+/// A task the orchestrator still wants (desired `ready` or `running`).
+pub fn is_live(task: &Task) -> bool {
+    rank(desired(task)) <= rank(TaskState::RUNNING)
+}
+
+pub fn now() -> String {
+    Timestamp::from_system(SystemTime::now()).to_rfc3339()
+}
+
+pub fn status(state: TaskState, message: &str, err: Option<String>) -> TaskStatus {
+    TaskStatus {
+        timestamp: Some(now()),
+        state: Some(state),
+        message: Some(message.to_string()),
+        err,
+        ..TaskStatus::default()
+    }
+}
+
+/// The spec a task of `service` runs: the service's TaskTemplate, without
+/// `Runtime`, which the engine shows on services but not on tasks.
+pub fn task_spec(service: &Service) -> TaskSpec {
+    let mut spec = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task_template.clone())
+        .unwrap_or_default();
+    spec.runtime = None;
+    spec
+}
+
+/// A new task for `service` in `slot` (replicated) or on `node` (global),
+/// waiting for the scheduler.
+pub fn new_task(service: &Service, slot: Option<i64>, node: Option<String>, rng: &mut impl rand::RngCore) -> Task {
+    Task {
+        id: Some(new_id(rng)),
+        labels: Some(Default::default()),
+        spec: Some(task_spec(service)),
+        service_id: service.id.clone(),
+        slot,
+        node_id: node,
+        status: Some(status(TaskState::PENDING, "pending task scheduling", None)),
+        desired_state: Some(TaskState::RUNNING),
+        ..Task::default()
+    }
+}
+
+/// Up to date = the task runs the service's current task spec.
+pub fn is_up_to_date(task: &Task, service: &Service) -> bool {
+    task.spec.as_ref() == Some(&task_spec(service))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_ordered_as_in_swarmkit() {
+        assert!(rank(TaskState::PENDING) < rank(TaskState::ASSIGNED));
+        assert!(!is_terminal(TaskState::RUNNING));
+        assert!(is_terminal(TaskState::COMPLETE));
+        assert!(is_terminal(TaskState::REJECTED));
+    }
+}
