@@ -455,6 +455,32 @@ fn ps_and_rm_force() {
     );
 }
 
+#[test]
+fn raw_responses_match_the_engine() {
+    let shoal = Shoal::start();
+    for (method, path) in [
+        ("GET", "/_ping"),
+        ("HEAD", "/_ping"),
+        ("GET", "/v1.41/containers/shoaltest-missing/json"),
+        ("GET", "/v1.41/images/shoaltest-missing:latest/json"),
+        (
+            "GET",
+            "/v1.41/containers/json?all=1&filters=%7B%22name%22%3A%5B%22shoaltest-none%22%5D%7D",
+        ),
+        ("GET", "/v1.41/no/such/endpoint"),
+    ] {
+        let direct = http_unix(&engine_sock(), method, path, None).unwrap();
+        let via = shoal.http(method, path);
+        assert_eq!(via.status, direct.status, "{method} {path}");
+        assert_eq!(via.body, direct.body, "{method} {path}: {}", via.text());
+        assert_eq!(
+            via.header("content-type"),
+            direct.header("content-type"),
+            "{method} {path}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Error cases and the daemon's life cycle
 // ---------------------------------------------------------------------------
