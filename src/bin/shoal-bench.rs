@@ -1,0 +1,57 @@
+//! `shoal-bench`: benchmark commands for shoal (a command, never a timed test).
+//!
+//! Each subcommand measures one part of shoal against what it stands in for,
+//! in the same run, and prints ratios and a verdict per goal:
+//!
+//! ```text
+//! cargo build --release --bin shoal
+//! cargo run --release --bin shoal-bench -- proxy [--rounds 5] [--requests 2000]
+//! ```
+//!
+//! Later issues add subcommands (`raft`, `services`, ...) beside `proxy`.
+
+#[path = "shoal_bench/mod.rs"]
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks shoal against the Docker engine it fronts.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The passthrough proxy: keep-alive latency, streamed `docker save`
+    /// throughput and shoal's memory, direct to the engine vs through shoal.
+    Proxy(bench::proxy::ProxyArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // One thread for the client side: every request is sequential, and a
+    // single-threaded runtime keeps cross-thread wake-ups out of the figures
+    // (on a 2-CPU host the engine and shoal need the other core).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let work = async {
+            match cli.command {
+                Command::Proxy(args) => bench::proxy::run(args).await,
+            }
+        };
+        // On Ctrl-C the work future is dropped, which stops the shoal it
+        // started and removes its temporary directory.
+        tokio::select! {
+            result = work => result,
+            signal = tokio::signal::ctrl_c() => {
+                signal?;
+                anyhow::bail!("interrupted")
+            }
+        }
+    })
+}

@@ -1,0 +1,12 @@
+//! The pieces of `shoal-bench`, shared by its subcommands.
+
+/// HTTP/1 keep-alive client over a unix socket (hyper 1 client conn).
+pub mod client;
+/// Starting, probing and stopping the shoal under test.
+pub mod daemon;
+/// The large local image the throughput benchmark streams.
+pub mod image;
+/// `shoal-bench proxy`.
+pub mod proxy;
+/// Percentiles, medians and the printed table.
+pub mod stats;
