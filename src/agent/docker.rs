@@ -1,0 +1,395 @@
+//! The executor that drives the local engine through bollard.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, EventMessageTypeEnum,
+    HealthStatusEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    RemoveContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::FutureExt;
+use tokio::sync::OnceCell;
+
+use super::spec::{LABEL_NODE_ID, LABEL_TASK_ID};
+use super::{AgentError, ContainerInfo, EngineEvent, ExecFuture, ExecResult, Executor, RunState};
+
+/// Per-request timeout for the response headers (bollard's). Stops wait up
+/// to the grace period before the engine answers, so this must exceed any
+/// sane grace period.
+const REQUEST_TIMEOUT_SECS: u64 = 600;
+/// A pull that makes no progress for this long is given up (no registry is
+/// reachable on many hosts; the local image is used then).
+const PULL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// API versions older than this are not negotiated down to.
+const MIN_API: (usize, usize) = (1, 41);
+
+/// Runs task containers on a Docker engine through bollard.
+pub struct DockerExecutor {
+    addr: String,
+    unversioned: Docker,
+    /// The client after version negotiation with the engine (done lazily,
+    /// on first use, so `connect` need not be async).
+    negotiated: Arc<OnceCell<Docker>>,
+}
+
+impl DockerExecutor {
+    /// `engine_addr`: `unix:///var/run/docker.sock`, a bare socket path, or
+    /// `tcp://host:port` / `http://host:port`.
+    pub fn connect(engine_addr: &str) -> Result<Self, AgentError> {
+        let connect_err = |e: BollardError| AgentError::Connect {
+            addr: engine_addr.to_string(),
+            reason: e.to_string(),
+        };
+        let docker = if let Some(path) = engine_addr.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                .map_err(connect_err)?
+        } else if engine_addr.starts_with("tcp://") || engine_addr.starts_with("http://") {
+            Docker::connect_with_http(
+                engine_addr,
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(connect_err)?
+        } else if engine_addr.starts_with('/') {
+            Docker::connect_with_unix(
+                engine_addr,
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(connect_err)?
+        } else {
+            return Err(AgentError::Connect {
+                addr: engine_addr.to_string(),
+                reason: "unsupported address (want unix://, tcp:// or http://)".to_string(),
+            });
+        };
+        Ok(DockerExecutor {
+            addr: engine_addr.to_string(),
+            unversioned: docker,
+            negotiated: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// The client, speaking the engine's API version (the engines on these
+    /// hosts may be older than bollard's default).
+    async fn client(&self) -> ExecResult<Docker> {
+        negotiated_client(&self.addr, &self.unversioned, &self.negotiated).await
+    }
+}
+
+/// Negotiates the API version once per executor (retried after a failure).
+async fn negotiated_client(
+    addr: &str,
+    unversioned: &Docker,
+    cell: &OnceCell<Docker>,
+) -> ExecResult<Docker> {
+    cell.get_or_try_init(|| async {
+        let version = unversioned.version().await.map_err(map_err)?;
+        let api = version.api_version.unwrap_or_default();
+        let mut parts = api.split('.').map(|p| p.parse::<usize>().unwrap_or(0));
+        let engine = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        let ours = (
+            bollard::API_DEFAULT_VERSION.major_version,
+            bollard::API_DEFAULT_VERSION.minor_version,
+        );
+        let chosen = engine.min(ours).max(MIN_API);
+        let client_version = bollard::ClientVersion {
+            major_version: chosen.0,
+            minor_version: chosen.1,
+        };
+        let docker = if let Some(path) = addr.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, &client_version)
+        } else if addr.starts_with('/') {
+            Docker::connect_with_unix(addr, REQUEST_TIMEOUT_SECS, &client_version)
+        } else {
+            Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, &client_version)
+        };
+        docker.map_err(|e| AgentError::Connect {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
+    })
+    .await
+    .cloned()
+}
+
+/// bollard's error → ours, keeping the engine's message for `Status.Err`.
+fn map_err(e: BollardError) -> AgentError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => AgentError::Engine {
+            status: status_code,
+            message,
+        },
+        BollardError::RequestTimeoutError => AgentError::Timeout("engine request".to_string()),
+        BollardError::DockerStreamError { error } => AgentError::Pull(error),
+        BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. } => {
+            AgentError::Engine {
+                status: 0,
+                message: e.to_string(),
+            }
+        }
+        other => AgentError::Unreachable(other.to_string()),
+    }
+}
+
+fn strip_slash(name: &str) -> String {
+    name.strip_prefix('/').unwrap_or(name).to_string()
+}
+
+fn own_filter(node_id: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_NODE_ID}={node_id}")],
+    )])
+}
+
+impl Executor for DockerExecutor {
+    fn image_present<'a>(&'a self, image: &'a str) -> ExecFuture<'a, bool> {
+        async move {
+            let docker = self.client().await?;
+            match docker.inspect_image(image).await.map_err(map_err) {
+                Ok(_) => Ok(true),
+                Err(e) if e.is_not_found() => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        .boxed()
+    }
+
+    fn pull<'a>(&'a self, image: &'a str) -> ExecFuture<'a, ()> {
+        async move {
+            let docker = self.client().await?;
+            let options = CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            };
+            let mut stream = docker.create_image(Some(options), None, None);
+            loop {
+                match tokio::time::timeout(PULL_IDLE_TIMEOUT, stream.next()).await {
+                    Err(_) => return Err(AgentError::Timeout(format!("pulling {image}"))),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(Ok(_progress))) => {}
+                    Ok(Some(Err(e))) => return Err(map_err(e)),
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn create<'a>(&'a self, name: &'a str, body: ContainerCreateBody) -> ExecFuture<'a, String> {
+        async move {
+            let docker = self.client().await?;
+            let options = CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            };
+            let created = docker
+                .create_container(Some(options), body)
+                .await
+                .map_err(map_err)?;
+            Ok(created.id)
+        }
+        .boxed()
+    }
+
+    fn start<'a>(&'a self, id: &'a str) -> ExecFuture<'a, ()> {
+        async move {
+            let docker = self.client().await?;
+            docker.start_container(id, None).await.map_err(map_err)
+        }
+        .boxed()
+    }
+
+    fn stop<'a>(&'a self, id: &'a str, timeout_secs: i64) -> ExecFuture<'a, ()> {
+        async move {
+            let docker = self.client().await?;
+            let options = StopContainerOptions {
+                t: Some(timeout_secs.clamp(0, i32::MAX as i64) as i32),
+                ..Default::default()
+            };
+            match docker
+                .stop_container(id, Some(options))
+                .await
+                .map_err(map_err)
+            {
+                Err(e) if e.is_not_found() => Ok(()),
+                other => other,
+            }
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(&'a self, id: &'a str) -> ExecFuture<'a, ()> {
+        async move {
+            let docker = self.client().await?;
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            match docker
+                .remove_container(id, Some(options))
+                .await
+                .map_err(map_err)
+            {
+                Err(e) if e.is_not_found() => Ok(()),
+                // "removal of container … is already in progress"
+                Err(AgentError::Engine { status: 409, .. }) => Ok(()),
+                other => other,
+            }
+        }
+        .boxed()
+    }
+
+    fn inspect<'a>(&'a self, id: &'a str) -> ExecFuture<'a, Option<ContainerInfo>> {
+        async move {
+            let docker = self.client().await?;
+            let c = match docker.inspect_container(id, None).await.map_err(map_err) {
+                Ok(c) => c,
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let state = c.state.unwrap_or_default();
+            let run = match state.status {
+                Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
+                Some(ContainerStateStatusEnum::RUNNING)
+                | Some(ContainerStateStatusEnum::PAUSED)
+                | Some(ContainerStateStatusEnum::RESTARTING) => RunState::Running,
+                _ if state.running == Some(true) => RunState::Running,
+                _ => RunState::Exited,
+            };
+            let health = state.health.and_then(|h| h.status).and_then(|s| match s {
+                HealthStatusEnum::STARTING => Some("starting".to_string()),
+                HealthStatusEnum::HEALTHY => Some("healthy".to_string()),
+                HealthStatusEnum::UNHEALTHY => Some("unhealthy".to_string()),
+                _ => None,
+            });
+            Ok(Some(ContainerInfo {
+                id: c.id.unwrap_or_else(|| id.to_string()),
+                name: strip_slash(c.name.as_deref().unwrap_or("")),
+                labels: c.config.and_then(|cfg| cfg.labels).unwrap_or_default(),
+                state: run,
+                pid: state.pid.unwrap_or(0),
+                exit_code: state.exit_code,
+                health,
+            }))
+        }
+        .boxed()
+    }
+
+    fn list_own<'a>(&'a self, node_id: &'a str) -> ExecFuture<'a, Vec<ContainerInfo>> {
+        async move {
+            let docker = self.client().await?;
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(own_filter(node_id)),
+                ..Default::default()
+            };
+            let list = docker
+                .list_containers(Some(options))
+                .await
+                .map_err(map_err)?;
+            Ok(list
+                .into_iter()
+                .filter_map(|c| {
+                    let id = c.id?;
+                    let labels = c.labels.unwrap_or_default();
+                    if labels.get(LABEL_NODE_ID).map(String::as_str) != Some(node_id) {
+                        return None;
+                    }
+                    let state = match c.state {
+                        Some(ContainerSummaryStateEnum::CREATED) => RunState::Created,
+                        Some(ContainerSummaryStateEnum::RUNNING)
+                        | Some(ContainerSummaryStateEnum::PAUSED)
+                        | Some(ContainerSummaryStateEnum::RESTARTING) => RunState::Running,
+                        _ => RunState::Exited,
+                    };
+                    let name = c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| strip_slash(&n))
+                        .unwrap_or_default();
+                    Some(ContainerInfo {
+                        id,
+                        name,
+                        labels,
+                        state,
+                        pid: 0,
+                        exit_code: None,
+                        health: None,
+                    })
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn events(&self, node_id: &str) -> BoxStream<'static, ExecResult<EngineEvent>> {
+        let mut filters = own_filter(node_id);
+        filters.insert("type".to_string(), vec!["container".to_string()]);
+        let unversioned = self.unversioned.clone();
+        let cell = self.negotiated.clone();
+        let addr = self.addr.clone();
+        let options = EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let stream = async move {
+            match negotiated_client(&addr, &unversioned, &cell).await {
+                Ok(docker) => docker
+                    .events(Some(options))
+                    .map(|item| item.map_err(map_err).map(event_of))
+                    .boxed(),
+                Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
+            }
+        }
+        .flatten_stream();
+        stream.boxed()
+    }
+}
+
+fn event_of(msg: bollard::models::EventMessage) -> EngineEvent {
+    if msg
+        .typ
+        .is_some_and(|t| t != EventMessageTypeEnum::CONTAINER)
+    {
+        return EngineEvent::Other;
+    }
+    let actor = msg.actor.unwrap_or_default();
+    let id = actor.id.unwrap_or_default();
+    let attrs = actor.attributes.unwrap_or_default();
+    let task_id = attrs.get(LABEL_TASK_ID).cloned();
+    let action = msg.action.unwrap_or_default();
+    match action.as_str() {
+        "die" => EngineEvent::Die {
+            id,
+            task_id,
+            exit_code: attrs.get("exitCode").and_then(|c| c.parse().ok()),
+        },
+        "destroy" => EngineEvent::Destroy { id, task_id },
+        a if a.starts_with("health_status") => {
+            let status = a.split(':').nth(1).map(str::trim).unwrap_or("");
+            if status == "healthy" || status == "unhealthy" {
+                EngineEvent::Health {
+                    id,
+                    task_id,
+                    healthy: status == "healthy",
+                }
+            } else {
+                EngineEvent::Other
+            }
+        }
+        _ => EngineEvent::Other,
+    }
+}

@@ -1,0 +1,440 @@
+//! From a task to the engine's container: swarm's name, labels and the
+//! `ContainerCreateBody` moby's cluster executor would build, plus the list
+//! of ContainerSpec fields the agent does not honour yet.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, MountType, RestartPolicy,
+    RestartPolicyNameEnum, TaskSpecContainerSpec, TaskSpecContainerSpecIsolationEnum,
+    TaskSpecContainerSpecPrivilegesAppArmorModeEnum,
+    TaskSpecContainerSpecPrivilegesSeccompModeEnum,
+};
+
+use super::{AgentError, Assignment};
+
+pub const LABEL_NODE_ID: &str = "com.docker.swarm.node.id";
+pub const LABEL_SERVICE_ID: &str = "com.docker.swarm.service.id";
+pub const LABEL_SERVICE_NAME: &str = "com.docker.swarm.service.name";
+pub const LABEL_TASK: &str = "com.docker.swarm.task";
+pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
+pub const LABEL_TASK_NAME: &str = "com.docker.swarm.task.name";
+
+/// Swarm's stop grace period when the spec gives none (10 s).
+pub const DEFAULT_STOP_GRACE_NANOS: i64 = 10_000_000_000;
+
+/// What the node knows about itself, for templates and global task names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+}
+
+impl NodeInfo {
+    /// This host: hostname from the kernel, platform as Docker names it.
+    pub fn local(node_id: &str) -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        NodeInfo {
+            id: node_id.to_string(),
+            hostname,
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+        }
+    }
+}
+
+/// The task's ID, `""` when unset.
+pub fn task_id(a: &Assignment) -> &str {
+    a.task.id.as_deref().unwrap_or("")
+}
+
+fn container_spec(a: &Assignment) -> Option<&TaskSpecContainerSpec> {
+    a.task.spec.as_ref()?.container_spec.as_ref()
+}
+
+/// swarmkit's `naming.Task`: the task's own name when it has one, else
+/// `<service>.<slot>.<taskid>`, with the node ID in place of the slot for
+/// global tasks.
+pub fn task_name(a: &Assignment, node_id: &str) -> String {
+    if let Some(name) = a.task.name.as_deref().filter(|n| !n.is_empty()) {
+        return name.to_string();
+    }
+    let slot = match a.task.slot {
+        Some(s) if s != 0 => s.to_string(),
+        _ => a
+            .task
+            .node_id
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| node_id.to_string()),
+    };
+    format!("{}.{}.{}", a.service_name, slot, task_id(a))
+}
+
+/// Labels of the task container: ContainerSpec.Labels, then the task's own
+/// labels, then swarm's system labels (which win).
+pub fn container_labels(a: &Assignment, node_id: &str) -> HashMap<String, String> {
+    let mut labels = HashMap::new();
+    if let Some(l) = container_spec(a).and_then(|c| c.labels.as_ref()) {
+        labels.extend(l.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if let Some(l) = a.task.labels.as_ref() {
+        labels.extend(l.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let system = [
+        (LABEL_NODE_ID, node_id.to_string()),
+        (
+            LABEL_SERVICE_ID,
+            a.task.service_id.clone().unwrap_or_default(),
+        ),
+        (LABEL_SERVICE_NAME, a.service_name.clone()),
+        (LABEL_TASK, String::new()),
+        (LABEL_TASK_ID, task_id(a).to_string()),
+        (LABEL_TASK_NAME, task_name(a, node_id)),
+    ];
+    for (k, v) in system {
+        labels.insert(k.to_string(), v);
+    }
+    labels
+}
+
+/// The image reference the container is created from: a bare name gets
+/// `:latest` (moby's `reference.TagNameOnly`); digests and tags are kept.
+pub fn normalize_image(image: &str) -> String {
+    if image.contains('@') {
+        return image.to_string();
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+/// A reference pinned by digest (`name@sha256:…`) or an image ID: when it is
+/// present locally, swarm does not pull it.
+pub fn pinned(image: &str) -> bool {
+    image.contains('@')
+        || image.starts_with("sha256:")
+        || (image.len() == 64 && image.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The stop timeout in whole seconds for `POST /containers/{id}/stop`
+/// (Go truncates: 1.5 s → 1 s).
+pub fn stop_timeout_secs(a: &Assignment) -> i64 {
+    let nanos = container_spec(a)
+        .and_then(|c| c.stop_grace_period)
+        .filter(|n| *n >= 0)
+        .unwrap_or(DEFAULT_STOP_GRACE_NANOS);
+    nanos / 1_000_000_000
+}
+
+// ---------------------------------------------------------------- templates
+
+/// Values the service templates (`{{.Service.Name}}` …) may use.
+struct TemplateContext<'a> {
+    a: &'a Assignment,
+    node: &'a NodeInfo,
+}
+
+impl TemplateContext<'_> {
+    fn lookup(&self, path: &str) -> Result<String, AgentError> {
+        let t = &self.a.task;
+        let v = match path {
+            ".Service.ID" => t.service_id.clone().unwrap_or_default(),
+            ".Service.Name" => self.a.service_name.clone(),
+            ".Node.ID" => t.node_id.clone().unwrap_or_else(|| self.node.id.clone()),
+            ".Node.Hostname" => self.node.hostname.clone(),
+            ".Node.Platform.OS" => self.node.os.clone(),
+            ".Node.Platform.Architecture" => self.node.arch.clone(),
+            ".Task.ID" => t.id.clone().unwrap_or_default(),
+            ".Task.Name" => task_name(self.a, &self.node.id),
+            ".Task.Slot" => match t.slot {
+                Some(s) if s != 0 => s.to_string(),
+                _ => String::new(),
+            },
+            other => {
+                return Err(AgentError::Template(format!(
+                    "can't evaluate field {other}"
+                )))
+            }
+        };
+        Ok(v)
+    }
+}
+
+/// Expands `{{ .Path }}` actions the way swarmkit's template package does for
+/// the fields it supports; anything else is an error (the task is rejected).
+fn expand(input: &str, ctx: &TemplateContext<'_>) -> Result<String, AgentError> {
+    if !input.contains("{{") {
+        return Ok(input.to_string());
+    }
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| AgentError::Template(format!("unclosed action in {input:?}")))?;
+        let action = after[..end].trim_matches(|c: char| c.is_whitespace() || c == '-');
+        out.push_str(&ctx.lookup(action.trim())?);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// ----------------------------------------------------------- create config
+
+/// The container moby's swarm executor creates for this task.
+pub fn container_config(
+    a: &Assignment,
+    node: &NodeInfo,
+) -> Result<(String, ContainerCreateBody), AgentError> {
+    let name = task_name(a, &node.id);
+    let ctx = TemplateContext { a, node };
+    let default_spec = TaskSpecContainerSpec::default();
+    let spec = container_spec(a).unwrap_or(&default_spec);
+    let task_spec = a.task.spec.as_ref();
+
+    let env = match &spec.env {
+        Some(env) => Some(
+            env.iter()
+                .map(|e| expand(e, &ctx))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| AgentError::Template(format!("expanding env failed: {e}")))?,
+        ),
+        None => None,
+    };
+    let hostname = match spec.hostname.as_deref().filter(|h| !h.is_empty()) {
+        Some(h) => Some(
+            expand(h, &ctx)
+                .map_err(|e| AgentError::Template(format!("expanding hostname failed: {e}")))?,
+        ),
+        None => None,
+    };
+    let mounts = match &spec.mounts {
+        Some(ms) => {
+            let mut out = Vec::with_capacity(ms.len());
+            for m in ms {
+                let mut m = m.clone();
+                let err = |e| AgentError::Template(format!("expanding mounts failed: {e}"));
+                if let Some(s) = &m.source {
+                    m.source = Some(expand(s, &ctx).map_err(err)?);
+                }
+                if let Some(t) = &m.target {
+                    m.target = Some(expand(t, &ctx).map_err(err)?);
+                }
+                if let Some(labels) = m.volume_options.as_mut().and_then(|v| v.labels.as_mut()) {
+                    for v in labels.values_mut() {
+                        *v = expand(v, &ctx).map_err(err)?;
+                    }
+                }
+                out.push(m);
+            }
+            Some(out)
+        }
+        None => None,
+    };
+
+    // Command replaces the entrypoint and Args become its arguments; Args
+    // alone are the arguments of the image's entrypoint.
+    let (entrypoint, cmd) = match (&spec.command, &spec.args) {
+        (Some(c), args) if !c.is_empty() => {
+            (Some(c.clone()), args.clone().filter(|a| !a.is_empty()))
+        }
+        (_, Some(args)) if !args.is_empty() => (None, Some(args.clone())),
+        _ => (None, None),
+    };
+
+    let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    let config_image = spec.image.as_deref().map(normalize_image);
+
+    // Resources: limits only (reservations are the scheduler's business).
+    let resources = task_spec.and_then(|t| t.resources.as_ref());
+    let limits = resources.and_then(|r| r.limits.as_ref());
+    let memory = limits.and_then(|l| l.memory_bytes).filter(|m| *m > 0);
+    let swap = resources.and_then(|r| r.swap_bytes);
+
+    let mut security_opt = Vec::new();
+    if let Some(p) = &spec.privileges {
+        if p.no_new_privileges == Some(true) {
+            security_opt.push("no-new-privileges=true".to_string());
+        }
+        if let Some(s) = &p.seccomp {
+            match s.mode {
+                Some(TaskSpecContainerSpecPrivilegesSeccompModeEnum::UNCONFINED) => {
+                    security_opt.push("seccomp=unconfined".to_string())
+                }
+                Some(TaskSpecContainerSpecPrivilegesSeccompModeEnum::CUSTOM) => {
+                    security_opt.push(format!("seccomp={}", s.profile.clone().unwrap_or_default()))
+                }
+                _ => {}
+            }
+        }
+        if let Some(aa) = &p.app_armor {
+            if aa.mode == Some(TaskSpecContainerSpecPrivilegesAppArmorModeEnum::DISABLED) {
+                security_opt.push("apparmor=unconfined".to_string());
+            }
+        }
+    }
+
+    // Hosts entries are `IP name [aliases…]`; the engine wants `name:IP`.
+    let extra_hosts: Vec<String> = spec
+        .hosts
+        .iter()
+        .flatten()
+        .flat_map(|entry| {
+            let parts: Vec<&str> = entry.split_whitespace().collect();
+            match parts.split_first() {
+                Some((ip, names)) => names.iter().map(|n| format!("{n}:{ip}")).collect(),
+                None => Vec::new(),
+            }
+        })
+        .collect();
+
+    let log_config = task_spec.and_then(|t| t.log_driver.as_ref()).and_then(|d| {
+        d.name
+            .as_ref()
+            .filter(|n| !n.is_empty())
+            .map(|n| HostConfigLogConfig {
+                typ: Some(n.clone()),
+                config: d.options.clone(),
+            })
+    });
+
+    let dns = spec.dns_config.as_ref();
+    let host_config = HostConfig {
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        nano_cpus: limits.and_then(|l| l.nano_cpus).filter(|n| *n > 0),
+        memory,
+        memory_swap: swap
+            .filter(|_| memory.is_some())
+            .map(|s| s + memory.unwrap_or(0)),
+        memory_swappiness: resources.and_then(|r| r.memory_swappiness),
+        pids_limit: limits.and_then(|l| l.pids).filter(|p| *p > 0),
+        ulimits: spec.ulimits.clone().filter(|u| !u.is_empty()),
+        group_add: spec.groups.clone().filter(|g| !g.is_empty()),
+        mounts,
+        readonly_rootfs: spec.read_only.filter(|r| *r),
+        init: spec.init,
+        sysctls: spec.sysctls.clone().filter(|s| !s.is_empty()),
+        cap_add: spec.capability_add.clone().filter(|c| !c.is_empty()),
+        cap_drop: spec.capability_drop.clone().filter(|c| !c.is_empty()),
+        oom_score_adj: spec.oom_score_adj.filter(|o| *o != 0),
+        dns: dns.and_then(|d| d.nameservers.clone()),
+        dns_search: dns.and_then(|d| d.search.clone()),
+        dns_options: dns.and_then(|d| d.options.clone()),
+        extra_hosts: (!extra_hosts.is_empty()).then_some(extra_hosts),
+        security_opt: (!security_opt.is_empty()).then_some(security_opt),
+        log_config,
+        ..Default::default()
+    };
+
+    let body = ContainerCreateBody {
+        hostname,
+        user: nonempty(&spec.user),
+        tty: spec.tty.filter(|t| *t),
+        open_stdin: spec.open_stdin.filter(|o| *o),
+        env,
+        cmd,
+        entrypoint,
+        healthcheck: spec.health_check.clone(),
+        image: config_image,
+        working_dir: nonempty(&spec.dir),
+        labels: Some(container_labels(a, &node.id)),
+        stop_signal: nonempty(&spec.stop_signal),
+        host_config: Some(host_config),
+        ..Default::default()
+    };
+    Ok((name, body))
+}
+
+// --------------------------------------------------------- unsupported
+
+/// ContainerSpec fields present in `spec` that the agent does not act on
+/// yet, by their Engine API names, so `service create` can refuse them.
+pub fn unsupported_fields(spec: &TaskSpecContainerSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(p) = &spec.privileges {
+        if p.credential_spec.is_some() {
+            out.push("Privileges.CredentialSpec".to_string());
+        }
+        if p.se_linux_context.is_some() {
+            out.push("Privileges.SELinuxContext".to_string());
+        }
+    }
+    if spec.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
+        out.push("Secrets".to_string());
+    }
+    if spec.configs.as_ref().is_some_and(|c| !c.is_empty()) {
+        out.push("Configs".to_string());
+    }
+    match spec.isolation {
+        None
+        | Some(TaskSpecContainerSpecIsolationEnum::DEFAULT)
+        | Some(TaskSpecContainerSpecIsolationEnum::EMPTY) => {}
+        Some(_) => out.push("Isolation".to_string()),
+    }
+    for m in spec.mounts.iter().flatten() {
+        match m.typ {
+            None | Some(MountType::BIND) | Some(MountType::VOLUME) | Some(MountType::TMPFS) => {}
+            Some(other) => {
+                let name = format!("Mounts.Type={other}");
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        if m.image_options.is_some() && !out.iter().any(|f| f == "Mounts.ImageOptions") {
+            out.push("Mounts.ImageOptions".to_string());
+        }
+    }
+    // Templates the agent cannot expand (service labels need the service).
+    if spec.env.iter().flatten().any(|v| uses_unknown_template(v)) {
+        out.push("Env".to_string());
+    }
+    if spec.hostname.as_deref().is_some_and(uses_unknown_template) {
+        out.push("Hostname".to_string());
+    }
+    out
+}
+
+/// Templates other than the plain `{{.X.Y}}` fields the agent expands
+/// (e.g. `{{index .Service.Labels "k"}}`, `{{.Service.Labels.k}}`).
+fn uses_unknown_template(s: &str) -> bool {
+    const KNOWN: [&str; 10] = [
+        ".Service.ID",
+        ".Service.Name",
+        ".Node.ID",
+        ".Node.Hostname",
+        ".Node.Platform.OS",
+        ".Node.Platform.Architecture",
+        ".Task.ID",
+        ".Task.Name",
+        ".Task.Slot",
+        "",
+    ];
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return true;
+        };
+        let action = after[..end].trim_matches(|c: char| c.is_whitespace() || c == '-');
+        if !KNOWN.contains(&action.trim()) {
+            return true;
+        }
+        rest = &after[end + 2..];
+    }
+    false
+}
