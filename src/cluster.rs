@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::Executor;
 use crate::ca::{self, CaError, RootCa};
+use crate::events::EventLog;
 use crate::raft::{NodeOptions, RaftError, RaftNode};
 use crate::store::{Proposer, Store, Transaction};
 use crate::types::{new_id, Kind, Object, Timestamp};
@@ -78,6 +79,7 @@ pub struct Manager {
     raft: Arc<RaftNode>,
     loops: CancellationToken,
     running: TaskTracker,
+    events: Arc<EventLog>,
 }
 
 impl Manager {
@@ -86,6 +88,12 @@ impl Manager {
         let loops = CancellationToken::new();
         let running = TaskTracker::new();
         let proposer: Arc<dyn Proposer> = raft.clone();
+        let events = EventLog::new();
+        running.spawn(crate::events::record(
+            raft.store(),
+            events.clone(),
+            loops.clone(),
+        ));
         crate::manager::start(
             local.node_id.clone(),
             raft.store(),
@@ -100,6 +108,7 @@ impl Manager {
             raft,
             loops,
             running,
+            events,
         }
     }
 
@@ -120,6 +129,11 @@ impl Manager {
 
     pub fn store(&self) -> Arc<Store> {
         self.raft.store()
+    }
+
+    /// Swarm events for `/events`.
+    pub fn events(&self) -> &EventLog {
+        &self.events
     }
 
     pub fn proposer(&self) -> &dyn Proposer {
@@ -158,7 +172,10 @@ pub struct Cluster {
 impl Cluster {
     /// Opens the swarm state under `data_dir`, rejoining raft when this
     /// node was a manager before the restart.
-    pub async fn open(data_dir: &Path, executor: Arc<dyn Executor>) -> Result<Cluster, ClusterError> {
+    pub async fn open(
+        data_dir: &Path,
+        executor: Arc<dyn Executor>,
+    ) -> Result<Cluster, ClusterError> {
         let dir = data_dir.join("swarm");
         let membership = match read_local(&dir)? {
             None => Membership::Inactive,
@@ -231,7 +248,8 @@ impl Cluster {
         // Written last: its presence is what makes a restart rejoin.
         write_local(&self.dir, &local)?;
         let node_id = local.node_id.clone();
-        *membership = Membership::Manager(Arc::new(Manager::start(local, raft, self.executor.clone())));
+        *membership =
+            Membership::Manager(Arc::new(Manager::start(local, raft, self.executor.clone())));
         tracing::info!(node = %node_id, "swarm initialised");
         Ok(node_id)
     }
@@ -239,7 +257,9 @@ impl Cluster {
     /// Stops the loops and raft at daemon shutdown (the log is durable either way).
     pub async fn shutdown(&self) {
         let mut membership = self.membership.write().await;
-        if let Membership::Manager(manager) = std::mem::replace(&mut *membership, Membership::Inactive) {
+        if let Membership::Manager(manager) =
+            std::mem::replace(&mut *membership, Membership::Inactive)
+        {
             if let Err(error) = manager.stop().await {
                 tracing::warn!(%error, "raft did not shut down cleanly");
             }

@@ -7,6 +7,7 @@ mod ca;
 mod cluster;
 mod config;
 mod daemon;
+mod events;
 mod listen;
 mod manager;
 mod netutil;
@@ -27,6 +28,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,8 +4,10 @@
 //! (`error.rs`).
 
 pub mod error;
+mod events;
 mod filters;
 mod info;
+mod logs;
 mod nodes;
 mod query;
 mod services;
@@ -40,6 +42,7 @@ enum Route {
     /// An engine endpoint with swarm parts: the engine answers, shoal adds them.
     Info,
     Ping,
+    Events,
     /// Everything else: the engine answers, unchanged.
     Engine,
 }
@@ -56,6 +59,7 @@ impl Api {
             Route::Engine => self.proxy.forward(req).await.map_err(ApiError::from),
             Route::Info => info::info(&self.cluster, &self.proxy, req).await,
             Route::Ping => info::ping(&self.cluster, &self.proxy, req).await,
+            Route::Events => events::events(&self.cluster, &self.proxy, req).await,
             Route::Swarm => return Ok(self.swarm(req).await),
         };
         Ok(response.unwrap_or_else(ApiError::into_response))
@@ -122,10 +126,18 @@ impl Api {
             (&Method::POST, ["services", "create"]) => services::create(&manager, body).await,
             (&Method::GET, ["services"]) => services::list(&manager, query),
             (&Method::GET, ["services", id]) => services::inspect(&manager, id, query),
-            (&Method::POST, ["services", id, "update"]) => services::update(&manager, id, query, body).await,
+            (&Method::POST, ["services", id, "update"]) => {
+                services::update(&manager, id, query, body).await
+            }
             (&Method::DELETE, ["services", id]) => services::remove(&manager, id).await,
             (&Method::GET, ["tasks"]) => tasks::list(&manager, query),
             (&Method::GET, ["tasks", id]) => tasks::inspect(&manager, id),
+            (&Method::GET, ["services", id, "logs"]) => {
+                logs::service_logs(&manager, &self.proxy, id, query)
+            }
+            (&Method::GET, ["tasks", id, "logs"]) => {
+                logs::task_logs(&manager, &self.proxy, id, query)
+            }
             (_, ["services" | "tasks" | "secrets" | "configs", ..]) => Err(ApiError::NotSupported(
                 "this endpoint (services, secrets and configs come next)",
             )),
@@ -208,6 +220,7 @@ fn route(method: &Method, path: &str) -> Route {
         _ if SWARM_RESOURCES.contains(&first) => Route::Swarm,
         "info" if only && method == Method::GET => Route::Info,
         "_ping" if only => Route::Ping,
+        "events" if only && method == Method::GET => Route::Events,
         _ => Route::Engine,
     }
 }

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use bollard::models::{
-    EndpointSpec, EndpointSpecModeEnum, Service, ServiceEndpoint, ServiceServiceStatus, ServiceSpec,
-    ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
-    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum,
-    ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskSpecContainerSpecIsolationEnum,
-    TaskSpecContainerSpecDnsConfig, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum, TaskState,
+    EndpointSpec, EndpointSpecModeEnum, Service, ServiceEndpoint, ServiceServiceStatus,
+    ServiceSpec, ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
+    ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
+    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum,
+    ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskSpecContainerSpecDnsConfig,
+    TaskSpecContainerSpecIsolationEnum, TaskSpecPlacement, TaskSpecResources,
+    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
@@ -71,11 +72,20 @@ pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError
     Ok(json(StatusCode::OK, &services))
 }
 
-pub fn inspect(manager: &Manager, reference: &str, query: &Query) -> Result<Response<Body>, ApiError> {
+pub fn inspect(
+    manager: &Manager,
+    reference: &str,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
     let insert_defaults = match query.get("insertDefaults") {
-        None | Some("") | Some("0") | Some("false") | Some("False") | Some("FALSE") | Some("f") | Some("F") => false,
+        None | Some("") | Some("0") | Some("false") | Some("False") | Some("FALSE") | Some("f")
+        | Some("F") => false,
         Some("1") | Some("true") | Some("True") | Some("TRUE") | Some("t") | Some("T") => true,
-        Some(other) => return Err(ApiError::BadRequest(format!("invalid value for insertDefaults: {other}"))),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid value for insertDefaults: {other}"
+            )))
+        }
     };
     let mut service = find(&manager.store(), reference)?;
     if insert_defaults {
@@ -86,12 +96,21 @@ pub fn inspect(manager: &Manager, reference: &str, query: &Query) -> Result<Resp
     Ok(json(StatusCode::OK, &service))
 }
 
-pub async fn update(manager: &Manager, reference: &str, query: &Query, body: Incoming) -> Result<Response<Body>, ApiError> {
+pub async fn update(
+    manager: &Manager,
+    reference: &str,
+    query: &Query,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
     let version = query.version("service")?;
     let mut spec: ServiceSpec = read_json(body).await?;
     match query.get("registryAuthFrom") {
         None | Some("") | Some("spec") | Some("previous-spec") => {}
-        Some(_) => return Err(ApiError::Internal("unsupported registryAuthFrom value".to_string())),
+        Some(_) => {
+            return Err(ApiError::Internal(
+                "unsupported registryAuthFrom value".to_string(),
+            ))
+        }
     }
     let store = manager.store();
     let current = find(&store, reference)?;
@@ -100,13 +119,20 @@ pub async fn update(manager: &Manager, reference: &str, query: &Query, body: Inc
     let rollback = match query.get("rollback") {
         None | Some("") => false,
         Some("previous") => true,
-        Some(other) => return Err(ApiError::Internal(format!("unrecognized rollback option {other}"))),
+        Some(other) => {
+            return Err(ApiError::Internal(format!(
+                "unrecognized rollback option {other}"
+            )))
+        }
     };
     let mut update_status = current.update_status.clone();
     let previous = if rollback {
         // A rollback ignores the body: Spec and PreviousSpec swap.
         let Some(previous) = current.previous_spec.clone() else {
-            return Err(ApiError::rpc(RpcCode::FailedPrecondition, format!("service {id} does not have a previous spec")));
+            return Err(ApiError::rpc(
+                RpcCode::FailedPrecondition,
+                format!("service {id} does not have a previous spec"),
+            ));
         };
         spec = previous;
         update_status = Some(ServiceUpdateStatus {
@@ -153,7 +179,10 @@ pub async fn update(manager: &Manager, reference: &str, query: &Query, body: Inc
     };
     let tx = Transaction::new(now()).update(Object::Service(updated), version);
     manager.proposer().propose(tx).await??;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "Warnings": null })))
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "Warnings": null }),
+    ))
 }
 
 pub async fn remove(manager: &Manager, reference: &str) -> Result<Response<Body>, ApiError> {
@@ -178,7 +207,8 @@ pub async fn remove(manager: &Manager, reference: &str) -> Result<Response<Body>
 }
 
 pub fn find(store: &Store, reference: &str) -> Result<SwarmService, ApiError> {
-    as_service(&store.find(Kind::Service, reference)?).ok_or_else(|| ApiError::NotFound(format!("service {reference} not found")))
+    as_service(&store.find(Kind::Service, reference)?)
+        .ok_or_else(|| ApiError::NotFound(format!("service {reference} not found")))
 }
 
 fn now() -> Timestamp {
@@ -189,21 +219,39 @@ fn now() -> Timestamp {
 fn validate(store: &Store, spec: &ServiceSpec) -> Result<(), ApiError> {
     let name = spec.name.as_deref().unwrap_or("");
     if !valid_name(name) {
-        return Err(ApiError::rpc(RpcCode::InvalidArgument, "name must be valid as a DNS name component"));
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            "name must be valid as a DNS name component",
+        ));
     }
     if name.len() > 63 {
-        return Err(ApiError::rpc(RpcCode::InvalidArgument, "name must be 63 characters or fewer"));
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            "name must be 63 characters or fewer",
+        ));
     }
     let modes = spec.mode.as_ref().map(|m| {
-        [m.replicated.is_some(), m.global.is_some(), m.replicated_job.is_some(), m.global_job.is_some()]
-            .iter()
-            .filter(|&&b| b)
-            .count()
+        [
+            m.replicated.is_some(),
+            m.global.is_some(),
+            m.replicated_job.is_some(),
+            m.global_job.is_some(),
+        ]
+        .iter()
+        .filter(|&&b| b)
+        .count()
     });
     if modes.unwrap_or(0) > 1 {
-        return Err(ApiError::BadRequest("must specify only one service mode".to_string()));
+        return Err(ApiError::BadRequest(
+            "must specify only one service mode".to_string(),
+        ));
     }
-    if let Some(replicas) = spec.mode.as_ref().and_then(|m| m.replicated.as_ref()).and_then(|r| r.replicas) {
+    if let Some(replicas) = spec
+        .mode
+        .as_ref()
+        .and_then(|m| m.replicated.as_ref())
+        .and_then(|r| r.replicas)
+    {
         if replicas < 0 {
             return Err(ApiError::BadRequest(format!(
                 "json: cannot unmarshal number {replicas} into Go struct field ReplicatedService.Mode.Replicated.Replicas of type uint64"
@@ -212,34 +260,64 @@ fn validate(store: &Store, spec: &ServiceSpec) -> Result<(), ApiError> {
     }
     let mode = spec.mode.as_ref();
     if mode.is_some_and(|m| m.replicated_job.is_some() || m.global_job.is_some()) {
-        return Err(ApiError::NotSupported("job services (replicated-job, global-job)"));
+        return Err(ApiError::NotSupported(
+            "job services (replicated-job, global-job)",
+        ));
     }
     let template = spec.task_template.clone().unwrap_or_default();
     let container = template.container_spec.clone().unwrap_or_default();
     if container.image.as_deref().unwrap_or("").is_empty() {
-        return Err(ApiError::rpc(RpcCode::InvalidArgument, "ContainerSpec: image reference must be provided"));
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            "ContainerSpec: image reference must be provided",
+        ));
     }
     for secret in container.secrets.iter().flatten() {
-        let reference = secret.secret_id.clone().or(secret.secret_name.clone()).unwrap_or_default();
+        let reference = secret
+            .secret_id
+            .clone()
+            .or(secret.secret_name.clone())
+            .unwrap_or_default();
         if store.find(Kind::Secret, &reference).is_err() {
-            return Err(ApiError::rpc(RpcCode::InvalidArgument, format!("secret not found: {reference}")));
+            return Err(ApiError::rpc(
+                RpcCode::InvalidArgument,
+                format!("secret not found: {reference}"),
+            ));
         }
     }
     for config in container.configs.iter().flatten() {
-        let reference = config.config_id.clone().or(config.config_name.clone()).unwrap_or_default();
+        let reference = config
+            .config_id
+            .clone()
+            .or(config.config_name.clone())
+            .unwrap_or_default();
         if store.find(Kind::Config, &reference).is_err() {
-            return Err(ApiError::rpc(RpcCode::InvalidArgument, format!("config not found: {reference}")));
+            return Err(ApiError::rpc(
+                RpcCode::InvalidArgument,
+                format!("config not found: {reference}"),
+            ));
         }
     }
-    let networks = template.networks.iter().flatten().count() + spec.networks.iter().flatten().count();
+    let networks =
+        template.networks.iter().flatten().count() + spec.networks.iter().flatten().count();
     if networks > 0 {
         return Err(ApiError::NotSupported("attaching services to networks"));
     }
-    if spec.endpoint_spec.as_ref().and_then(|e| e.ports.as_ref()).is_some_and(|p| !p.is_empty()) {
+    if spec
+        .endpoint_spec
+        .as_ref()
+        .and_then(|e| e.ports.as_ref())
+        .is_some_and(|p| !p.is_empty())
+    {
         return Err(ApiError::NotSupported("published ports"));
     }
-    if let Some(field) = crate::agent::unsupported_fields(&container).into_iter().next() {
-        return Err(ApiError::BadRequest(format!("ContainerSpec.{field} is not supported by shoal yet")));
+    if let Some(field) = crate::agent::unsupported_fields(&container)
+        .into_iter()
+        .next()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "ContainerSpec.{field} is not supported by shoal yet"
+        )));
     }
     Ok(())
 }
@@ -250,7 +328,9 @@ fn valid_name(name: &str) -> bool {
     !bytes.is_empty()
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
 }
 
 /// What the engine stores beyond the request: `Runtime: container`,
@@ -258,9 +338,13 @@ fn valid_name(name: &str) -> bool {
 /// replicated mode without a count as one replica.
 fn normalise(spec: &mut ServiceSpec) {
     let template = spec.task_template.get_or_insert_with(Default::default);
-    template.runtime.get_or_insert_with(|| "container".to_string());
+    template
+        .runtime
+        .get_or_insert_with(|| "container".to_string());
     let container = template.container_spec.get_or_insert_with(Default::default);
-    container.isolation.get_or_insert(TaskSpecContainerSpecIsolationEnum::DEFAULT);
+    container
+        .isolation
+        .get_or_insert(TaskSpecContainerSpecIsolationEnum::DEFAULT);
     template.force_update.get_or_insert(0);
     let mode = spec.mode.get_or_insert_with(Default::default);
     if mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
@@ -275,7 +359,10 @@ fn normalise(spec: &mut ServiceSpec) {
 
 fn endpoint_of(spec: &ServiceSpec) -> ServiceEndpoint {
     ServiceEndpoint {
-        spec: Some(spec.endpoint_spec.clone().unwrap_or(EndpointSpec { mode: None, ports: None })),
+        spec: Some(spec.endpoint_spec.clone().unwrap_or(EndpointSpec {
+            mode: None,
+            ports: None,
+        })),
         ..ServiceEndpoint::default()
     }
 }
@@ -297,17 +384,31 @@ fn matches(service: &SwarmService, filters: &Filters) -> bool {
         && filters.any("name", |f| name.starts_with(f))
         && filters.any("mode", |f| f == mode_kind(&spec))
         && filters.any("runtime", |f| f == "container")
-        && (!filters.contains("label") || filters.values("label").iter().all(|f| label_matches(spec.labels.as_ref(), f)))
+        && (!filters.contains("label")
+            || filters
+                .values("label")
+                .iter()
+                .all(|f| label_matches(spec.labels.as_ref(), f)))
 }
 
 /// `ServiceStatus` for `service ls`: running tasks anywhere, desired as the mode says.
 fn status_of(store: &Store, service: &SwarmService) -> ServiceServiceStatus {
     let id = service.id.clone().unwrap_or_default();
-    let service_tasks: Vec<_> = store.tasks_by_service(&id).iter().filter_map(as_task).collect();
-    let running = service_tasks.iter().filter(|t| tasks::state(t) == TaskState::RUNNING).count() as u64;
+    let service_tasks: Vec<_> = store
+        .tasks_by_service(&id)
+        .iter()
+        .filter_map(as_task)
+        .collect();
+    let running = service_tasks
+        .iter()
+        .filter(|t| tasks::state(t) == TaskState::RUNNING)
+        .count() as u64;
     let desired = match replicas(service) {
         Some(count) => count,
-        None if is_global(service) => service_tasks.iter().filter(|t| t.desired_state == Some(TaskState::RUNNING)).count() as u64,
+        None if is_global(service) => service_tasks
+            .iter()
+            .filter(|t| t.desired_state == Some(TaskState::RUNNING))
+            .count() as u64,
         None => 0,
     };
     ServiceServiceStatus {
@@ -322,36 +423,87 @@ fn insert_spec_defaults(spec: &mut ServiceSpec) {
     let template = spec.task_template.get_or_insert_with(Default::default);
     let container = template.container_spec.get_or_insert_with(Default::default);
     container.stop_grace_period.get_or_insert(10 * SECOND);
-    container.dns_config.get_or_insert_with(TaskSpecContainerSpecDnsConfig::default);
-    template.resources.get_or_insert_with(TaskSpecResources::default);
-    let restart = template.restart_policy.get_or_insert_with(TaskSpecRestartPolicy::default);
-    if matches!(restart.condition, None | Some(TaskSpecRestartPolicyConditionEnum::EMPTY)) {
+    container
+        .dns_config
+        .get_or_insert_with(TaskSpecContainerSpecDnsConfig::default);
+    template
+        .resources
+        .get_or_insert_with(TaskSpecResources::default);
+    let restart = template
+        .restart_policy
+        .get_or_insert_with(TaskSpecRestartPolicy::default);
+    if matches!(
+        restart.condition,
+        None | Some(TaskSpecRestartPolicyConditionEnum::EMPTY)
+    ) {
         restart.condition = Some(TaskSpecRestartPolicyConditionEnum::ANY);
     }
     restart.delay.get_or_insert(5 * SECOND);
     restart.max_attempts.get_or_insert(0);
-    template.placement.get_or_insert_with(TaskSpecPlacement::default);
-    let update = spec.update_config.get_or_insert_with(ServiceSpecUpdateConfig::default);
+    template
+        .placement
+        .get_or_insert_with(TaskSpecPlacement::default);
+    let update = spec
+        .update_config
+        .get_or_insert_with(ServiceSpecUpdateConfig::default);
     update.parallelism.get_or_insert(1);
-    update.failure_action.get_or_insert(ServiceSpecUpdateConfigFailureActionEnum::PAUSE);
+    update
+        .failure_action
+        .get_or_insert(ServiceSpecUpdateConfigFailureActionEnum::PAUSE);
     update.monitor.get_or_insert(5 * SECOND);
     update.max_failure_ratio.get_or_insert(0.0);
-    update.order.get_or_insert(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST);
-    let rollback = spec.rollback_config.get_or_insert_with(ServiceSpecRollbackConfig::default);
+    update
+        .order
+        .get_or_insert(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST);
+    let rollback = spec
+        .rollback_config
+        .get_or_insert_with(ServiceSpecRollbackConfig::default);
     rollback.parallelism.get_or_insert(1);
-    rollback.failure_action.get_or_insert(ServiceSpecRollbackConfigFailureActionEnum::PAUSE);
+    rollback
+        .failure_action
+        .get_or_insert(ServiceSpecRollbackConfigFailureActionEnum::PAUSE);
     rollback.monitor.get_or_insert(5 * SECOND);
     rollback.max_failure_ratio.get_or_insert(0.0);
-    rollback.order.get_or_insert(ServiceSpecRollbackConfigOrderEnum::STOP_FIRST);
+    rollback
+        .order
+        .get_or_insert(ServiceSpecRollbackConfigOrderEnum::STOP_FIRST);
 }
 
 const ADJECTIVES: [&str; 16] = [
-    "admiring", "brave", "calm", "dazzling", "eager", "focused", "gallant", "happy", "inspiring", "jolly", "keen",
-    "loving", "modest", "nifty", "optimistic", "quirky",
+    "admiring",
+    "brave",
+    "calm",
+    "dazzling",
+    "eager",
+    "focused",
+    "gallant",
+    "happy",
+    "inspiring",
+    "jolly",
+    "keen",
+    "loving",
+    "modest",
+    "nifty",
+    "optimistic",
+    "quirky",
 ];
 const SURNAMES: [&str; 16] = [
-    "archimedes", "babbage", "curie", "darwin", "euclid", "fermi", "galileo", "hopper", "lovelace", "meitner",
-    "newton", "pasteur", "ritchie", "shannon", "turing", "wozniak",
+    "archimedes",
+    "babbage",
+    "curie",
+    "darwin",
+    "euclid",
+    "fermi",
+    "galileo",
+    "hopper",
+    "lovelace",
+    "meitner",
+    "newton",
+    "pasteur",
+    "ritchie",
+    "shannon",
+    "turing",
+    "wozniak",
 ];
 
 /// A Docker-style `adjective_surname` not yet taken.

@@ -32,7 +32,10 @@ pub async fn publish_assignments(
         let set = assignment_set(&store, &node_id);
         assignments.send_if_modified(|current| {
             let same = current.len() == set.len()
-                && current.iter().zip(&set).all(|(a, b)| a.task == b.task && a.service_name == b.service_name);
+                && current
+                    .iter()
+                    .zip(&set)
+                    .all(|(a, b)| a.task == b.task && a.service_name == b.service_name);
             if !same {
                 *current = Arc::new(set);
             }
@@ -105,10 +108,13 @@ fn status_transaction(store: &Store, batch: &HashMap<String, StatusReport>) -> O
     let mut tx = Transaction::new(Timestamp::from_system(SystemTime::now()));
     let mut changed = false;
     for report in batch.values() {
-        let Some(Object::Task(task)) = store.get(Kind::Task, &report.task_id).as_deref().cloned() else {
+        let Some(Object::Task(task)) = store.get(Kind::Task, &report.task_id).as_deref().cloned()
+        else {
             continue;
         };
-        let Some(new_state) = report.status.state else { continue };
+        let Some(new_state) = report.status.state else {
+            continue;
+        };
         if rank(new_state) < rank(state(&task)) || task.status.as_ref() == Some(&report.status) {
             continue;
         }

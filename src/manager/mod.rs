@@ -33,16 +33,35 @@ pub fn start(
 ) {
     let (assignments_tx, assignments_rx) = watch::channel(Arc::new(Vec::new()));
     let (reports_tx, reports_rx) = mpsc::channel(REPORT_QUEUE);
-    running.spawn(orchestrator::run(store.clone(), proposer.clone(), shutdown.clone()));
-    running.spawn(scheduler::run(store.clone(), proposer.clone(), shutdown.clone()));
+    running.spawn(orchestrator::run(
+        store.clone(),
+        proposer.clone(),
+        shutdown.clone(),
+    ));
+    running.spawn(scheduler::run(
+        store.clone(),
+        proposer.clone(),
+        shutdown.clone(),
+    ));
     running.spawn(dispatcher::publish_assignments(
         node_id.clone(),
         store.clone(),
         assignments_tx,
         shutdown.clone(),
     ));
-    running.spawn(dispatcher::commit_reports(store, proposer, reports_rx, shutdown.clone()));
-    running.spawn(agent::run(node_id, executor, assignments_rx, reports_tx, shutdown));
+    running.spawn(dispatcher::commit_reports(
+        store,
+        proposer,
+        reports_rx,
+        shutdown.clone(),
+    ));
+    running.spawn(agent::run(
+        node_id,
+        executor,
+        assignments_rx,
+        reports_tx,
+        shutdown,
+    ));
 }
 
 /// Waits until the store changes (or `shutdown`), then lets a short burst of

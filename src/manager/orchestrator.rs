@@ -42,6 +42,7 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
 /// What one reconcile wants written, and when to look again (restart delays).
 #[derive(Default)]
 pub struct Plan {
+    services: Vec<SwarmService>,
     creates: Vec<Task>,
     updates: BTreeMap<String, Task>,
     deletes: Vec<(String, u64)>,
@@ -69,10 +70,18 @@ impl Plan {
     }
 
     fn into_transaction(self) -> Option<Transaction> {
-        if self.creates.is_empty() && self.updates.is_empty() && self.deletes.is_empty() {
+        if self.services.is_empty()
+            && self.creates.is_empty()
+            && self.updates.is_empty()
+            && self.deletes.is_empty()
+        {
             return None;
         }
         let mut tx = Transaction::new(Timestamp::from_system(SystemTime::now()));
+        for service in self.services {
+            let version = service.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+            tx = tx.update(Object::Service(service), version);
+        }
         for task in self.creates {
             tx = tx.create(Object::Task(task));
         }
@@ -90,13 +99,22 @@ impl Plan {
 /// Everything the orchestrator decides from one consistent read.
 pub fn plan(store: &Store, now: SystemTime) -> Plan {
     let (services, tasks, nodes, history) = store.read(|tables| {
-        let services: Vec<SwarmService> = tables.iter(Kind::Service).filter_map(|o| as_service(o)).collect();
+        let services: Vec<SwarmService> = tables
+            .iter(Kind::Service)
+            .filter_map(|o| as_service(o))
+            .collect();
         let tasks: Vec<Task> = tables.iter(Kind::Task).filter_map(|o| as_task(o)).collect();
         let nodes: Vec<Node> = tables.iter(Kind::Node).filter_map(|o| as_node(o)).collect();
         let history = tables
             .iter(Kind::Cluster)
             .find_map(|o| match &**o {
-                Object::Cluster(c) => c.spec.as_ref()?.orchestration.as_ref()?.task_history_retention_limit,
+                Object::Cluster(c) => {
+                    c.spec
+                        .as_ref()?
+                        .orchestration
+                        .as_ref()?
+                        .task_history_retention_limit
+                }
                 _ => None,
             })
             .map(|l| if l < 0 { usize::MAX } else { l as usize })
@@ -105,11 +123,18 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
     });
     let mut by_service: HashMap<String, Vec<Task>> = HashMap::new();
     for task in tasks {
-        by_service.entry(task.service_id.clone().unwrap_or_default()).or_default().push(task);
+        by_service
+            .entry(task.service_id.clone().unwrap_or_default())
+            .or_default()
+            .push(task);
     }
     let mut plan = Plan::default();
     let mut rng = rand::thread_rng();
-    let drained: HashSet<String> = nodes.iter().filter(|n| !takes_tasks(n)).filter_map(|n| n.id.clone()).collect();
+    let drained: HashSet<String> = nodes
+        .iter()
+        .filter(|n| !takes_tasks(n))
+        .filter_map(|n| n.id.clone())
+        .collect();
     for service in &services {
         let id = service.id.clone().unwrap_or_default();
         let service_tasks = by_service.remove(&id).unwrap_or_default();
@@ -120,10 +145,13 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
         };
         match replicas(service) {
             Some(count) => reconcile_replicated(&ctx, &service_tasks, count, &mut plan, &mut rng),
-            None if is_global(service) => reconcile_global(&ctx, &service_tasks, &nodes, &mut plan, &mut rng),
+            None if is_global(service) => {
+                reconcile_global(&ctx, &service_tasks, &nodes, &mut plan, &mut rng)
+            }
             None => {}
         }
         trim_history(&service_tasks, history, &mut plan);
+        finish_update(service, &service_tasks, &mut plan);
     }
     // Tasks whose service is gone: stop them, then reap them.
     for task in by_service.into_values().flatten() {
@@ -139,7 +167,13 @@ struct ServiceCtx<'a> {
     drained: &'a HashSet<String>,
 }
 
-fn reconcile_replicated(ctx: &ServiceCtx, tasks: &[Task], count: u64, plan: &mut Plan, rng: &mut impl rand::RngCore) {
+fn reconcile_replicated(
+    ctx: &ServiceCtx,
+    tasks: &[Task],
+    count: u64,
+    plan: &mut Plan,
+    rng: &mut impl rand::RngCore,
+) {
     let mut slots: BTreeMap<i64, Vec<&Task>> = BTreeMap::new();
     for task in tasks {
         slots.entry(task.slot.unwrap_or(0)).or_default().push(task);
@@ -161,10 +195,19 @@ fn reconcile_replicated(ctx: &ServiceCtx, tasks: &[Task], count: u64, plan: &mut
     }
 }
 
-fn reconcile_global(ctx: &ServiceCtx, tasks: &[Task], nodes: &[Node], plan: &mut Plan, rng: &mut impl rand::RngCore) {
+fn reconcile_global(
+    ctx: &ServiceCtx,
+    tasks: &[Task],
+    nodes: &[Node],
+    plan: &mut Plan,
+    rng: &mut impl rand::RngCore,
+) {
     let mut by_node: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
     for task in tasks {
-        by_node.entry(task.node_id.clone().unwrap_or_default()).or_default().push(task);
+        by_node
+            .entry(task.node_id.clone().unwrap_or_default())
+            .or_default()
+            .push(task);
     }
     for slot_tasks in by_node.values_mut() {
         slot_tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at));
@@ -205,7 +248,11 @@ fn reconcile_slot(
     let live: Vec<&Task> = slot_tasks.iter().copied().filter(|t| is_live(t)).collect();
     let mut keeps_slot = false;
     for task in &live {
-        let on_drained = task.node_id.as_ref().is_some_and(|n| ctx.drained.contains(n)) && slot.is_some();
+        let on_drained = task
+            .node_id
+            .as_ref()
+            .is_some_and(|n| ctx.drained.contains(n))
+            && slot.is_some();
         if is_terminal(state(task)) {
             // The task died: restart it after the delay, if the policy allows.
             if !should_restart(service, task, slot_tasks, ctx.now) {
@@ -237,11 +284,16 @@ fn reconcile_slot(
             }
         }
     }
-    let settled = live.is_empty() && slot_tasks.last().is_some_and(|t| is_terminal(state(t)) && !should_restart(service, t, slot_tasks, ctx.now));
+    let settled = live.is_empty()
+        && slot_tasks.last().is_some_and(|t| {
+            is_terminal(state(t)) && !should_restart(service, t, slot_tasks, ctx.now)
+        });
     if !keeps_slot && !settled {
         let mut task = new_task(service, slot, node, rng);
         // Stop-first: a replacement waits in `ready` until its predecessor is down.
-        let predecessor_running = slot_tasks.iter().any(|t| !is_terminal(state(t)) && rank_started(t));
+        let predecessor_running = slot_tasks
+            .iter()
+            .any(|t| !is_terminal(state(t)) && rank_started(t));
         if predecessor_running {
             task.desired_state = Some(TaskState::READY);
         }
@@ -279,7 +331,9 @@ fn should_restart(service: &Service, task: &Task, slot_tasks: &[&Task], now: Sys
         .and_then(|s| s.task_template.as_ref())
         .and_then(|t| t.restart_policy.clone())
         .unwrap_or_default();
-    let condition = policy.condition.unwrap_or(TaskSpecRestartPolicyConditionEnum::ANY);
+    let condition = policy
+        .condition
+        .unwrap_or(TaskSpecRestartPolicyConditionEnum::ANY);
     let allowed = match condition {
         TaskSpecRestartPolicyConditionEnum::NONE => false,
         TaskSpecRestartPolicyConditionEnum::ON_FAILURE => state(task) != TaskState::COMPLETE,
@@ -296,7 +350,13 @@ fn should_restart(service: &Service, task: &Task, slot_tasks: &[&Task], now: Sys
     let restarts = slot_tasks
         .iter()
         .filter(|t| t.id != task.id && is_terminal(state(t)))
-        .filter(|t| window.is_zero() || now.duration_since(died_at(t)).map(|d| d <= window).unwrap_or(true))
+        .filter(|t| {
+            window.is_zero()
+                || now
+                    .duration_since(died_at(t))
+                    .map(|d| d <= window)
+                    .unwrap_or(true)
+        })
         .count() as i64;
     restarts < max_attempts
 }
@@ -313,7 +373,12 @@ fn restart_delay(service: &Service) -> Duration {
 }
 
 fn parallelism(service: &Service) -> usize {
-    match service.spec.as_ref().and_then(|s| s.update_config.as_ref()).and_then(|u| u.parallelism) {
+    match service
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_config.as_ref())
+        .and_then(|u| u.parallelism)
+    {
         Some(0) => usize::MAX,
         Some(n) if n > 0 => n as usize,
         _ => 1,
@@ -329,9 +394,47 @@ fn died_at(task: &Task) -> SystemTime {
 }
 
 pub fn parse_time(text: &str) -> Option<SystemTime> {
-    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let parsed =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     let nanos = parsed.unix_timestamp_nanos();
     (nanos >= 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos as u64))
+}
+
+/// An update (or rollback) is complete once every live task runs the
+/// current spec: `UpdateStatus` says so, with `CompletedAt`.
+fn finish_update(service: &SwarmService, tasks: &[Task], plan: &mut Plan) {
+    use bollard::models::ServiceUpdateStatusStateEnum as State;
+    let Some(status) = service.update_status.as_ref() else {
+        return;
+    };
+    let (done_state, message) = match status.state {
+        Some(State::UPDATING) => (State::COMPLETED, "update completed"),
+        Some(State::ROLLBACK_STARTED) => (State::ROLLBACK_COMPLETED, "rollback completed"),
+        _ => return,
+    };
+    let live: Vec<&Task> = tasks.iter().filter(|t| is_live(t)).collect();
+    let converged = !plan.creates.iter().any(|t| t.service_id == service.id)
+        && live.iter().all(|t| {
+            is_up_to_date(t, service)
+                && state(t) == TaskState::RUNNING
+                && desired(t) == TaskState::RUNNING
+        })
+        && !tasks.iter().any(|t| {
+            !is_live(t)
+                && !is_terminal(state(t))
+                && tasks::rank(state(t)) >= tasks::rank(TaskState::ASSIGNED)
+        });
+    if !converged {
+        return;
+    }
+    let mut updated = service.clone();
+    updated.update_status = Some(bollard::models::ServiceUpdateStatus {
+        state: Some(done_state),
+        started_at: status.started_at.clone(),
+        completed_at: Some(tasks::now()),
+        message: Some(message.to_string()),
+    });
+    plan.services.push(updated);
 }
 
 /// Keeps `limit` tasks per slot (live ones included); older dead ones go.
@@ -350,7 +453,8 @@ fn trim_history(tasks: &[Task], limit: usize, plan: &mut Plan) {
             let id = task.id.clone().unwrap_or_default();
             let dead = is_terminal(state(task)) && !is_live(task);
             if dead && !plan.updates.contains_key(&id) {
-                plan.deletes.push((id, task.version.as_ref().and_then(|v| v.index).unwrap_or(0)));
+                plan.deletes
+                    .push((id, task.version.as_ref().and_then(|v| v.index).unwrap_or(0)));
             }
         }
     }
@@ -367,15 +471,21 @@ fn reap(store: &Store, plan: &mut Plan) {
             && !plan.updates.contains_key(&id)
             && !plan.deletes.iter().any(|(d, _)| d == &id)
         {
-            plan.deletes.push((id, task.version.as_ref().and_then(|v| v.index).unwrap_or(0)));
+            plan.deletes
+                .push((id, task.version.as_ref().and_then(|v| v.index).unwrap_or(0)));
         }
     }
 }
 
 fn takes_tasks(node: &Node) -> bool {
     let availability = node.spec.as_ref().and_then(|s| s.availability);
-    let ready = node.status.as_ref().and_then(|s| s.state) == Some(bollard::models::NodeState::READY);
-    ready && matches!(availability, None | Some(NodeSpecAvailabilityEnum::ACTIVE) | Some(NodeSpecAvailabilityEnum::PAUSE))
+    let ready =
+        node.status.as_ref().and_then(|s| s.state) == Some(bollard::models::NodeState::READY);
+    ready
+        && matches!(
+            availability,
+            None | Some(NodeSpecAvailabilityEnum::ACTIVE) | Some(NodeSpecAvailabilityEnum::PAUSE)
+        )
         && availability != Some(NodeSpecAvailabilityEnum::DRAIN)
 }
 
@@ -386,7 +496,11 @@ pub fn replicas(service: &Service) -> Option<u64> {
 }
 
 pub fn is_global(service: &Service) -> bool {
-    service.spec.as_ref().and_then(|s| s.mode.as_ref()).is_some_and(|m| m.global.is_some())
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.mode.as_ref())
+        .is_some_and(|m| m.global.is_some())
 }
 
 pub fn as_service(object: &Arc<Object>) -> Option<SwarmService> {

@@ -80,21 +80,31 @@ fn plan(store: &Store) -> Option<Transaction> {
         .collect();
     pending.sort_by(|a, b| a.created_at.cmp(&b.created_at));
     for task in pending {
-        let Some(service) = task.service_id.as_ref().and_then(|id| services.get(id)) else { continue };
+        let Some(service) = task.service_id.as_ref().and_then(|id| services.get(id)) else {
+            continue;
+        };
         let decision = choose(task, service, &nodes, &load);
         let mut updated = task.clone();
         match decision {
             Ok(node_id) => {
                 load.add(&node_id, task, service);
                 updated.node_id = Some(node_id);
-                updated.status = Some(tasks::status(TaskState::ASSIGNED, "scheduler assigned task to node", None));
+                updated.status = Some(tasks::status(
+                    TaskState::ASSIGNED,
+                    "scheduler assigned task to node",
+                    None,
+                ));
             }
             Err(reason) => {
                 let err = Some(format!("no suitable node ({reason})"));
                 if task.status.as_ref().and_then(|s| s.err.clone()) == err {
                     continue;
                 }
-                updated.status = Some(tasks::status(TaskState::PENDING, "pending task scheduling", err));
+                updated.status = Some(tasks::status(
+                    TaskState::PENDING,
+                    "pending task scheduling",
+                    err,
+                ));
             }
         }
         let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
@@ -111,7 +121,10 @@ fn is_global_task(task: &Task) -> bool {
 
 fn choose(task: &Task, service: &Service, nodes: &[Node], load: &Load) -> Result<String, String> {
     let candidates: Vec<&Node> = match &task.node_id {
-        Some(node) => nodes.iter().filter(|n| n.id.as_ref() == Some(node)).collect(),
+        Some(node) => nodes
+            .iter()
+            .filter(|n| n.id.as_ref() == Some(node))
+            .collect(),
         None => nodes.iter().collect(),
     };
     let mut refusals: HashMap<Refusal, usize> = HashMap::new();
@@ -134,12 +147,19 @@ fn choose(task: &Task, service: &Service, nodes: &[Node], load: &Load) -> Result
     let mut reasons: Vec<(Refusal, usize)> = refusals.into_iter().collect();
     reasons.sort();
     let text: Vec<String> = reasons.iter().map(|&(r, n)| r.describe(n)).collect();
-    Err(if text.is_empty() { "0 nodes".to_string() } else { text.join(", ") })
+    Err(if text.is_empty() {
+        "0 nodes".to_string()
+    } else {
+        text.join(", ")
+    })
 }
 
 fn check(node: &Node, service: &Service, load: &Load) -> Result<(), Refusal> {
     let ready = node.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY);
-    let active = matches!(node.spec.as_ref().and_then(|s| s.availability), None | Some(NodeSpecAvailabilityEnum::ACTIVE));
+    let active = matches!(
+        node.spec.as_ref().and_then(|s| s.availability),
+        None | Some(NodeSpecAvailabilityEnum::ACTIVE)
+    );
     if !ready || !active {
         return Err(Refusal::NotAvailable);
     }
@@ -150,7 +170,11 @@ fn check(node: &Node, service: &Service, load: &Load) -> Result<(), Refusal> {
         return Err(Refusal::Platform);
     }
     let id = node.id.clone().unwrap_or_default();
-    let placement = service.spec.as_ref().and_then(|s| s.task_template.as_ref()).and_then(|t| t.placement.as_ref());
+    let placement = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task_template.as_ref())
+        .and_then(|t| t.placement.as_ref());
     if let Some(max) = placement.and_then(|p| p.max_replicas).filter(|&m| m > 0) {
         if load.of_service(&id, service) as i64 >= max {
             return Err(Refusal::MaxReplicas);
@@ -158,9 +182,12 @@ fn check(node: &Node, service: &Service, load: &Load) -> Result<(), Refusal> {
     }
     let (cpu, memory) = reservations(service);
     let resources = node.description.as_ref().and_then(|d| d.resources.as_ref());
-    let (node_cpu, node_memory) = resources.map(|r| (r.nano_cpus.unwrap_or(0), r.memory_bytes.unwrap_or(0))).unwrap_or((0, 0));
+    let (node_cpu, node_memory) = resources
+        .map(|r| (r.nano_cpus.unwrap_or(0), r.memory_bytes.unwrap_or(0)))
+        .unwrap_or((0, 0));
     let (used_cpu, used_memory) = load.reserved(&id);
-    if (cpu > 0 && used_cpu + cpu > node_cpu) || (memory > 0 && used_memory + memory > node_memory) {
+    if (cpu > 0 && used_cpu + cpu > node_cpu) || (memory > 0 && used_memory + memory > node_memory)
+    {
         return Err(Refusal::Resources);
     }
     Ok(())
@@ -173,7 +200,10 @@ fn reservations(service: &Service) -> (i64, i64) {
         .and_then(|s| s.task_template.as_ref())
         .and_then(|t| t.resources.as_ref())
         .and_then(|r| r.reservations.as_ref());
-    (r.and_then(|r| r.nano_cpus).unwrap_or(0), r.and_then(|r| r.memory_bytes).unwrap_or(0))
+    (
+        r.and_then(|r| r.nano_cpus).unwrap_or(0),
+        r.and_then(|r| r.memory_bytes).unwrap_or(0),
+    )
 }
 
 /// `node.id`, `node.hostname`, `node.role`, `node.platform.os|arch`,
@@ -200,19 +230,41 @@ pub fn parse_constraint(text: &str) -> Option<(String, bool, String)> {
 }
 
 fn constraint_holds(node: &Node, text: &str) -> bool {
-    let Some((key, equal, value)) = parse_constraint(text) else { return false };
+    let Some((key, equal, value)) = parse_constraint(text) else {
+        return false;
+    };
     let description = node.description.as_ref();
     let actual: Option<String> = match key.to_ascii_lowercase().as_str() {
         "node.id" => node.id.clone(),
         "node.hostname" => description.and_then(|d| d.hostname.clone()),
-        "node.role" => node.spec.as_ref().and_then(|s| s.role).map(|r| r.to_string()),
-        "node.platform.os" => description.and_then(|d| d.platform.as_ref()).and_then(|p| p.os.clone()),
-        "node.platform.arch" => description.and_then(|d| d.platform.as_ref()).and_then(|p| p.architecture.clone()),
+        "node.role" => node
+            .spec
+            .as_ref()
+            .and_then(|s| s.role)
+            .map(|r| r.to_string()),
+        "node.platform.os" => description
+            .and_then(|d| d.platform.as_ref())
+            .and_then(|p| p.os.clone()),
+        "node.platform.arch" => description
+            .and_then(|d| d.platform.as_ref())
+            .and_then(|p| p.architecture.clone()),
         lower => {
-            if let Some(label) = key.strip_prefix("node.labels.").filter(|_| lower.starts_with("node.labels.")) {
-                node.spec.as_ref().and_then(|s| s.labels.as_ref()).and_then(|l| l.get(label).cloned())
-            } else if let Some(label) = key.strip_prefix("engine.labels.").filter(|_| lower.starts_with("engine.labels.")) {
-                description.and_then(|d| d.engine.as_ref()).and_then(|e| e.labels.as_ref()).and_then(|l| l.get(label).cloned())
+            if let Some(label) = key
+                .strip_prefix("node.labels.")
+                .filter(|_| lower.starts_with("node.labels."))
+            {
+                node.spec
+                    .as_ref()
+                    .and_then(|s| s.labels.as_ref())
+                    .and_then(|l| l.get(label).cloned())
+            } else if let Some(label) = key
+                .strip_prefix("engine.labels.")
+                .filter(|_| lower.starts_with("engine.labels."))
+            {
+                description
+                    .and_then(|d| d.engine.as_ref())
+                    .and_then(|e| e.labels.as_ref())
+                    .and_then(|l| l.get(label).cloned())
             } else {
                 None
             }
@@ -251,13 +303,18 @@ fn platform_matches(node: &Node, service: &Service) -> bool {
     if platforms.is_empty() {
         return true;
     }
-    let node_platform = node.description.as_ref().and_then(|d| d.platform.clone()).unwrap_or_default();
+    let node_platform = node
+        .description
+        .as_ref()
+        .and_then(|d| d.platform.clone())
+        .unwrap_or_default();
     platforms.iter().any(|p| {
-        let os_ok = p.os.as_deref().is_none_or(|os| os.is_empty() || Some(os) == node_platform.os.as_deref());
-        let arch_ok = p
-            .architecture
-            .as_deref()
-            .is_none_or(|a| a.is_empty() || same_arch(a, node_platform.architecture.as_deref().unwrap_or("")));
+        let os_ok =
+            p.os.as_deref()
+                .is_none_or(|os| os.is_empty() || Some(os) == node_platform.os.as_deref());
+        let arch_ok = p.architecture.as_deref().is_none_or(|a| {
+            a.is_empty() || same_arch(a, node_platform.architecture.as_deref().unwrap_or(""))
+        });
         os_ok && arch_ok
     })
 }
@@ -274,13 +331,23 @@ struct Load {
 impl Load {
     fn from_tasks(tasks: &[Task]) -> Self {
         let mut load = Load::default();
-        for task in tasks.iter().filter(|t| is_live(t) && !is_terminal(state(t))) {
+        for task in tasks
+            .iter()
+            .filter(|t| is_live(t) && !is_terminal(state(t)))
+        {
             if let Some(node) = &task.node_id {
                 let service = task.service_id.clone().unwrap_or_default();
                 *load.per_service.entry((node.clone(), service)).or_default() += 1;
                 *load.total.entry(node.clone()).or_default() += 1;
-                let r = task.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.reservations.as_ref());
-                let (cpu, mem) = (r.and_then(|r| r.nano_cpus).unwrap_or(0), r.and_then(|r| r.memory_bytes).unwrap_or(0));
+                let r = task
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.resources.as_ref())
+                    .and_then(|r| r.reservations.as_ref());
+                let (cpu, mem) = (
+                    r.and_then(|r| r.nano_cpus).unwrap_or(0),
+                    r.and_then(|r| r.memory_bytes).unwrap_or(0),
+                );
                 let entry = load.reserved.entry(node.clone()).or_default();
                 entry.0 += cpu;
                 entry.1 += mem;
@@ -291,9 +358,15 @@ impl Load {
 
     fn add(&mut self, node: &str, task: &Task, service: &Service) {
         let service_id = task.service_id.clone().unwrap_or_default();
-        *self.per_service.entry((node.to_string(), service_id.clone())).or_default() += 1;
+        *self
+            .per_service
+            .entry((node.to_string(), service_id.clone()))
+            .or_default() += 1;
         *self.total.entry(node.to_string()).or_default() += 1;
-        let (cpu, mem) = *self.service_reservations.entry(service_id).or_insert_with(|| reservations(service));
+        let (cpu, mem) = *self
+            .service_reservations
+            .entry(service_id)
+            .or_insert_with(|| reservations(service));
         let entry = self.reserved.entry(node.to_string()).or_default();
         entry.0 += cpu;
         entry.1 += mem;
@@ -316,13 +389,20 @@ impl Load {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::{NodeDescription, NodeSpec, NodeStatus, ServiceSpec, TaskSpec, TaskSpecPlacement};
+    use bollard::models::{
+        NodeDescription, NodeSpec, NodeStatus, ServiceSpec, TaskSpec, TaskSpecPlacement,
+    };
 
     fn node(labels: &[(&str, &str)]) -> Node {
         Node {
             id: Some("n1".into()),
             spec: Some(NodeSpec {
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 role: Some(bollard::models::NodeSpecRoleEnum::MANAGER),
                 availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
                 ..Default::default()
@@ -361,9 +441,18 @@ mod tests {
         let n = node(&[("x", "y")]);
         assert!(satisfies_constraints(&n, &service(&["node.labels.x==y"])));
         assert!(!satisfies_constraints(&n, &service(&["node.labels.x==z"])));
-        assert!(satisfies_constraints(&n, &service(&["node.role==manager", "node.hostname!=other"])));
-        assert!(!satisfies_constraints(&n, &service(&["node.labels.missing==1"])));
-        assert!(satisfies_constraints(&n, &service(&["node.labels.missing!=1"])));
+        assert!(satisfies_constraints(
+            &n,
+            &service(&["node.role==manager", "node.hostname!=other"])
+        ));
+        assert!(!satisfies_constraints(
+            &n,
+            &service(&["node.labels.missing==1"])
+        ));
+        assert!(satisfies_constraints(
+            &n,
+            &service(&["node.labels.missing!=1"])
+        ));
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub fn rank(state: TaskState) -> u16 {
 }
 
 pub fn state(task: &Task) -> TaskState {
-    task.status.as_ref().and_then(|s| s.state).unwrap_or(TaskState::NEW)
+    task.status
+        .as_ref()
+        .and_then(|s| s.state)
+        .unwrap_or(TaskState::NEW)
 }
 
 pub fn desired(task: &Task) -> TaskState {
@@ -73,7 +76,12 @@ pub fn task_spec(service: &Service) -> TaskSpec {
 
 /// A new task for `service` in `slot` (replicated) or on `node` (global),
 /// waiting for the scheduler.
-pub fn new_task(service: &Service, slot: Option<i64>, node: Option<String>, rng: &mut impl rand::RngCore) -> Task {
+pub fn new_task(
+    service: &Service,
+    slot: Option<i64>,
+    node: Option<String>,
+    rng: &mut impl rand::RngCore,
+) -> Task {
     Task {
         id: Some(new_id(rng)),
         labels: Some(Default::default()),

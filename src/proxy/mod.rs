@@ -137,7 +137,8 @@ impl Proxy {
         })
     }
 
-    async fn get(&self, path: &str) -> Result<Response<Incoming>, ProxyError> {
+    /// A GET of shoal's own to the engine; the body streams.
+    pub async fn get(&self, path: &str) -> Result<Response<Incoming>, ProxyError> {
         let request = Request::get(format!("http://docker{path}"))
             .header(header::HOST, "docker")
             .body(crate::body::empty())
