@@ -157,7 +157,15 @@ pub async fn update(
                 desc: "service mode change is not allowed".to_string(),
             });
         }
-        if spec.task_template != current_spec.task_template {
+        // A changed task spec starts an update; a paused one resumes on any update.
+        let paused = matches!(
+            current.update_status.as_ref().and_then(|s| s.state),
+            Some(
+                ServiceUpdateStatusStateEnum::PAUSED
+                    | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED
+            )
+        );
+        if spec.task_template != current_spec.task_template || paused {
             update_status = Some(ServiceUpdateStatus {
                 state: Some(ServiceUpdateStatusStateEnum::UPDATING),
                 started_at: Some(tasks::now()),

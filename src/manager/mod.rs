@@ -7,6 +7,7 @@ pub mod dispatcher;
 pub mod orchestrator;
 pub mod scheduler;
 pub mod tasks;
+pub mod updater;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,6 +12,7 @@ use bollard::models::{
 use tokio_util::sync::CancellationToken;
 
 use super::tasks::{self, desired, is_live, is_terminal, is_up_to_date, new_task, state};
+use super::updater;
 use crate::store::{Proposer, Store, Transaction};
 use crate::types::{Kind, Object, SwarmService, Timestamp};
 
@@ -151,7 +152,7 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
             None => {}
         }
         trim_history(&service_tasks, history, &mut plan);
-        finish_update(service, &service_tasks, &mut plan);
+        progress_update(service, &service_tasks, now, &mut plan);
     }
     // Tasks whose service is gone: stop them, then reap them.
     for task in by_service.into_values().flatten() {
@@ -162,7 +163,7 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
 }
 
 struct ServiceCtx<'a> {
-    service: &'a Service,
+    service: &'a SwarmService,
     now: SystemTime,
     drained: &'a HashSet<String>,
 }
@@ -188,10 +189,13 @@ fn reconcile_replicated(
             plan.set_desired(task, TaskState::REMOVE);
         }
     }
-    let mut replacing = updates_in_flight(tasks);
+    let mut budget = updater::budget(ctx.service, tasks, ctx.now);
+    if let Some(wake) = budget.wake {
+        plan.wake_in(wake);
+    }
     for slot in 1..=wanted {
         let slot_tasks = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
-        reconcile_slot(ctx, slot_tasks, Some(slot), None, plan, rng, &mut replacing);
+        reconcile_slot(ctx, slot_tasks, Some(slot), None, plan, rng, &mut budget);
     }
 }
 
@@ -225,16 +229,20 @@ fn reconcile_global(
             }
         }
     }
-    let mut replacing = updates_in_flight(tasks);
+    let mut budget = updater::budget(ctx.service, tasks, ctx.now);
+    if let Some(wake) = budget.wake {
+        plan.wake_in(wake);
+    }
     for node in eligible {
         let id = node.id.clone().unwrap_or_default();
         let node_tasks = by_node.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        reconcile_slot(ctx, node_tasks, None, Some(id), plan, rng, &mut replacing);
+        reconcile_slot(ctx, node_tasks, None, Some(id), plan, rng, &mut budget);
     }
 }
 
 /// One slot (or one node of a global service): restart what died as the
-/// policy allows, replace what is out of date, fill it when empty.
+/// policy allows, fill it when empty, and replace an out-of-date task when
+/// the rolling update's budget allows, stop-first or start-first.
 fn reconcile_slot(
     ctx: &ServiceCtx,
     slot_tasks: &[&Task],
@@ -242,12 +250,12 @@ fn reconcile_slot(
     node: Option<String>,
     plan: &mut Plan,
     rng: &mut impl rand::RngCore,
-    replacing: &mut usize,
+    budget: &mut updater::Budget,
 ) {
     let service = ctx.service;
-    let live: Vec<&Task> = slot_tasks.iter().copied().filter(|t| is_live(t)).collect();
-    let mut keeps_slot = false;
-    for task in &live {
+    let mut occupied = false;
+    let mut alive: Vec<&Task> = Vec::new();
+    for task in slot_tasks.iter().copied().filter(|t| is_live(t)) {
         let on_drained = task
             .node_id
             .as_ref()
@@ -257,56 +265,68 @@ fn reconcile_slot(
             // The task died: restart it after the delay, if the policy allows.
             if !should_restart(service, task, slot_tasks, ctx.now) {
                 plan.set_desired(task, TaskState::SHUTDOWN);
-                keeps_slot = true;
+                occupied = true;
                 continue;
             }
             let due = died_at(task) + restart_delay(service);
             match due.duration_since(ctx.now) {
                 Ok(wait) if !wait.is_zero() => {
                     plan.wake_in(wait);
-                    keeps_slot = true;
+                    occupied = true;
                 }
                 _ => plan.set_desired(task, TaskState::SHUTDOWN),
             }
         } else if on_drained {
             plan.set_desired(task, TaskState::SHUTDOWN);
-        } else if !is_up_to_date(task, service) {
-            if *replacing < parallelism(service) {
-                *replacing += 1;
-                plan.set_desired(task, TaskState::SHUTDOWN);
-            } else {
-                keeps_slot = true;
-            }
         } else {
-            keeps_slot = true;
-            if desired(task) == TaskState::READY {
-                promote_when_predecessor_down(task, slot_tasks, plan);
+            alive.push(task);
+        }
+    }
+    let (fresh, stale): (Vec<&Task>, Vec<&Task>) =
+        alive.iter().partition(|t| is_up_to_date(t, service));
+    if let Some(current) = fresh.last() {
+        // A replacement waiting in `ready` starts once its predecessor is down.
+        if desired(current) == TaskState::READY {
+            promote_when_predecessor_down(current, slot_tasks, plan);
+        }
+        // Start-first: the old task stops once the new one runs.
+        if state(current) == TaskState::RUNNING {
+            for old in &stale {
+                plan.set_desired(old, TaskState::SHUTDOWN);
             }
         }
+        return;
     }
-    let settled = live.is_empty()
-        && slot_tasks.last().is_some_and(|t| {
-            is_terminal(state(t)) && !should_restart(service, t, slot_tasks, ctx.now)
-        });
-    if !keeps_slot && !settled {
-        let mut task = new_task(service, slot, node, rng);
-        // Stop-first: a replacement waits in `ready` until its predecessor is down.
-        let predecessor_running = slot_tasks
-            .iter()
-            .any(|t| !is_terminal(state(t)) && rank_started(t));
-        if predecessor_running {
-            task.desired_state = Some(TaskState::READY);
+    if let Some(old) = stale.first() {
+        if budget.slots == 0 {
+            return;
         }
-        plan.creates.push(task);
+        budget.slots -= 1;
+        let mut task = new_task(service, slot, node, rng);
+        if budget.start_first {
+            plan.creates.push(task);
+        } else {
+            plan.set_desired(old, TaskState::SHUTDOWN);
+            task.desired_state = Some(TaskState::READY);
+            plan.creates.push(task);
+        }
+        return;
     }
-}
-
-/// Replacements under way: old tasks told to stop that have not stopped yet.
-fn updates_in_flight(tasks: &[Task]) -> usize {
-    tasks
+    let newest = slot_tasks.last();
+    let settled = newest
+        .is_some_and(|t| is_terminal(state(t)) && !should_restart(service, t, slot_tasks, ctx.now));
+    if occupied || settled {
+        return;
+    }
+    let mut task = new_task(service, slot, node, rng);
+    // Stop-first: a replacement waits in `ready` until its predecessor is down.
+    let predecessor_running = slot_tasks
         .iter()
-        .filter(|t| desired(t) == TaskState::SHUTDOWN && !is_terminal(state(t)) && rank_started(t))
-        .count()
+        .any(|t| !is_terminal(state(t)) && rank_started(t));
+    if predecessor_running {
+        task.desired_state = Some(TaskState::READY);
+    }
+    plan.creates.push(task);
 }
 
 fn rank_started(task: &Task) -> bool {
@@ -372,19 +392,6 @@ fn restart_delay(service: &Service) -> Duration {
         .unwrap_or(DEFAULT_RESTART_DELAY)
 }
 
-fn parallelism(service: &Service) -> usize {
-    match service
-        .spec
-        .as_ref()
-        .and_then(|s| s.update_config.as_ref())
-        .and_then(|u| u.parallelism)
-    {
-        Some(0) => usize::MAX,
-        Some(n) if n > 0 => n as usize,
-        _ => 1,
-    }
-}
-
 fn died_at(task: &Task) -> SystemTime {
     task.status
         .as_ref()
@@ -400,41 +407,23 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
     (nanos >= 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos as u64))
 }
 
-/// An update (or rollback) is complete once every live task runs the
-/// current spec: `UpdateStatus` says so, with `CompletedAt`.
-fn finish_update(service: &SwarmService, tasks: &[Task], plan: &mut Plan) {
-    use bollard::models::ServiceUpdateStatusStateEnum as State;
-    let Some(status) = service.update_status.as_ref() else {
-        return;
-    };
-    let (done_state, message) = match status.state {
-        Some(State::UPDATING) => (State::COMPLETED, "update completed"),
-        Some(State::ROLLBACK_STARTED) => (State::ROLLBACK_COMPLETED, "rollback completed"),
-        _ => return,
-    };
-    let live: Vec<&Task> = tasks.iter().filter(|t| is_live(t)).collect();
-    let converged = !plan.creates.iter().any(|t| t.service_id == service.id)
-        && live.iter().all(|t| {
-            is_up_to_date(t, service)
-                && state(t) == TaskState::RUNNING
-                && desired(t) == TaskState::RUNNING
-        })
-        && !tasks.iter().any(|t| {
-            !is_live(t)
-                && !is_terminal(state(t))
-                && tasks::rank(state(t)) >= tasks::rank(TaskState::ASSIGNED)
-        });
-    if !converged {
+/// Failure handling and completion of a rolling update (see `updater`).
+fn progress_update(service: &SwarmService, tasks: &[Task], now: SystemTime, plan: &mut Plan) {
+    let replicas = replicas(service)
+        .map(|r| r as usize)
+        .unwrap_or_else(|| tasks.iter().filter(|t| is_live(t)).count());
+    if let Some(updated) = updater::on_failures(service, tasks, replicas) {
+        plan.services.push(updated);
         return;
     }
-    let mut updated = service.clone();
-    updated.update_status = Some(bollard::models::ServiceUpdateStatus {
-        state: Some(done_state),
-        started_at: status.started_at.clone(),
-        completed_at: Some(tasks::now()),
-        message: Some(message.to_string()),
-    });
-    plan.services.push(updated);
+    if plan.creates.iter().any(|t| t.service_id == service.id) {
+        return;
+    }
+    match updater::completion(service, tasks, now) {
+        Ok(Some(updated)) => plan.services.push(updated),
+        Ok(None) => {}
+        Err(wait) => plan.wake_in(wait),
+    }
 }
 
 /// Keeps `limit` tasks per slot (live ones included); older dead ones go.
