@@ -23,7 +23,7 @@ use super::{json, ApiError, RpcCode};
 use crate::body::Body;
 use crate::cluster::Manager;
 use crate::manager::orchestrator::{as_service, as_task, is_global, replicas};
-use crate::manager::tasks;
+use crate::manager::{jobs, tasks};
 use crate::store::{Store, Transaction};
 use crate::types::{new_id, Kind, Object, SwarmService, Timestamp};
 
@@ -41,10 +41,12 @@ pub async fn create(manager: &Manager, body: Incoming) -> Result<Response<Body>,
     validate(&store, &spec)?;
     normalise(&mut spec);
     let endpoint = endpoint_of(&spec);
+    let job_status = jobs::replicated_job_or_global(&spec).then(|| jobs::now_iteration_status(0));
     let service = SwarmService::from(Service {
         id: Some(new_id(&mut rng)),
         spec: Some(spec),
         endpoint: Some(endpoint),
+        job_status,
         ..Service::default()
     });
     let id = service.id.clone().unwrap_or_default();
@@ -176,11 +178,22 @@ pub async fn update(
         current_spec.clone()
     };
     let endpoint = endpoint_of(&spec);
+    // Updating a job runs it again: a new iteration.
+    let job_status = match &current.job_status {
+        Some(_) => Some(jobs::now_iteration_status(jobs::iteration(&current) + 1)),
+        None => None,
+    };
+    let update_status = if job_status.is_some() {
+        None
+    } else {
+        update_status
+    };
     let updated = SwarmService {
         service: Service {
             spec: Some(spec),
             endpoint: Some(endpoint),
             update_status,
+            job_status,
             ..current.service
         },
         previous_spec: Some(previous),
@@ -266,10 +279,10 @@ fn validate(store: &Store, spec: &ServiceSpec) -> Result<(), ApiError> {
             )));
         }
     }
-    let mode = spec.mode.as_ref();
-    if mode.is_some_and(|m| m.replicated_job.is_some() || m.global_job.is_some()) {
-        return Err(ApiError::NotSupported(
-            "job services (replicated-job, global-job)",
+    if jobs::replicated_job_or_global(spec) && spec.update_config.is_some() {
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            "Jobs may not have an update config",
         ));
     }
     let template = spec.task_template.clone().unwrap_or_default();
@@ -359,6 +372,10 @@ fn normalise(spec: &mut ServiceSpec) {
         let replicated = mode.replicated.get_or_insert_with(Default::default);
         replicated.replicas.get_or_insert(1);
     }
+    if let Some(job) = mode.replicated_job.as_mut() {
+        let max = *job.max_concurrent.get_or_insert(1);
+        job.total_completions.get_or_insert(max);
+    }
     if let Some(endpoint) = spec.endpoint_spec.as_mut() {
         endpoint.mode.get_or_insert(EndpointSpecModeEnum::VIP);
     }
@@ -407,6 +424,14 @@ fn status_of(store: &Store, service: &SwarmService) -> ServiceServiceStatus {
         .iter()
         .filter_map(as_task)
         .collect();
+    if service.job_status.is_some() {
+        let (running, desired, completed) = jobs::status(service, &service_tasks);
+        return ServiceServiceStatus {
+            running_tasks: Some(running),
+            desired_tasks: Some(desired),
+            completed_tasks: Some(completed),
+        };
+    }
     let running = service_tasks
         .iter()
         .filter(|t| tasks::state(t) == TaskState::RUNNING)

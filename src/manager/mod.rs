@@ -4,6 +4,7 @@
 //! writes through the Proposer; none keeps its own copy of cluster state.
 
 pub mod dispatcher;
+pub mod jobs;
 pub mod orchestrator;
 pub mod scheduler;
 pub mod tasks;

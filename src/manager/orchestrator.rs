@@ -43,8 +43,8 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
 /// What one reconcile wants written, and when to look again (restart delays).
 #[derive(Default)]
 pub struct Plan {
-    services: Vec<SwarmService>,
-    creates: Vec<Task>,
+    pub(super) services: Vec<SwarmService>,
+    pub(super) creates: Vec<Task>,
     updates: BTreeMap<String, Task>,
     deletes: Vec<(String, u64)>,
     wake: Option<Duration>,
@@ -60,7 +60,7 @@ impl Plan {
         self.updates.insert(id, task);
     }
 
-    fn set_desired(&mut self, task: &Task, state: TaskState) {
+    pub(super) fn set_desired(&mut self, task: &Task, state: TaskState) {
         if desired(task) != state {
             self.update(task.clone(), |t| t.desired_state = Some(state));
         }
@@ -149,7 +149,15 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
             None if is_global(service) => {
                 reconcile_global(&ctx, &service_tasks, &nodes, &mut plan, &mut rng)
             }
-            None => {}
+            None => {
+                let eligible: Vec<&Node> = nodes
+                    .iter()
+                    .filter(|n| {
+                        takes_tasks(n) && super::scheduler::satisfies_constraints(n, service)
+                    })
+                    .collect();
+                super::jobs::reconcile(service, &service_tasks, &eligible, &mut plan, &mut rng);
+            }
         }
         trim_history(&service_tasks, history, &mut plan);
         progress_update(service, &service_tasks, now, &mut plan);
