@@ -14,6 +14,7 @@ use crate::store::{ProposeError, StoreError};
 pub enum RpcCode {
     InvalidArgument,
     FailedPrecondition,
+    AlreadyExists,
     Unimplemented,
 }
 
@@ -21,6 +22,7 @@ impl RpcCode {
     fn status(self) -> StatusCode {
         match self {
             RpcCode::InvalidArgument | RpcCode::FailedPrecondition => StatusCode::BAD_REQUEST,
+            RpcCode::AlreadyExists => StatusCode::CONFLICT,
             RpcCode::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }

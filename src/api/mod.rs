@@ -10,6 +10,7 @@ mod info;
 mod logs;
 mod nodes;
 mod query;
+mod secrets;
 mod services;
 mod swarm;
 mod tasks;
@@ -26,6 +27,7 @@ use crate::cluster::Cluster;
 use crate::proxy::Proxy;
 pub use error::{ApiError, RpcCode};
 use query::Query;
+use secrets::Flavor;
 
 /// Routes each request; cheap to clone per connection.
 #[derive(Clone)]
@@ -138,9 +140,28 @@ impl Api {
             (&Method::GET, ["tasks", id, "logs"]) => {
                 logs::task_logs(&manager, &self.proxy, id, query)
             }
-            (_, ["services" | "tasks" | "secrets" | "configs", ..]) => Err(ApiError::NotSupported(
-                "this endpoint (services, secrets and configs come next)",
-            )),
+            (&Method::POST, ["secrets", "create"]) => {
+                secrets::create(&manager, Flavor::Secret, body).await
+            }
+            (&Method::GET, ["secrets"]) => secrets::list(&manager, Flavor::Secret, query),
+            (&Method::GET, ["secrets", id]) => secrets::inspect(&manager, Flavor::Secret, id),
+            (&Method::POST, ["secrets", id, "update"]) => {
+                secrets::update(&manager, Flavor::Secret, id, query, body).await
+            }
+            (&Method::DELETE, ["secrets", id]) => {
+                secrets::remove(&manager, Flavor::Secret, id).await
+            }
+            (&Method::POST, ["configs", "create"]) => {
+                secrets::create(&manager, Flavor::Config, body).await
+            }
+            (&Method::GET, ["configs"]) => secrets::list(&manager, Flavor::Config, query),
+            (&Method::GET, ["configs", id]) => secrets::inspect(&manager, Flavor::Config, id),
+            (&Method::POST, ["configs", id, "update"]) => {
+                secrets::update(&manager, Flavor::Config, id, query, body).await
+            }
+            (&Method::DELETE, ["configs", id]) => {
+                secrets::remove(&manager, Flavor::Config, id).await
+            }
             _ => Err(ApiError::page_not_found()),
         }
     }

@@ -179,10 +179,10 @@ pub async fn update(
     };
     let endpoint = endpoint_of(&spec);
     // Updating a job runs it again: a new iteration.
-    let job_status = match &current.job_status {
-        Some(_) => Some(jobs::now_iteration_status(jobs::iteration(&current) + 1)),
-        None => None,
-    };
+    let job_status = current
+        .job_status
+        .as_ref()
+        .map(|_| jobs::now_iteration_status(jobs::iteration(&current) + 1));
     let update_status = if job_status.is_some() {
         None
     } else {

@@ -393,11 +393,13 @@ mod tests {
 
     #[test]
     fn refuses_short_certificates_and_other_names() {
-        let mut spec = SwarmSpec::default();
-        spec.ca_config = Some(SwarmSpecCaConfig {
-            node_cert_expiry: Some(60 * SECOND),
+        let mut spec = SwarmSpec {
+            ca_config: Some(SwarmSpecCaConfig {
+                node_cert_expiry: Some(60 * SECOND),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         assert_eq!(
             validate_update(&spec).unwrap_err().to_string(),
             "rpc error: code = InvalidArgument desc = minimum certificate expiry time is: 1h0m0s"

@@ -28,7 +28,13 @@ pub async fn publish_assignments(
     shutdown: CancellationToken,
 ) {
     let mut watcher = store.watch_from(store.index());
+    // The first set is always sent, even empty: the agent waits for it
+    // before it removes containers no task claims.
+    assignments.send_replace(Arc::new(assignment_set(&store, &node_id)));
     loop {
+        if !super::wait_for_change(&store, &mut watcher, &shutdown, None).await {
+            break;
+        }
         let set = assignment_set(&store, &node_id);
         assignments.send_if_modified(|current| {
             let same = current.len() == set.len()
@@ -41,9 +47,6 @@ pub async fn publish_assignments(
             }
             !same
         });
-        if !super::wait_for_change(&store, &mut watcher, &shutdown, None).await {
-            break;
-        }
     }
 }
 

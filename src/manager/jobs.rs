@@ -108,10 +108,8 @@ pub fn reconcile(
                     given_up += 1;
                 }
             }
-            s if is_terminal(s) => {
-                if !retries(service, task) {
-                    given_up += 1;
-                }
+            s if is_terminal(s) && !retries(service, task) => {
+                given_up += 1;
             }
             _ if live => running += 1,
             _ => {}

@@ -100,12 +100,10 @@ impl Plan {
 /// Everything the orchestrator decides from one consistent read.
 pub fn plan(store: &Store, now: SystemTime) -> Plan {
     let (services, tasks, nodes, history) = store.read(|tables| {
-        let services: Vec<SwarmService> = tables
-            .iter(Kind::Service)
-            .filter_map(|o| as_service(o))
-            .collect();
-        let tasks: Vec<Task> = tables.iter(Kind::Task).filter_map(|o| as_task(o)).collect();
-        let nodes: Vec<Node> = tables.iter(Kind::Node).filter_map(|o| as_node(o)).collect();
+        let services: Vec<SwarmService> =
+            tables.iter(Kind::Service).filter_map(as_service).collect();
+        let tasks: Vec<Task> = tables.iter(Kind::Task).filter_map(as_task).collect();
+        let nodes: Vec<Node> = tables.iter(Kind::Node).filter_map(as_node).collect();
         let history = tables
             .iter(Kind::Cluster)
             .find_map(|o| match &**o {
@@ -459,7 +457,7 @@ fn trim_history(tasks: &[Task], limit: usize, plan: &mut Plan) {
 
 /// Tasks with desired `remove` are deleted once they ended or never started.
 fn reap(store: &Store, plan: &mut Plan) {
-    let tasks: Vec<Task> = store.read(|t| t.iter(Kind::Task).filter_map(|o| as_task(o)).collect());
+    let tasks: Vec<Task> = store.read(|t| t.iter(Kind::Task).filter_map(as_task).collect());
     for task in tasks {
         let id = task.id.clone().unwrap_or_default();
         let never_assigned = tasks::rank(state(&task)) < tasks::rank(TaskState::ASSIGNED);

@@ -63,11 +63,11 @@ fn plan(store: &Store) -> Option<Transaction> {
     let (services, tasks, nodes) = store.read(|t| {
         let services: HashMap<String, crate::types::SwarmService> = t
             .iter(Kind::Service)
-            .filter_map(|o| as_service(o))
+            .filter_map(as_service)
             .map(|s| (s.id.clone().unwrap_or_default(), s))
             .collect();
-        let tasks: Vec<Task> = t.iter(Kind::Task).filter_map(|o| as_task(o)).collect();
-        let nodes: Vec<Node> = t.iter(Kind::Node).filter_map(|o| as_node(o)).collect();
+        let tasks: Vec<Task> = t.iter(Kind::Task).filter_map(as_task).collect();
+        let nodes: Vec<Node> = t.iter(Kind::Node).filter_map(as_node).collect();
         (services, tasks, nodes)
     });
     let mut load = Load::from_tasks(&tasks);

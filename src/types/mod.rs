@@ -93,7 +93,11 @@ pub struct SwarmNetwork {
 pub struct SwarmService {
     #[serde(flatten)]
     pub service: Service,
-    #[serde(rename = "PreviousSpec", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "PreviousSpec",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub previous_spec: Option<bollard::models::ServiceSpec>,
 }
 
@@ -120,6 +124,9 @@ impl From<Service> for SwarmService {
 }
 
 /// One stored object. The variant is the table.
+// Objects live behind Arc in the store and travel once per raft entry, so
+// the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Object {
     Cluster(Swarm),
