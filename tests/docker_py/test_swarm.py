@@ -64,10 +64,13 @@ class Shoal:
         self.log.close()
         if node_id:
             # Remove the task containers this shoal ran on the engine.
-            engine = docker.DockerClient(base_url=ENGINE)
-            for c in engine.containers.list(
+            engine = docker.APIClient(base_url=ENGINE)
+            for c in engine.containers(
                     all=True, filters={"label": "com.docker.swarm.node.id=" + node_id}):
-                c.remove(force=True, v=True)
+                try:
+                    engine.remove_container(c["Id"], force=True, v=True)
+                except errors.NotFound:
+                    pass  # shoal's agent removed it first
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
