@@ -34,7 +34,6 @@ const MIN_API: (usize, usize) = (1, 41);
 /// Runs task containers on a Docker engine through bollard.
 pub struct DockerExecutor {
     addr: String,
-    unversioned: Docker,
     /// The client after version negotiation with the engine (done lazily,
     /// on first use, so `connect` need not be async).
     negotiated: Arc<OnceCell<Docker>>,
@@ -43,37 +42,18 @@ pub struct DockerExecutor {
 impl DockerExecutor {
     /// `engine_addr`: `unix:///var/run/docker.sock`, a bare socket path, or
     /// `tcp://host:port` / `http://host:port`.
+    /// Checks the address; the connection itself is made on first use, so
+    /// shoal starts (and recovers) while the engine is down.
     pub fn connect(engine_addr: &str) -> Result<Self, AgentError> {
-        let connect_err = |e: BollardError| AgentError::Connect {
-            addr: engine_addr.to_string(),
-            reason: e.to_string(),
-        };
-        let docker = if let Some(path) = engine_addr.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-                .map_err(connect_err)?
-        } else if engine_addr.starts_with("tcp://") || engine_addr.starts_with("http://") {
-            Docker::connect_with_http(
-                engine_addr,
-                REQUEST_TIMEOUT_SECS,
-                bollard::API_DEFAULT_VERSION,
-            )
-            .map_err(connect_err)?
-        } else if engine_addr.starts_with('/') {
-            Docker::connect_with_unix(
-                engine_addr,
-                REQUEST_TIMEOUT_SECS,
-                bollard::API_DEFAULT_VERSION,
-            )
-            .map_err(connect_err)?
-        } else {
+        let supported = ["unix://", "tcp://", "http://", "/"].iter().any(|p| engine_addr.starts_with(p));
+        if !supported {
             return Err(AgentError::Connect {
                 addr: engine_addr.to_string(),
                 reason: "unsupported address (want unix://, tcp:// or http://)".to_string(),
             });
-        };
+        }
         Ok(DockerExecutor {
             addr: engine_addr.to_string(),
-            unversioned: docker,
             negotiated: Arc::new(OnceCell::new()),
         })
     }
@@ -81,18 +61,29 @@ impl DockerExecutor {
     /// The client, speaking the engine's API version (the engines on these
     /// hosts may be older than bollard's default).
     async fn client(&self) -> ExecResult<Docker> {
-        negotiated_client(&self.addr, &self.unversioned, &self.negotiated).await
+        negotiated_client(&self.addr, &self.negotiated).await
     }
 }
 
 /// Negotiates the API version once per executor (retried after a failure).
-async fn negotiated_client(
-    addr: &str,
-    unversioned: &Docker,
-    cell: &OnceCell<Docker>,
-) -> ExecResult<Docker> {
+/// A client at bollard's default version, only to ask the engine its own.
+fn unversioned_client(addr: &str) -> ExecResult<Docker> {
+    let docker = if let Some(path) = addr.strip_prefix("unix://") {
+        Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else if addr.starts_with('/') {
+        Docker::connect_with_unix(addr, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else {
+        Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    };
+    docker.map_err(|e| AgentError::Connect {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+async fn negotiated_client(addr: &str, cell: &OnceCell<Docker>) -> ExecResult<Docker> {
     cell.get_or_try_init(|| async {
-        let version = unversioned.version().await.map_err(map_err)?;
+        let version = unversioned_client(addr)?.version().await.map_err(map_err)?;
         let api = version.api_version.unwrap_or_default();
         let mut parts = api.split('.').map(|p| p.parse::<usize>().unwrap_or(0));
         let engine = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
@@ -338,7 +329,6 @@ impl Executor for DockerExecutor {
     fn events(&self, node_id: &str) -> BoxStream<'static, ExecResult<EngineEvent>> {
         let mut filters = own_filter(node_id);
         filters.insert("type".to_string(), vec!["container".to_string()]);
-        let unversioned = self.unversioned.clone();
         let cell = self.negotiated.clone();
         let addr = self.addr.clone();
         let options = EventsOptions {
@@ -346,7 +336,7 @@ impl Executor for DockerExecutor {
             ..Default::default()
         };
         let stream = async move {
-            match negotiated_client(&addr, &unversioned, &cell).await {
+            match negotiated_client(&addr, &cell).await {
                 Ok(docker) => docker
                     .events(Some(options))
                     .map(|item| item.map_err(map_err).map(event_of))
