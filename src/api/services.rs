@@ -382,12 +382,15 @@ fn normalise(spec: &mut ServiceSpec) {
     spec.labels.get_or_insert_with(HashMap::new);
 }
 
+/// `Endpoint.Spec` as swarmkit's allocator keeps it: the default `vip`
+/// mode is not repeated there, only `dnsrr` and published ports.
 fn endpoint_of(spec: &ServiceSpec) -> ServiceEndpoint {
+    let requested = spec.endpoint_spec.clone().unwrap_or(EndpointSpec { mode: None, ports: None });
     ServiceEndpoint {
-        spec: Some(spec.endpoint_spec.clone().unwrap_or(EndpointSpec {
-            mode: None,
-            ports: None,
-        })),
+        spec: Some(EndpointSpec {
+            mode: requested.mode.filter(|m| *m == EndpointSpecModeEnum::DNSRR),
+            ports: requested.ports.filter(|p| !p.is_empty()),
+        }),
         ..ServiceEndpoint::default()
     }
 }

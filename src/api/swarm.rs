@@ -112,7 +112,13 @@ pub async fn leave(cluster: &Cluster, query: &Query) -> Result<Response<Body>, A
 pub async fn inspect(cluster: &Cluster) -> Result<Response<Body>, ApiError> {
     let manager = cluster.manager().await?;
     let swarm = cluster::the_cluster(&manager.store()).ok_or(cluster::ClusterError::NotManager)?;
-    Ok(json(http::StatusCode::OK, &swarm))
+    // The engine shows `DefaultAddrPool: null` for the default pool; bollard's
+    // model would drop the field.
+    let mut value = serde_json::to_value(&swarm).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(object) = value.as_object_mut() {
+        object.entry("DefaultAddrPool").or_insert(serde_json::Value::Null);
+    }
+    Ok(json(http::StatusCode::OK, &value))
 }
 
 pub async fn update(

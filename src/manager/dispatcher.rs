@@ -118,12 +118,20 @@ fn status_transaction(store: &Store, batch: &HashMap<String, StatusReport>) -> O
         let Some(new_state) = report.status.state else {
             continue;
         };
-        if rank(new_state) < rank(state(&task)) || task.status.as_ref() == Some(&report.status) {
+        let same = task.status.as_ref().is_some_and(|s| {
+            s.state == report.status.state
+                && s.message == report.status.message
+                && s.err == report.status.err
+                && s.container_status == report.status.container_status
+        });
+        if rank(new_state) < rank(state(&task)) || same {
             continue;
         }
         let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+        let mut status = report.status.clone();
+        status.port_status.get_or_insert_with(Default::default);
         let updated = Task {
-            status: Some(report.status.clone()),
+            status: Some(status),
             ..task
         };
         tx = tx.update(Object::Task(updated), version);

@@ -58,6 +58,8 @@ pub fn status(state: TaskState, message: &str, err: Option<String>) -> TaskStatu
         state: Some(state),
         message: Some(message.to_string()),
         err,
+        // The engine always shows an (empty) PortStatus.
+        port_status: Some(Default::default()),
         ..TaskStatus::default()
     }
 }
