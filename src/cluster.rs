@@ -21,6 +21,7 @@ use crate::agent::Executor;
 use crate::ca::{self, CaError, RootCa};
 use crate::events::EventLog;
 use crate::raft::{NodeOptions, RaftError, RaftNode};
+use crate::secrets::{KeyFile, KeyStore, LockedKey, SecretsError};
 use crate::store::{Proposer, Store, Transaction};
 use crate::types::{new_id, Kind, Object, Timestamp};
 
@@ -50,6 +51,16 @@ pub enum ClusterError {
     Ca(#[from] CaError),
     #[error("the initial swarm state could not be committed: {0}")]
     Bootstrap(String),
+    /// Autolock is on and this node restarted: nothing is readable until
+    /// `swarm unlock`.
+    #[error("Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it.")]
+    Locked,
+    #[error("Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message.")]
+    LockedLeave,
+    #[error("swarm is not locked")]
+    NotLocked,
+    #[error(transparent)]
+    Keys(#[from] SecretsError),
 }
 
 /// What this node keeps about itself beside the raft log.
@@ -63,6 +74,11 @@ pub struct LocalNode {
     pub advertise_addr: String,
     #[serde(rename = "RaftID")]
     pub raft_id: u64,
+    /// `Spec.Raft.SnapshotInterval` given at `swarm init` (log entries
+    /// between snapshots); kept here because raft needs it before the
+    /// cluster object can be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_interval: Option<u64>,
 }
 
 impl LocalNode {
@@ -80,10 +96,16 @@ pub struct Manager {
     loops: CancellationToken,
     running: TaskTracker,
     events: Arc<EventLog>,
+    keys: Arc<KeyStore>,
 }
 
 impl Manager {
-    fn start(local: LocalNode, raft: RaftNode, executor: Arc<dyn Executor>) -> Manager {
+    fn start(
+        local: LocalNode,
+        raft: RaftNode,
+        keys: Arc<KeyStore>,
+        executor: Arc<dyn Executor>,
+    ) -> Manager {
         let raft = Arc::new(raft);
         let loops = CancellationToken::new();
         let running = TaskTracker::new();
@@ -109,6 +131,7 @@ impl Manager {
             loops,
             running,
             events,
+            keys,
         }
     }
 
@@ -143,11 +166,44 @@ impl Manager {
     pub fn node_id(&self) -> &str {
         &self.local.node_id
     }
+
+    /// The data key and, with autolock on, the unlock key.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// Makes the key file follow the cluster's `AutoLockManagers`
+    /// (after `swarm update`, and at start in case a crash came between
+    /// committing the spec and rewriting the key file).
+    pub fn sync_autolock(&self) -> Result<(), ClusterError> {
+        let on = the_cluster(&self.store())
+            .and_then(|c| c.spec)
+            .and_then(|s| s.encryption_config)
+            .and_then(|e| e.auto_lock_managers)
+            .unwrap_or(false);
+        if self.keys.set_autolock(on)? {
+            tracing::info!(autolock = on, "data key file rewritten");
+        }
+        Ok(())
+    }
 }
 
 enum Membership {
     Inactive,
+    /// Autolock on after a restart: raft stays closed until the data key
+    /// is unwrapped by `swarm unlock`.
+    Locked {
+        local: LocalNode,
+        key: LockedKey,
+    },
     Manager(Arc<Manager>),
+}
+
+/// This node's swarm state as `/info` and `/_ping` report it.
+pub enum LocalState {
+    Inactive,
+    Locked(LocalNode),
+    Active(Arc<Manager>),
 }
 
 /// Everything `swarm init` needs beyond the request's defaults.
@@ -161,6 +217,10 @@ pub struct InitParams {
     pub availability: NodeSpecAvailabilityEnum,
     /// The engine's view of this host, for the node's Description.
     pub description: NodeDescription,
+    /// `AutoLockManagers`: the data key is wrapped from the start.
+    pub autolock: bool,
+    /// Log entries between raft snapshots, when the request set one.
+    pub snapshot_interval: Option<u64>,
 }
 
 pub struct Cluster {
@@ -179,11 +239,21 @@ impl Cluster {
         let dir = data_dir.join("swarm");
         let membership = match read_local(&dir)? {
             None => Membership::Inactive,
-            Some(local) => {
-                let raft = RaftNode::open(&dir, local.raft_id, raft_options(&local)).await?;
-                tracing::info!(node = %local.node_id, "rejoined the swarm as a manager");
-                Membership::Manager(Arc::new(Manager::start(local, raft, executor.clone())))
-            }
+            Some(local) => match KeyStore::load(&dir)? {
+                Some(KeyFile::Locked(key)) => {
+                    tracing::warn!(node = %local.node_id, "swarm is locked; waiting for docker swarm unlock");
+                    Membership::Locked { local, key }
+                }
+                Some(KeyFile::Open(keys)) => {
+                    open_manager(&dir, local, keys, executor.clone()).await?
+                }
+                // A swarm made before secrets were encrypted: give it a key
+                // now; its secrets are sealed from the next write on.
+                None => {
+                    let keys = KeyStore::create(&dir, false)?;
+                    open_manager(&dir, local, keys, executor.clone()).await?
+                }
+            },
         };
         Ok(Cluster {
             dir,
@@ -192,12 +262,37 @@ impl Cluster {
         })
     }
 
-    /// The manager, or the engine's "not a swarm manager" refusal.
+    /// The manager, or the engine's "not a swarm manager" / "locked" refusal.
     pub async fn manager(&self) -> Result<Arc<Manager>, ClusterError> {
         match &*self.membership.read().await {
             Membership::Manager(manager) => Ok(manager.clone()),
+            Membership::Locked { .. } => Err(ClusterError::Locked),
             Membership::Inactive => Err(ClusterError::NotManager),
         }
+    }
+
+    pub async fn state(&self) -> LocalState {
+        match &*self.membership.read().await {
+            Membership::Manager(manager) => LocalState::Active(manager.clone()),
+            Membership::Locked { local, .. } => LocalState::Locked(local.clone()),
+            Membership::Inactive => LocalState::Inactive,
+        }
+    }
+
+    /// `swarm unlock`: unwraps the data key with `unlock_key`, opens raft
+    /// and starts the manager. Only a locked node can be unlocked.
+    pub async fn unlock(&self, unlock_key: &str) -> Result<(), ClusterError> {
+        let mut membership = self.membership.write().await;
+        let (local, key) = match &*membership {
+            Membership::Locked { local, key } => (local.clone(), key),
+            Membership::Manager(_) => return Err(ClusterError::NotLocked),
+            Membership::Inactive => return Err(ClusterError::NotManager),
+        };
+        let keys = key.unlock(unlock_key)?;
+        let opened = open_manager(&self.dir, local, keys, self.executor.clone()).await?;
+        *membership = opened;
+        tracing::info!("swarm unlocked");
+        Ok(())
     }
 
     /// The manager when there is one (for patching `/info`).
@@ -205,8 +300,9 @@ impl Cluster {
         self.manager().await.ok()
     }
 
+    /// In a swarm, locked or not (`init` and `join` are refused either way).
     pub async fn is_active(&self) -> bool {
-        matches!(&*self.membership.read().await, Membership::Manager(_))
+        !matches!(&*self.membership.read().await, Membership::Inactive)
     }
 
     /// The root CA of the swarm this node manages (kept beside the raft log
@@ -226,7 +322,7 @@ impl Cluster {
     /// Makes this node the first manager of a new swarm; returns its node ID.
     pub async fn init(&self, params: InitParams) -> Result<String, ClusterError> {
         let mut membership = self.membership.write().await;
-        if let Membership::Manager(_) = &*membership {
+        if !matches!(&*membership, Membership::Inactive) {
             return Err(ClusterError::AlreadyInSwarm);
         }
         // StdRng is Send: the rng lives across the awaits below.
@@ -236,10 +332,15 @@ impl Cluster {
             listen_addr: params.listen_addr.clone(),
             advertise_addr: params.advertise_addr.clone(),
             raft_id: FIRST_RAFT_ID,
+            snapshot_interval: params.snapshot_interval,
         };
         // Start from nothing: a half-made swarm from a crash is not resumed.
         remove_dir(&self.dir)?;
-        let raft = RaftNode::open(&self.dir, local.raft_id, raft_options(&local)).await?;
+        // The data key comes first: raft seals secrets with it from entry one.
+        let keys = Arc::new(KeyStore::create(&self.dir, params.autolock)?);
+        let mut options = raft_options(&local);
+        options.codec = keys.codec()?;
+        let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
         if let Err(error) = bootstrap(&raft, &local, params, &self.dir, &mut rng).await {
             let _ = raft.shutdown().await;
             let _ = remove_dir(&self.dir);
@@ -248,8 +349,12 @@ impl Cluster {
         // Written last: its presence is what makes a restart rejoin.
         write_local(&self.dir, &local)?;
         let node_id = local.node_id.clone();
-        *membership =
-            Membership::Manager(Arc::new(Manager::start(local, raft, self.executor.clone())));
+        *membership = Membership::Manager(Arc::new(Manager::start(
+            local,
+            raft,
+            keys,
+            self.executor.clone(),
+        )));
         tracing::info!(node = %node_id, "swarm initialised");
         Ok(node_id)
     }
@@ -272,19 +377,30 @@ impl Cluster {
         let mut membership = self.membership.write().await;
         let manager = match &*membership {
             Membership::Inactive => return Err(ClusterError::NotInSwarm),
-            Membership::Manager(manager) => manager.clone(),
+            Membership::Locked { .. } if !force => return Err(ClusterError::LockedLeave),
+            Membership::Locked { .. } => None,
+            Membership::Manager(manager) => Some(manager.clone()),
         };
         if !force {
             return Err(ClusterError::LastManager);
         }
-        *membership = Membership::Inactive;
-        let node_id = manager.local.node_id.clone();
-        manager.stop().await?;
+        let node_id = match std::mem::replace(&mut *membership, Membership::Inactive) {
+            Membership::Locked { local, .. } => local.node_id,
+            _ => match &manager {
+                Some(manager) => manager.local.node_id.clone(),
+                None => String::new(),
+            },
+        };
+        if let Some(manager) = manager {
+            manager.stop().await?;
+        }
         // As the engine does on leave: its task containers go too.
         match crate::agent::remove_all_own(&*self.executor, &node_id).await {
             Ok(removed) => tracing::info!(removed, "removed this node's task containers"),
             Err(error) => tracing::warn!(%error, "could not remove this node's task containers"),
         }
+        // The task files' tmpfs goes once no container can need it.
+        crate::agent::release_node_files(&node_id);
         remove_dir(&self.dir)?;
         tracing::info!("left the swarm");
         Ok(())
@@ -292,10 +408,34 @@ impl Cluster {
 }
 
 fn raft_options(local: &LocalNode) -> NodeOptions {
+    let defaults = NodeOptions::default();
     NodeOptions {
         addr: local.advertise_addr.clone(),
-        ..NodeOptions::default()
+        snapshot_every: local
+            .snapshot_interval
+            .filter(|&n| n > 0)
+            .unwrap_or(defaults.snapshot_every),
+        ..defaults
     }
+}
+
+/// Opens raft with the unlocked data key and starts the manager's loops.
+async fn open_manager(
+    dir: &Path,
+    local: LocalNode,
+    keys: KeyStore,
+    executor: Arc<dyn Executor>,
+) -> Result<Membership, ClusterError> {
+    let keys = Arc::new(keys);
+    let mut options = raft_options(&local);
+    options.codec = keys.codec()?;
+    let raft = RaftNode::open(dir, local.raft_id, options).await?;
+    tracing::info!(node = %local.node_id, "rejoined the swarm as a manager");
+    let manager = Manager::start(local, raft, keys, executor);
+    if let Err(error) = manager.sync_autolock() {
+        tracing::warn!(%error, "cannot bring the key file in line with the autolock setting");
+    }
+    Ok(Membership::Manager(Arc::new(manager)))
 }
 
 /// Commits the cluster object and this node in one transaction, and keeps

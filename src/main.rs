@@ -13,6 +13,7 @@ mod manager;
 mod netutil;
 mod proxy;
 mod raft;
+mod secrets;
 mod store;
 mod tls;
 mod types;

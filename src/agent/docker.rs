@@ -45,7 +45,9 @@ impl DockerExecutor {
     /// Checks the address; the connection itself is made on first use, so
     /// shoal starts (and recovers) while the engine is down.
     pub fn connect(engine_addr: &str) -> Result<Self, AgentError> {
-        let supported = ["unix://", "tcp://", "http://", "/"].iter().any(|p| engine_addr.starts_with(p));
+        let supported = ["unix://", "tcp://", "http://", "/"]
+            .iter()
+            .any(|p| engine_addr.starts_with(p));
         if !supported {
             return Err(AgentError::Connect {
                 addr: engine_addr.to_string(),

@@ -12,6 +12,7 @@
 mod docker;
 #[cfg(test)]
 pub mod fake;
+mod files;
 mod runner;
 pub mod spec;
 #[cfg(test)]
@@ -24,15 +25,36 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 pub use docker::DockerExecutor;
+pub use files::release_node_files;
 pub use runner::run;
 pub use spec::unsupported_fields;
 
 /// One task assigned to this node, with the name of its service (container
-/// names and templates need it).
-#[derive(Debug, Clone, PartialEq)]
+/// names and templates need it) and the payloads of the secrets and configs
+/// its spec refers to — only those, so a node learns no other secret.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Assignment {
     pub task: Task,
     pub service_name: String,
+    pub secrets: Vec<Payload>,
+    pub configs: Vec<Payload>,
+}
+
+/// The decoded data of one secret or config, by its ID.
+#[derive(Clone, PartialEq)]
+pub struct Payload {
+    pub id: String,
+    pub data: Vec<u8>,
+}
+
+/// Never prints the data: assignments show up in debug logs.
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payload")
+            .field("id", &self.id)
+            .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .finish()
+    }
 }
 
 /// What the agent tells the dispatcher about a task.
@@ -61,6 +83,9 @@ pub enum AgentError {
     Pull(String),
     #[error("{0}")]
     Template(String),
+    /// Secret or config files could not be provided.
+    #[error("{0}")]
+    Files(String),
 }
 
 impl AgentError {

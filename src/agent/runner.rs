@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::files;
 use super::spec::{self, NodeInfo};
 use super::{
     AgentError, Assignment, ContainerInfo, EngineEvent, ExecResult, Executor, RunState,
@@ -187,6 +188,7 @@ struct Agent {
     start_permits: Arc<Semaphore>,
     stop_permits: Arc<Semaphore>,
     puller: Arc<Puller>,
+    files: Arc<files::TaskFiles>,
     /// Orphan containers being removed.
     removing: HashSet<String>,
     events: Option<Events>,
@@ -222,6 +224,7 @@ pub async fn run(
         start_permits: Arc::new(Semaphore::new(START_CONCURRENCY)),
         stop_permits: Arc::new(Semaphore::new(STOP_CONCURRENCY)),
         puller: Arc::new(Puller::default()),
+        files: Arc::new(files::TaskFiles::new(&node_id)),
         removing: HashSet::new(),
         events: None,
         synced: false,
@@ -748,8 +751,21 @@ impl Agent {
         }
     }
 
+    /// A task's secret and config files stay while its container may run
+    /// (or an operation is about to create it); then they go.
+    fn sweep_files(&self) {
+        let keep: HashSet<&str> = self
+            .tasks
+            .iter()
+            .filter(|(_, rt)| !terminal(rt.reported) && (rt.container.is_some() || rt.op.is_some()))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        self.files.sweep(&keep);
+    }
+
     /// Launch whatever brings each task closer to what is desired.
     async fn reconcile(&mut self) {
+        self.sweep_files();
         let ids: Vec<String> = self.tasks.keys().cloned().collect();
         for task_id in ids {
             let Some(rt) = self.tasks.get_mut(&task_id) else {
@@ -816,6 +832,7 @@ impl Agent {
             start_permits: self.start_permits.clone(),
             stop_permits: self.stop_permits.clone(),
             puller: self.puller.clone(),
+            files: self.files.clone(),
         };
         self.ops.spawn(async move {
             let task_id = ctx.task_id.clone();
@@ -844,6 +861,7 @@ struct OpCtx {
     start_permits: Arc<Semaphore>,
     stop_permits: Arc<Semaphore>,
     puller: Arc<Puller>,
+    files: Arc<files::TaskFiles>,
 }
 
 impl OpCtx {
@@ -869,10 +887,19 @@ impl OpCtx {
         if rank(self.from) < rank(TaskState::PREPARING) {
             self.progress(TaskState::PREPARING);
         }
-        let (name, body) = match spec::container_config(&a, &self.node) {
+        let (name, mut body) = match spec::container_config(&a, &self.node) {
             Ok(c) => c,
             Err(e) => return OpResult::Failed(e),
         };
+        // Secrets and configs: files on shoal's tmpfs, bind-mounted read-only.
+        match self.files.prepare(&a) {
+            Ok(mounts) if mounts.is_empty() => {}
+            Ok(mounts) => {
+                let host = body.host_config.get_or_insert_with(Default::default);
+                host.mounts.get_or_insert_with(Vec::new).extend(mounts);
+            }
+            Err(e) => return OpResult::Failed(e),
+        }
         let image = body.image.clone().unwrap_or_default();
         if image.is_empty() {
             return OpResult::Failed(AgentError::Engine {

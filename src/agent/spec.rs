@@ -373,12 +373,6 @@ pub fn unsupported_fields(spec: &TaskSpecContainerSpec) -> Vec<String> {
             out.push("Privileges.SELinuxContext".to_string());
         }
     }
-    if spec.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
-        out.push("Secrets".to_string());
-    }
-    if spec.configs.as_ref().is_some_and(|c| !c.is_empty()) {
-        out.push("Configs".to_string());
-    }
     match spec.isolation {
         None
         | Some(TaskSpecContainerSpecIsolationEnum::DEFAULT)

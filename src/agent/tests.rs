@@ -58,6 +58,7 @@ fn assignment(id: &str, slot: Option<i64>, cs: TaskSpecContainerSpec) -> Assignm
             ..Default::default()
         },
         service_name: "web".to_string(),
+        ..Default::default()
     }
 }
 
@@ -257,7 +258,6 @@ fn unsupported_fields_are_named() {
         unsupported_fields(&cs),
         vec![
             "Privileges.CredentialSpec",
-            "Secrets",
             "Isolation",
             "Mounts.Type=npipe",
             "Env"

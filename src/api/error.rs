@@ -118,7 +118,11 @@ fn cluster_status(error: &ClusterError) -> StatusCode {
         ClusterError::AlreadyInSwarm
         | ClusterError::NotInSwarm
         | ClusterError::NotManager
-        | ClusterError::LastManager => StatusCode::SERVICE_UNAVAILABLE,
+        | ClusterError::LastManager
+        | ClusterError::Locked
+        | ClusterError::LockedLeave => StatusCode::SERVICE_UNAVAILABLE,
+        ClusterError::Keys(crate::secrets::SecretsError::BadKeyFormat) => StatusCode::BAD_REQUEST,
+        ClusterError::Keys(crate::secrets::SecretsError::WrongKey) => StatusCode::UNAUTHORIZED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

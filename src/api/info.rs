@@ -17,12 +17,12 @@ pub async fn info(
     proxy: &Proxy,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let manager = cluster.try_manager().await;
+    let state = cluster.state().await;
     let response = proxy.forward(req).await?;
     // Inactive: the engine (never in swarm mode itself) already says so.
-    let Some(manager) = manager else {
+    if matches!(state, cluster::LocalState::Inactive) {
         return Ok(response);
-    };
+    }
     if !response.status().is_success() {
         return Ok(response);
     }
@@ -39,7 +39,11 @@ pub async fn info(
     let Ok(mut info) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(Response::from_parts(parts, body::full(bytes)));
     };
-    info["Swarm"] = swarm_info(&manager);
+    info["Swarm"] = match &state {
+        cluster::LocalState::Active(manager) => swarm_info(manager),
+        cluster::LocalState::Locked(local) => locked_info(local),
+        cluster::LocalState::Inactive => info["Swarm"].take(),
+    };
     let mut patched = serde_json::to_vec(&info).unwrap_or_else(|_| bytes.to_vec());
     patched.push(b'\n');
     parts
@@ -75,6 +79,18 @@ fn swarm_info(manager: &Manager) -> Value {
     })
 }
 
+/// A locked manager knows only itself until `swarm unlock`.
+fn locked_info(local: &cluster::LocalNode) -> Value {
+    json!({
+        "NodeID": local.node_id,
+        "NodeAddr": local.advertise_ip(),
+        "LocalNodeState": "locked",
+        "ControlAvailable": false,
+        "Error": "",
+        "RemoteManagers": null,
+    })
+}
+
 /// The ping `Swarm` header exists from API 1.42 on; older engines' clients
 /// never see it, exactly as against such an engine.
 pub async fn ping(
@@ -89,10 +105,10 @@ pub async fn ping(
         .map(|id| super::version_at_least(&id.api_version, (1, 42)))
         .unwrap_or(false);
     if speaks_swarm_header {
-        let state = if cluster.is_active().await {
-            "active/manager"
-        } else {
-            "inactive"
+        let state = match cluster.state().await {
+            cluster::LocalState::Active(_) => "active/manager",
+            cluster::LocalState::Locked(_) => "locked",
+            cluster::LocalState::Inactive => "inactive",
         };
         response
             .headers_mut()

@@ -100,7 +100,7 @@ impl Api {
             (&Method::POST, ["swarm", "init"]) => swarm::init(cluster, &self.proxy, body).await,
             (&Method::POST, ["swarm", "join"]) => swarm::join(cluster, body).await,
             (&Method::POST, ["swarm", "leave"]) => swarm::leave(cluster, &query).await,
-            (&Method::POST, ["swarm", "unlock"]) => swarm::unlock(body).await,
+            (&Method::POST, ["swarm", "unlock"]) => swarm::unlock(cluster, body).await,
             (&Method::GET, ["swarm"]) => swarm::inspect(cluster).await,
             (&Method::POST, ["swarm", "update"]) => swarm::update(cluster, &query, body).await,
             (&Method::GET, ["swarm", "unlockkey"]) => swarm::unlock_key(cluster).await,

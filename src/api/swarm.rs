@@ -53,11 +53,18 @@ pub async fn init(
         request.advertise_addr.as_deref().unwrap_or(""),
         &listen_addr,
     )?;
-    let spec = request.spec.unwrap_or_default();
+    let mut spec = request.spec.unwrap_or_default();
     check_spec_name(&spec)?;
-    if body.auto_lock_managers || auto_lock(&spec) {
-        return Err(ApiError::NotSupported("autolock (swarm init --autolock)"));
-    }
+    // The CLI sends --autolock both at the top level and in the spec.
+    let autolock = body.auto_lock_managers || auto_lock(&spec);
+    spec.encryption_config = Some(SwarmSpecEncryptionConfig {
+        auto_lock_managers: Some(autolock),
+    });
+    let snapshot_interval = spec
+        .raft
+        .as_ref()
+        .and_then(|r| r.snapshot_interval)
+        .filter(|&n| n > 0);
     let mut description = cluster::describe_node(&proxy.get_json("/info").await?);
     if description.hostname.is_none() {
         description.hostname = Some("localhost".to_string());
@@ -87,6 +94,8 @@ pub async fn init(
             .unwrap_or(DEFAULT_DATA_PATH_PORT),
         availability,
         description,
+        autolock,
+        snapshot_interval,
     };
     let node_id = cluster.init(params).await?;
     Ok(json(http::StatusCode::OK, &node_id))
@@ -116,7 +125,9 @@ pub async fn inspect(cluster: &Cluster) -> Result<Response<Body>, ApiError> {
     // model would drop the field.
     let mut value = serde_json::to_value(&swarm).map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Some(object) = value.as_object_mut() {
-        object.entry("DefaultAddrPool").or_insert(serde_json::Value::Null);
+        object
+            .entry("DefaultAddrPool")
+            .or_insert(serde_json::Value::Null);
     }
     Ok(json(http::StatusCode::OK, &value))
 }
@@ -133,9 +144,6 @@ pub async fn update(
     let spec: SwarmSpec = read_json(body).await?;
     check_spec_name(&spec)?;
     validate_update(&spec)?;
-    if auto_lock(&spec) || rotate_unlock {
-        return Err(ApiError::NotSupported("autolock (swarm update --autolock)"));
-    }
     let manager = cluster.manager().await?;
     let current =
         cluster::the_cluster(&manager.store()).ok_or(cluster::ClusterError::NotManager)?;
@@ -153,22 +161,45 @@ pub async fn update(
     let tx = Transaction::new(Timestamp::from_system(SystemTime::now()))
         .update(Object::Cluster(updated), version);
     manager.proposer().propose(tx).await??;
+    // The committed spec decides; the key file follows it (a crash in
+    // between is repaired when the manager starts again).
+    manager.sync_autolock()?;
+    if rotate_unlock {
+        manager
+            .keys()
+            .rotate()
+            .map_err(cluster::ClusterError::from)?;
+    }
     Ok(super::empty_ok())
 }
 
-/// Autolock is not built yet: with it off, the engine reports an empty key.
+/// The unlock key while autolock is on, `""` when it is off.
 pub async fn unlock_key(cluster: &Cluster) -> Result<Response<Body>, ApiError> {
-    cluster.manager().await?;
+    let manager = cluster.manager().await?;
+    let key = manager.keys().unlock_key().unwrap_or_default();
     Ok(json(
         http::StatusCode::OK,
-        &serde_json::json!({ "UnlockKey": "" }),
+        &serde_json::json!({ "UnlockKey": key }),
     ))
 }
 
-pub async fn unlock(body: Incoming) -> Result<Response<Body>, ApiError> {
-    let _: serde_json::Value = read_json(body).await?;
-    // Without autolock no swarm of shoal's is ever locked.
-    Err(ApiError::Conflict("swarm is not locked".to_string()))
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct UnlockBody {
+    unlock_key: String,
+}
+
+/// `swarm unlock`: 409 unless locked, 400 for a malformed key, 401 for the
+/// wrong one; the key never reaches a log.
+pub async fn unlock(cluster: &Cluster, body: Incoming) -> Result<Response<Body>, ApiError> {
+    let body: UnlockBody = read_json(body).await?;
+    match cluster.unlock(&body.unlock_key).await {
+        Ok(()) => Ok(super::empty_ok()),
+        Err(cluster::ClusterError::NotLocked) => {
+            Err(ApiError::Conflict("swarm is not locked".to_string()))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn rotated(
@@ -235,6 +266,7 @@ fn merge_defaults(spec: SwarmSpec) -> SwarmSpec {
 /// `swarm update` replaces the spec; zero or absent fields fall back to the
 /// defaults, so `GET /swarm` always shows a complete spec as the engine does.
 fn replace_defaults(spec: SwarmSpec) -> SwarmSpec {
+    let auto_lock_managers = auto_lock(&spec);
     let nonzero = |v: Option<i64>, default: i64| Some(v.filter(|&v| v > 0).unwrap_or(default));
     let nonzero_u = |v: Option<u64>, default: u64| Some(v.filter(|&v| v > 0).unwrap_or(default));
     let raft = spec.raft.unwrap_or_default();
@@ -274,7 +306,7 @@ fn replace_defaults(spec: SwarmSpec) -> SwarmSpec {
                 .unwrap_or(SwarmSpecTaskDefaults { log_driver: None }),
         ),
         encryption_config: Some(SwarmSpecEncryptionConfig {
-            auto_lock_managers: Some(false),
+            auto_lock_managers: Some(auto_lock_managers),
         }),
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::orchestrator::as_task;
 use super::tasks::{rank, state};
-use crate::agent::{Assignment, StatusReport};
+use crate::agent::{Assignment, Payload, StatusReport};
 use crate::store::{Proposer, Store, Transaction};
 use crate::types::{Kind, Object, Timestamp};
 
@@ -37,11 +37,7 @@ pub async fn publish_assignments(
         }
         let set = assignment_set(&store, &node_id);
         assignments.send_if_modified(|current| {
-            let same = current.len() == set.len()
-                && current
-                    .iter()
-                    .zip(&set)
-                    .all(|(a, b)| a.task == b.task && a.service_name == b.service_name);
+            let same = current.as_slice() == set.as_slice();
             if !same {
                 *current = Arc::new(set);
             }
@@ -65,12 +61,82 @@ fn assignment_set(store: &Store, node_id: &str) -> Vec<Assignment> {
                     .and_then(|id| tables.get(Kind::Service, id))
                     .and_then(|s| s.name().map(str::to_string))
                     .unwrap_or_default();
-                Assignment { task, service_name }
+                // Only tasks that will run need their files.
+                let wants_files = rank(state(&task)) < rank(TaskState::COMPLETE)
+                    && task
+                        .desired_state
+                        .is_none_or(|d| rank(d) <= rank(TaskState::RUNNING));
+                let (secrets, configs) = if wants_files {
+                    payloads(tables, &task)
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                Assignment {
+                    task,
+                    service_name,
+                    secrets,
+                    configs,
+                }
             })
             .collect()
     });
     set.sort_by(|a, b| a.task.id.cmp(&b.task.id));
     set
+}
+
+/// The data of the secrets and configs `task` refers to, decoded. One
+/// that is gone (deleted while a task still refers to it) is left out; the
+/// agent then fails the task, as swarm's does.
+fn payloads(tables: &crate::store::Tables, task: &Task) -> (Vec<Payload>, Vec<Payload>) {
+    let Some(spec) = task.spec.as_ref().and_then(|s| s.container_spec.as_ref()) else {
+        return (Vec::new(), Vec::new());
+    };
+    let decode = |data: Option<&String>| {
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            data.map(String::as_str).unwrap_or(""),
+        )
+        .ok()
+    };
+    let mut secrets = Vec::new();
+    for id in spec
+        .secrets
+        .iter()
+        .flatten()
+        .filter_map(|s| s.secret_id.as_deref())
+    {
+        if secrets.iter().any(|p: &Payload| p.id == id) {
+            continue;
+        }
+        if let Some(Object::Secret(s)) = tables.get(Kind::Secret, id).as_deref() {
+            if let Some(data) = decode(s.spec.as_ref().and_then(|s| s.data.as_ref())) {
+                secrets.push(Payload {
+                    id: id.to_string(),
+                    data,
+                });
+            }
+        }
+    }
+    let mut configs = Vec::new();
+    for id in spec
+        .configs
+        .iter()
+        .flatten()
+        .filter_map(|c| c.config_id.as_deref())
+    {
+        if configs.iter().any(|p: &Payload| p.id == id) {
+            continue;
+        }
+        if let Some(Object::Config(c)) = tables.get(Kind::Config, id).as_deref() {
+            if let Some(data) = decode(c.spec.as_ref().and_then(|s| s.data.as_ref())) {
+                configs.push(Payload {
+                    id: id.to_string(),
+                    data,
+                });
+            }
+        }
+    }
+    (secrets, configs)
 }
 
 /// Commits the agent's reports, many per raft entry.
