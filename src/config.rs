@@ -16,21 +16,13 @@ use clap::Parser;
 pub struct Config {
     /// Address to listen on, as dockerd's -H: unix:///path or tcp://host:port.
     /// Repeat to listen on several.
-    #[arg(
-        short = 'H',
-        long = "host",
-        value_name = "ADDR",
-        default_value = "unix:///var/run/shoal.sock"
-    )]
+    #[arg(short = 'H', long = "host", value_name = "ADDR",
+          default_value = "unix:///var/run/shoal.sock")]
     pub hosts: Vec<String>,
 
     /// The local Docker engine that shoal fronts: unix:///path or tcp://host:port.
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value = "unix:///var/run/docker.sock",
-        env = "SHOAL_ENGINE"
-    )]
+    #[arg(long, value_name = "ADDR", default_value = "unix:///var/run/docker.sock",
+          env = "SHOAL_ENGINE")]
     pub engine: String,
 
     /// Where shoal keeps its state (raft log, certificates).
