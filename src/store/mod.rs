@@ -7,7 +7,7 @@
 //! to a [`Proposer`]. Watching: note `index()` with your read, then
 //! [`Store::watch_from`] that index.
 
-#![allow(dead_code)] // wired by the api in issue 4
+#![allow(dead_code, unused_imports)] // wired by the api in issue 4
 
 mod codec;
 mod error;

@@ -7,7 +7,7 @@
 //! store keeps that beside it. Conversion to wire JSON is `serde_json::to_*`
 //! of the inner model.
 
-#![allow(dead_code)] // wired by the api in issue 4
+#![allow(dead_code, unused_imports)] // wired by the api in issue 4
 
 mod id;
 mod time;

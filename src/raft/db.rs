@@ -1,0 +1,43 @@
+//! The sled database, shared by the log store and the state machine, with
+//! a signal for when the last user has let go of it.
+//!
+//! sled locks its directory until every handle (including its trees) is
+//! dropped, and openraft drops the storage in its own tasks after
+//! shutdown. Reopening the same directory in one process (tests, a later
+//! `swarm leave`/`init`) waits on [`Closed`] instead of guessing.
+
+use crate::raft::RaftError;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// sled's page cache; its default (1 GiB) is far more than the store needs.
+pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+pub struct Db {
+    pub sled: sled::Db,
+    // Dropped with the last `Arc<Db>`, which wakes `Closed`.
+    _alive: oneshot::Sender<()>,
+}
+
+/// Resolves once every `Arc<Db>` (and so every sled tree held beside it)
+/// has been dropped.
+pub struct Closed(oneshot::Receiver<()>);
+
+impl Closed {
+    pub async fn wait(self) {
+        // Err(RecvError) is the expected outcome: the sender was dropped.
+        let _ = self.0.await;
+    }
+}
+
+impl Db {
+    pub fn open(dir: &Path) -> Result<(Arc<Db>, Closed), RaftError> {
+        let sled = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
+        let (tx, rx) = oneshot::channel();
+        Ok((Arc::new(Db { sled, _alive: tx }), Closed(rx)))
+    }
+}
