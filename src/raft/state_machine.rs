@@ -98,7 +98,7 @@ impl StateMachine {
 /// Persist a snapshot atomically and durably before anyone relies on it
 /// (openraft purges the log up to it right after).
 async fn save_snapshot(
-    db: &Db,
+    db: &Arc<Db>,
     snap: &sled::Tree,
     meta: &Meta,
     data: &[u8],
@@ -107,8 +107,7 @@ async fn save_snapshot(
     batch.insert(SNAP_META, serde_json::to_vec(meta)?);
     batch.insert(SNAP_DATA, data);
     snap.apply_batch(batch)?;
-    db.sled.flush_async().await?;
-    Ok(())
+    db.sync().await
 }
 
 /// Captures the store at one applied index; builds and saves its snapshot.
