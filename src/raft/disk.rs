@@ -6,7 +6,7 @@
 //! because sealed bytes are not text and JSON arrays of numbers would
 //! triple their size.
 
-use crate::raft::{RaftError, TypeConfig};
+use crate::raft::{Batch, RaftError, TypeConfig};
 use crate::store::{decode_object, encode_object, Codec, Op, Transaction};
 use crate::types::{Kind, Object, Timestamp};
 use openraft::{BasicNode, Entry, EntryPayload, LogId, Membership};
@@ -19,7 +19,7 @@ const SNAPSHOT_FORMAT: u8 = 1;
 enum Header {
     Blank(LogId<u64>),
     Membership(LogId<u64>, Membership<u64, BasicNode>),
-    Normal(LogId<u64>, Timestamp),
+    Normal(LogId<u64>),
 }
 
 const OP_CREATE: u8 = 0;
@@ -31,16 +31,36 @@ pub fn encode_entry(codec: &dyn Codec, entry: &Entry<TypeConfig>) -> Result<Vec<
     let header = match &entry.payload {
         EntryPayload::Blank => Header::Blank(entry.log_id),
         EntryPayload::Membership(m) => Header::Membership(entry.log_id, m.clone()),
-        EntryPayload::Normal(tx) => Header::Normal(entry.log_id, tx.at),
+        EntryPayload::Normal(_) => Header::Normal(entry.log_id),
     };
     w.bytes(&serde_json::to_vec(&header)?);
-    if let EntryPayload::Normal(tx) = &entry.payload {
-        w.u64(tx.ops.len() as u64);
-        for op in &tx.ops {
-            encode_op(codec, &mut w, op)?;
+    if let EntryPayload::Normal(batch) = &entry.payload {
+        w.u64(batch.0.len() as u64);
+        for tx in &batch.0 {
+            encode_tx(codec, &mut w, tx)?;
         }
     }
     Ok(w.0)
+}
+
+fn encode_tx(codec: &dyn Codec, w: &mut Writer, tx: &Transaction) -> Result<(), RaftError> {
+    w.u64(tx.at.secs as u64);
+    w.u64(u64::from(tx.at.nanos));
+    w.u64(tx.ops.len() as u64);
+    for op in &tx.ops {
+        encode_op(codec, w, op)?;
+    }
+    Ok(())
+}
+
+fn decode_tx(codec: &dyn Codec, r: &mut Reader) -> Result<Transaction, RaftError> {
+    let secs = r.u64()? as i64;
+    let nanos = u32::try_from(r.u64()?).map_err(|e| RaftError::corrupt("log entry", e))?;
+    let mut tx = Transaction::new(Timestamp { secs, nanos });
+    for _ in 0..r.u64()? {
+        tx.ops.push(decode_op(codec, r)?);
+    }
+    Ok(tx)
 }
 
 fn encode_op(codec: &dyn Codec, w: &mut Writer, op: &Op) -> Result<(), RaftError> {
@@ -76,13 +96,12 @@ pub fn decode_entry(codec: &dyn Codec, bytes: &[u8]) -> Result<Entry<TypeConfig>
     let (log_id, payload) = match header {
         Header::Blank(id) => (id, EntryPayload::Blank),
         Header::Membership(id, m) => (id, EntryPayload::Membership(m)),
-        Header::Normal(id, at) => {
-            let n = r.u64()?;
-            let mut tx = Transaction::new(at);
-            for _ in 0..n {
-                tx.ops.push(decode_op(codec, &mut r)?);
+        Header::Normal(id) => {
+            let mut txs = Vec::new();
+            for _ in 0..r.u64()? {
+                txs.push(decode_tx(codec, &mut r)?);
             }
-            (id, EntryPayload::Normal(tx))
+            (id, EntryPayload::Normal(Batch(txs)))
         }
     };
     Ok(Entry { log_id, payload })

@@ -1,8 +1,8 @@
 //! The raft log, vote and committed/purged markers in sled.
 //!
 //! Appends are written to sled at once (so reads see them) and
-//! acknowledged to openraft only after a `flush_async` that started after
-//! the write has completed. One flusher task does the flushes: every
+//! acknowledged to openraft only after a flush (sled's `flush_async` plus
+//! an fsync, see [`Db::sync`]) that started after the write has completed. One flusher task does the flushes: every
 //! callback queued while a flush runs shares the next one, which is how
 //! many concurrent proposals end up in one fsync.
 
@@ -121,8 +121,7 @@ impl LogStore {
     }
 
     async fn flush(&self) -> Result<(), RaftError> {
-        self.inner.db.sled.flush_async().await?;
-        Ok(())
+        self.inner.db.sync().await
     }
 }
 
@@ -135,7 +134,7 @@ async fn flush_loop(
 ) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, usize::MAX).await > 0 {
-        let result = db.sled.flush_async().await.map(|_| ());
+        let result = db.sync().await;
         flushes.fetch_add(1, Ordering::Relaxed);
         for cb in batch.drain(..) {
             let r = result

@@ -7,7 +7,7 @@
 use crate::raft::db::Db;
 use crate::raft::disk::{decode_snapshot, encode_snapshot};
 use crate::raft::{RaftError, TypeConfig};
-use crate::store::{ApplyOutcome, Committed, Store};
+use crate::store::{ApplyOutcome, Store};
 use crate::types::Object;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -74,19 +74,22 @@ impl StateMachine {
         Ok(())
     }
 
-    fn apply_one(&mut self, entry: Entry<TypeConfig>) -> ApplyOutcome {
+    /// One verdict per transaction of the entry; none for blank and
+    /// membership entries.
+    fn apply_one(&mut self, entry: Entry<TypeConfig>) -> Vec<ApplyOutcome> {
         let index = entry.log_id.index;
         self.last_applied = Some(entry.log_id);
+        self.store.skip(index);
         match entry.payload {
-            EntryPayload::Normal(tx) => self.store.apply(index, &tx),
-            EntryPayload::Blank => {
-                self.store.skip(index);
-                Ok(Committed { index })
-            }
+            EntryPayload::Normal(batch) => batch
+                .0
+                .iter()
+                .map(|tx| self.store.apply(index, tx))
+                .collect(),
+            EntryPayload::Blank => Vec::new(),
             EntryPayload::Membership(m) => {
                 self.membership = StoredMembership::new(Some(entry.log_id), m);
-                self.store.skip(index);
-                Ok(Committed { index })
+                Vec::new()
             }
         }
     }
@@ -95,7 +98,7 @@ impl StateMachine {
 /// Persist a snapshot atomically and durably before anyone relies on it
 /// (openraft purges the log up to it right after).
 async fn save_snapshot(
-    db: &Db,
+    db: &Arc<Db>,
     snap: &sled::Tree,
     meta: &Meta,
     data: &[u8],
@@ -104,8 +107,7 @@ async fn save_snapshot(
     batch.insert(SNAP_META, serde_json::to_vec(meta)?);
     batch.insert(SNAP_DATA, data);
     snap.apply_batch(batch)?;
-    db.sled.flush_async().await?;
-    Ok(())
+    db.sync().await
 }
 
 /// Captures the store at one applied index; builds and saves its snapshot.
@@ -158,7 +160,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyOutcome>, StorageError<u64>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<ApplyOutcome>>, StorageError<u64>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -29,14 +29,17 @@ fn openraft_storage_suite() {
 }
 
 pub(crate) fn service(id: &str) -> Object {
-    Object::Service(Service {
-        id: Some(id.into()),
-        spec: Some(ServiceSpec {
-            name: Some(format!("svc-{id}")),
+    Object::Service(
+        Service {
+            id: Some(id.into()),
+            spec: Some(ServiceSpec {
+                name: Some(format!("svc-{id}")),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    }.into())
+        }
+        .into(),
+    )
 }
 
 pub(crate) fn create(id: &str) -> Transaction {
@@ -46,6 +49,7 @@ pub(crate) fn create(id: &str) -> Transaction {
 fn opts(snapshot_every: u64) -> NodeOptions {
     NodeOptions {
         snapshot_every,
+        keep_after_snapshot: 10,
         ..NodeOptions::default()
     }
 }
@@ -97,12 +101,19 @@ async fn concurrent_proposals_share_flushes() {
     }
     indexes.sort_unstable();
     indexes.dedup();
-    assert_eq!(indexes.len(), n);
     let flushes = node.flush_count() - before;
-    eprintln!("{n} concurrent proposals, {flushes} flushes");
+    eprintln!(
+        "{n} concurrent proposals, {} entries, {flushes} flushes",
+        indexes.len()
+    );
     assert!(
         flushes < n as u64 / 2,
         "{flushes} flushes for {n} proposals"
+    );
+    assert!(
+        indexes.len() < n / 2,
+        "{} entries for {n} proposals",
+        indexes.len()
     );
     assert_eq!(node.store().list(Kind::Service).len(), n);
     Arc::into_inner(node).unwrap().shutdown().await.unwrap();
@@ -135,8 +146,14 @@ async fn restart_restores_objects_and_versions() {
         ],
     };
     node.propose(tx).await.unwrap().unwrap();
-    let snapshot = node.raft().metrics().borrow().snapshot;
-    assert!(snapshot.is_some(), "a snapshot was built");
+    node.raft()
+        .wait(Some(std::time::Duration::from_secs(10)))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= 250),
+            "snapshot built",
+        )
+        .await
+        .unwrap();
     let before = contents(&node.store());
     let index = node.store().index();
     node.shutdown().await.unwrap();
@@ -150,13 +167,16 @@ async fn restart_restores_objects_and_versions() {
     node.shutdown().await.unwrap();
 }
 
-/// 100,000 committed entries; reopening must load a snapshot and replay only
-/// a short tail.
+/// 100,000 committed transactions (group-committed into a few thousand
+/// entries); reopening must load a snapshot and replay only a short tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_of_a_long_log_is_fast() {
     let dir = tempfile::tempdir().unwrap();
     let node = Arc::new(RaftNode::open(dir.path(), 1, opts(5000)).await.unwrap());
-    let total = 100_000usize;
+    let total: usize = std::env::var("LONG_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let workers = 64;
     let started = Instant::now();
     let tasks: Vec<_> = (0..workers)
@@ -176,7 +196,7 @@ async fn restart_of_a_long_log_is_fast() {
         t.await.unwrap();
     }
     eprintln!(
-        "wrote {total} entries in {:?} with {} flushes",
+        "wrote {total} transactions in {:?} with {} flushes",
         started.elapsed(),
         node.flush_count()
     );
@@ -186,8 +206,15 @@ async fn restart_of_a_long_log_is_fast() {
     let started = Instant::now();
     let node = RaftNode::open(dir.path(), 1, opts(5000)).await.unwrap();
     let took = started.elapsed();
-    eprintln!("reopened {total}-entry log in {took:?}");
+    eprintln!("reopened after {total} transactions in {took:?}");
     assert_eq!(contents(&node.store()), before);
-    assert!(took.as_millis() < 1500, "restart took {took:?}");
+    // Most of a restart is decoding the snapshot's objects with serde, which
+    // an unoptimised (debug) build does many times slower.
+    let limit = if cfg!(debug_assertions) {
+        10_000
+    } else {
+        1_000
+    };
+    assert!(took.as_millis() < limit, "restart took {took:?}");
     node.shutdown().await.unwrap();
 }

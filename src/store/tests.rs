@@ -7,14 +7,17 @@ fn at(secs: i64) -> Timestamp {
 }
 
 fn service(id: &str, name: &str) -> Object {
-    Object::Service(Service {
-        id: Some(id.into()),
-        spec: Some(ServiceSpec {
-            name: Some(name.into()),
+    Object::Service(
+        Service {
+            id: Some(id.into()),
+            spec: Some(ServiceSpec {
+                name: Some(name.into()),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    }.into())
+        }
+        .into(),
+    )
 }
 
 fn task(id: &str, service: &str, node: Option<&str>) -> Object {
