@@ -6,9 +6,9 @@
 //! ```text
 //! cargo build --release --bin shoal
 //! cargo run --release --bin shoal-bench -- proxy [--rounds 5] [--requests 2000]
+//! cargo run --release --bin shoal-bench -- services [--skip-real] [--replicas-max 50]
+//! cargo run --release --bin shoal-bench -- raft [--writes 20000]
 //! ```
-//!
-//! Later issues add subcommands (`raft`, `services`, ...) beside `proxy`.
 
 #[path = "shoal_bench/mod.rs"]
 mod bench;
@@ -28,6 +28,14 @@ enum Command {
     /// The passthrough proxy: keep-alive latency, streamed `docker save`
     /// throughput and shoal's memory, direct to the engine vs through shoal.
     Proxy(bench::proxy::ProxyArgs),
+    /// Services and rolling updates: the engine's own swarm mode, shoal and
+    /// the engine floor in one run (create 1/10/50, scale, rolling update),
+    /// goals max(0.5× real swarm, 1.2× floor); RSS vs dockerd.
+    Services(bench::services::ServicesArgs),
+    /// The raft store through shoal's API: committed durable writes/s single
+    /// and batched, commit latency, RSS at 10,000 objects, restart time
+    /// with a 100,000-entry log.
+    Raft(bench::raft::RaftArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +50,8 @@ fn main() -> anyhow::Result<()> {
         let work = async {
             match cli.command {
                 Command::Proxy(args) => bench::proxy::run(args).await,
+                Command::Services(args) => bench::services::run(args).await,
+                Command::Raft(args) => bench::raft::run(args).await,
             }
         };
         // On Ctrl-C the work future is dropped, which stops the shoal it

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, HOST};
@@ -137,4 +137,154 @@ pub fn message(value: &serde_json::Value) -> String {
         Some(m) => m.to_string(),
         None => value.to_string(),
     }
+}
+
+/// A JSON client for one Docker API socket that (re)connects as needed: a
+/// keep-alive connection the server dropped is replaced and the request sent
+/// once more on a fresh one.
+pub struct Api {
+    socket: PathBuf,
+    conn: Option<Conn<Full<Bytes>>>,
+}
+
+impl Api {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_path_buf(),
+            conn: None,
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `method path` with an optional JSON body; the status and the body as
+    /// JSON (or as a JSON string when it is not JSON; `null` when empty).
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, serde_json::Value)> {
+        let bytes = match body {
+            Some(value) => Bytes::from(serde_json::to_vec(value).context("encoding JSON")?),
+            None => Bytes::new(),
+        };
+        let headers: Vec<(&'static str, String)> = if body.is_some() {
+            vec![("content-type", "application/json".to_string())]
+        } else {
+            Vec::new()
+        };
+        let mut last_error = None;
+        for _attempt in 0..2 {
+            let conn = match self.conn.as_mut() {
+                Some(conn) => conn,
+                None => self.conn.insert(Conn::connect(&self.socket).await?),
+            };
+            let sent = conn
+                .send(method.clone(), path, &headers, Full::new(bytes.clone()))
+                .await;
+            let response = match sent {
+                Ok(response) => response,
+                Err(e) => {
+                    // A dropped keep-alive connection: retry on a new one.
+                    self.conn = None;
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            let status = response.status();
+            let body = match response.into_body().collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    self.conn = None;
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("reading the body of {method} {path}"));
+                }
+            };
+            let value = if body.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(&body).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+                })
+            };
+            return Ok((status, value));
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("{method} {path}: no attempt made")))
+    }
+
+    /// Like [`Api::call`], but anything other than `want` is an error
+    /// carrying the server's message.
+    pub async fn expect(
+        &mut self,
+        want: StatusCode,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let (status, value) = self.call(method.clone(), path, body).await?;
+        if status != want {
+            bail!(
+                "{method} {path} on {}: {status}: {}",
+                self.socket.display(),
+                message(&value)
+            );
+        }
+        Ok(value)
+    }
+}
+
+/// One blocking request on a fresh connection (HTTP/1.0, so the server
+/// closes the connection after the response and never chunks it). For clean-up
+/// paths that must also run from `Drop`, where nothing can be awaited.
+pub fn blocking_call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .context("setting a read timeout")?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .context("setting a write timeout")?;
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .with_context(|| format!("sending {method} {path} to {}", socket.display()))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer to {method} {path}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("{method} {path}: no HTTP header in the answer"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .with_context(|| format!("{method} {path}: bad status line in {head:?}"))?;
+    let body = &raw[split + 4..];
+    let value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+        })
+    };
+    Ok((status, value))
+}
+
+/// `{"key": {"value": true}}` or `{"key": ["value"]}` style filters, URL-encoded
+/// for a query string.
+pub fn encode_query(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

@@ -127,15 +127,7 @@ impl Shoal {
 
     /// A field of /proc/<pid>/status in KiB, e.g. `VmRSS` or `VmHWM`.
     pub fn status_kib(&self, field: &str) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        status
-            .lines()
-            .find_map(|line| {
-                let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-                rest.trim().strip_suffix("kB")?.trim().parse().ok()
-            })
-            .with_context(|| format!("no {field} in {path}"))
+        proc_status_kib(self.pid(), field)
     }
 
     /// Stops shoal: SIGTERM, then SIGKILL after `STOP_GRACE`. Returns how it
@@ -168,6 +160,29 @@ impl Shoal {
         Ok((status, false))
     }
 
+    /// SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.exited {
+            return Ok(status);
+        }
+        if let Some(status) = self.child.try_wait().context("checking on shoal")? {
+            self.exited = Some(status);
+            return Ok(status);
+        }
+        self.child.kill().context("killing shoal")?;
+        let status = self.child.wait().context("reaping shoal")?;
+        self.exited = Some(status);
+        Ok(status)
+    }
+
+    /// Whether shoal has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().context("checking on shoal")?;
+        }
+        Ok(self.exited)
+    }
+
     /// The last lines of shoal's log, for error messages.
     pub fn log_tail(&self) -> String {
         let mut text = String::new();
@@ -188,6 +203,36 @@ impl Drop for Shoal {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// A field of /proc/<pid>/status in KiB, e.g. `VmRSS` or `VmHWM`.
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+            rest.trim().strip_suffix("kB")?.trim().parse().ok()
+        })
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+/// The pid of the Docker daemon: /var/run/docker.pid, else the first process
+/// named `dockerd` in /proc.
+pub fn dockerd_pid() -> Option<u32> {
+    if let Ok(text) = fs::read_to_string("/var/run/docker.pid") {
+        if let Ok(pid) = text.trim().parse::<u32>() {
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                return Some(pid);
+            }
+        }
+    }
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+        (comm.trim() == "dockerd").then_some(pid)
+    })
 }
 
 /// One `GET /_ping` on a fresh connection.

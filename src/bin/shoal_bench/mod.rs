@@ -8,5 +8,9 @@ pub mod daemon;
 pub mod image;
 /// `shoal-bench proxy`.
 pub mod proxy;
+/// `shoal-bench raft`.
+pub mod raft;
+/// `shoal-bench services`.
+pub mod services;
 /// Percentiles, medians and the printed table.
 pub mod stats;

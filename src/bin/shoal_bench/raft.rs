@@ -1,0 +1,520 @@
+//! `shoal-bench raft`: the raft store and its durable storage (issue 4),
+//! black-box through the API of a fresh shoal after `swarm init`.
+//!
+//! Every `POST /configs/create` (or `/secrets/create`) is one raft entry,
+//! answered only once the entry is committed, flushed and applied, so:
+//! - committed durable writes/s and p50/p99 commit latency, single (one
+//!   client, sequential) and batched (many concurrent clients);
+//! - shoal's RSS with 10,000 stored objects;
+//! - restart time with a ≥ 100,000-entry log: SIGKILL, then the time from
+//!   spawning shoal on the same data dir until `GET /v1.41/swarm` answers
+//!   200; every acknowledged object must be there afterwards.
+//!
+//! Goals: ≥ 10,000 committed writes/s batched, restart < 1 s, RSS ≤ 50 MiB.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use hyper::{Method, StatusCode};
+use serde_json::json;
+
+use super::client::{message, Api};
+use super::daemon::{self, Shoal, TempDir};
+use super::stats::{grouped, percentile_us, table};
+
+const GOAL_BATCHED_WRITES_S: f64 = 10_000.0;
+const GOAL_RESTART_S: f64 = 1.0;
+const GOAL_RSS_MIB: f64 = 50.0;
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    Configs,
+    Secrets,
+}
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Configs => "configs",
+            Kind::Secrets => "secrets",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RaftArgs {
+    /// The shoal binary to start [default: `shoal` beside this binary,
+    /// i.e. target/release/shoal; build it with `cargo build --release`].
+    #[arg(long, value_name = "PATH")]
+    shoal_bin: Option<PathBuf>,
+
+    /// The engine shoal fronts (untouched here but for shoal's start-up).
+    #[arg(long, value_name = "PATH", default_value = "/var/run/docker.sock")]
+    engine: PathBuf,
+
+    /// Writes measured batched; a fifth of it (at least 200) single.
+    #[arg(long, default_value_t = 20_000)]
+    writes: u64,
+
+    /// Concurrent clients of the batched measurement.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+
+    /// Objects stored when RSS is read.
+    #[arg(long, default_value_t = 10_000)]
+    objects: u64,
+
+    /// Raft log length (entries) before the kill and restart; filled with
+    /// create + delete pairs so the store stays at `--objects`.
+    #[arg(long, default_value_t = 100_000)]
+    log_entries: u64,
+
+    /// What to write: configs or secrets (secrets are encrypted at rest).
+    #[arg(long, value_enum, default_value_t = Kind::Configs)]
+    kind: Kind,
+}
+
+/// One measured load: writes, wall time, latency samples.
+struct Load {
+    writes: u64,
+    took: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.writes as f64 / self.took.as_secs_f64()
+    }
+}
+
+pub async fn run(args: RaftArgs) -> Result<()> {
+    if args.writes == 0 || args.clients == 0 {
+        bail!("--writes and --clients must be at least 1");
+    }
+    let bin = args
+        .shoal_bin
+        .clone()
+        .unwrap_or_else(daemon::default_shoal_bin);
+    daemon::check_shoal_bin(&bin)?;
+    let dir = TempDir::new("shoal-bench-raft")?;
+    let mut shoal = Shoal::start(&bin, dir.path(), &args.engine)?;
+    shoal.wait_ready(READY_TIMEOUT).await?;
+    let socket = shoal.socket().to_path_buf();
+    let mut api = Api::new(&socket);
+    let init = json!({"ListenAddr": "0.0.0.0:2377", "AdvertiseAddr": "127.0.0.1"});
+    api.expect(
+        StatusCode::OK,
+        Method::POST,
+        "/v1.41/swarm/init",
+        Some(&init),
+    )
+    .await
+    .context("swarm init on shoal")?;
+    let rss_after_init = shoal.status_kib("VmRSS")?;
+    let kind = args.kind;
+    let counter = Arc::new(AtomicU64::new(0));
+
+    let single_writes = (args.writes / 5).max(200);
+    eprintln!("single: {single_writes} sequential writes");
+    let single = load(&socket, kind, &counter, single_writes, 1, false).await?;
+    eprintln!("  {:.0} writes/s", single.rate());
+    eprintln!("batched: {} writes, {} clients", args.writes, args.clients);
+    let batched = load(&socket, kind, &counter, args.writes, args.clients, false).await?;
+    eprintln!("  {:.0} writes/s", batched.rate());
+
+    let mut stored = counter.load(Ordering::Relaxed);
+    if stored < args.objects {
+        let more = args.objects - stored;
+        eprintln!("storing {more} more objects");
+        load(&socket, kind, &counter, more, args.clients, false).await?;
+        stored = counter.load(Ordering::Relaxed);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_objects = shoal.status_kib("VmRSS")?;
+    let listed = count_objects(&mut api, kind).await?;
+    if listed != stored {
+        bail!(
+            "{stored} objects acknowledged but GET /{} lists {listed}",
+            kind.path()
+        );
+    }
+
+    let mut index = log_index(&mut api, kind).await?;
+    let mut filler = 0u64;
+    let fill_start = Instant::now();
+    while index < args.log_entries {
+        let pairs = (args.log_entries - index).div_ceil(2);
+        eprintln!(
+            "log at index {index}: {pairs} create + delete pairs to pass {}",
+            args.log_entries
+        );
+        let pairs_counter = Arc::new(AtomicU64::new(0));
+        let fill = load(&socket, kind, &pairs_counter, pairs, args.clients, true).await?;
+        filler += fill.writes * 2;
+        index = log_index(&mut api, kind).await?;
+    }
+    let fill_rate = if filler > 0 {
+        Some(filler as f64 / fill_start.elapsed().as_secs_f64())
+    } else {
+        None
+    };
+    let rss_before_kill = shoal.status_kib("VmRSS")?;
+    let peak_before_kill = shoal.status_kib("VmHWM")?;
+    drop(api);
+
+    eprintln!("SIGKILL at log index {index}; restarting on the same data dir");
+    shoal.kill()?;
+    let spawned = Instant::now();
+    let mut restarted = Shoal::start(&bin, dir.path(), &args.engine)?;
+    let restart = wait_swarm(&mut restarted, spawned).await?;
+    eprintln!(
+        "  GET /v1.41/swarm 200 after {:.0} ms",
+        restart.as_secs_f64() * 1e3
+    );
+    let mut api = Api::new(restarted.socket());
+    let after = count_objects(&mut api, kind).await?;
+    let index_after = log_index(&mut api, kind).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_restarted = restarted.status_kib("VmRSS")?;
+    let disk = dir_size(&dir.path().join("data"));
+    drop(api);
+    restarted.stop()?;
+
+    let report = Report {
+        args: &args,
+        rss_after_init,
+        single,
+        batched,
+        stored,
+        rss_objects,
+        index,
+        filler,
+        fill_rate,
+        rss_before_kill,
+        peak_before_kill,
+        restart,
+        after,
+        index_after,
+        rss_restarted,
+        disk,
+    };
+    print!("{}", report.render());
+    Ok(())
+}
+
+fn create_body(name: &str) -> serde_json::Value {
+    // "shoal" in base64: small data, as the goal is about commits.
+    json!({"Name": name, "Data": "c2hvYWw=", "Labels": {"bench": "raft"}})
+}
+
+/// `total` writes by `clients` concurrent clients, each on its own
+/// keep-alive connection; with `pairs`, each write is a create followed by
+/// a delete of the same object (two raft entries, one latency sample each).
+async fn load(
+    socket: &Path,
+    kind: Kind,
+    counter: &Arc<AtomicU64>,
+    total: u64,
+    clients: usize,
+    pairs: bool,
+) -> Result<Load> {
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..clients.min(usize::try_from(total).unwrap_or(usize::MAX)) {
+        let (socket, counter, next) = (socket.to_path_buf(), counter.clone(), next.clone());
+        handles.push(tokio::spawn(async move {
+            let mut api = Api::new(&socket);
+            let mut latencies = Vec::new();
+            let create = format!("/v1.41/{}/create", kind.path());
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let name = if pairs {
+                    format!("bench-fill-{n}")
+                } else {
+                    format!("bench-{n}")
+                };
+                let body = create_body(&name);
+                let sent = Instant::now();
+                let created = api
+                    .expect(StatusCode::CREATED, Method::POST, &create, Some(&body))
+                    .await?;
+                latencies.push(sent.elapsed());
+                if pairs {
+                    let id = created["ID"]
+                        .as_str()
+                        .with_context(|| format!("create answered {created}"))?;
+                    let path = format!("/v1.41/{}/{id}", kind.path());
+                    let sent = Instant::now();
+                    let (status, body) = api.call(Method::DELETE, &path, None).await?;
+                    if !status.is_success() {
+                        bail!("DELETE {path}: {status}: {}", message(&body));
+                    }
+                    latencies.push(sent.elapsed());
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for handle in handles {
+        latencies.extend(handle.await.context("client task")??);
+    }
+    Ok(Load {
+        writes: total,
+        took: start.elapsed(),
+        latencies,
+    })
+}
+
+async fn count_objects(api: &mut Api, kind: Kind) -> Result<u64> {
+    let list = api
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            &format!("/v1.41/{}", kind.path()),
+            None,
+        )
+        .await?;
+    Ok(list.as_array().map_or(0, Vec::len) as u64)
+}
+
+/// The store's raft index: `Version.Index` of a fresh object (which is the
+/// index of the entry that created it), then that object removed.
+async fn log_index(api: &mut Api, kind: Kind) -> Result<u64> {
+    let name = format!("bench-index-probe-{}", std::process::id());
+    let created = api
+        .expect(
+            StatusCode::CREATED,
+            Method::POST,
+            &format!("/v1.41/{}/create", kind.path()),
+            Some(&create_body(&name)),
+        )
+        .await?;
+    let id = created["ID"]
+        .as_str()
+        .with_context(|| format!("create answered {created}"))?
+        .to_string();
+    let path = format!("/v1.41/{}/{id}", kind.path());
+    let object = api.expect(StatusCode::OK, Method::GET, &path, None).await?;
+    let index = object["Version"]["Index"]
+        .as_u64()
+        .with_context(|| format!("no Version.Index in {object}"))?;
+    let (status, body) = api.call(Method::DELETE, &path, None).await?;
+    if !status.is_success() {
+        bail!("DELETE {path}: {status}: {}", message(&body));
+    }
+    Ok(index)
+}
+
+/// Polls `GET /v1.41/swarm` every millisecond until 200; the time since
+/// `spawned`.
+async fn wait_swarm(shoal: &mut Shoal, spawned: Instant) -> Result<Duration> {
+    let socket = shoal.socket().to_path_buf();
+    let mut last: String;
+    loop {
+        if let Some(status) = shoal.exited()? {
+            bail!(
+                "shoal exited on restart ({status}); its log:\n{}",
+                shoal.log_tail()
+            );
+        }
+        let mut api = Api::new(&socket);
+        match api.call(Method::GET, "/v1.41/swarm", None).await {
+            Ok((StatusCode::OK, _)) => return Ok(spawned.elapsed()),
+            Ok((status, body)) => last = format!("{status}: {}", message(&body)),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if spawned.elapsed() > RESTART_TIMEOUT {
+            bail!(
+                "GET /v1.41/swarm not 200 within {RESTART_TIMEOUT:?} of the restart (last: {last}); log:\n{}",
+                shoal.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn dir_size(path: &Path) -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).ok()?.flatten() {
+        let meta = entry.metadata().ok()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Some(total)
+}
+
+struct Report<'a> {
+    args: &'a RaftArgs,
+    rss_after_init: u64,
+    single: Load,
+    batched: Load,
+    stored: u64,
+    rss_objects: u64,
+    index: u64,
+    filler: u64,
+    fill_rate: Option<f64>,
+    rss_before_kill: u64,
+    peak_before_kill: u64,
+    restart: Duration,
+    after: u64,
+    index_after: u64,
+    rss_restarted: u64,
+    disk: Option<u64>,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+impl Report<'_> {
+    fn render(mut self) -> String {
+        let mut out = String::new();
+        let kind = self.args.kind.path();
+        let _ = writeln!(
+            out,
+            "\nshoal-bench raft: POST /{kind}/create through a fresh shoal after swarm init \
+             (one raft entry each, answered after commit + flush + apply)\n"
+        );
+        let mut rows = vec![vec![
+            "load".to_string(),
+            "writes".into(),
+            "time".into(),
+            "writes/s".into(),
+            "p50".into(),
+            "p99".into(),
+        ]];
+        let clients = self.args.clients;
+        for (name, load) in [
+            (
+                "single (1 client, sequential)".to_string(),
+                &mut self.single,
+            ),
+            (format!("batched ({clients} clients)"), &mut self.batched),
+        ] {
+            let p50 = percentile_us(&mut load.latencies, 0.5);
+            let p99 = percentile_us(&mut load.latencies, 0.99);
+            rows.push(vec![
+                name,
+                grouped(load.writes),
+                format!("{:.2} s", load.took.as_secs_f64()),
+                grouped(load.rate().round() as u64),
+                format!("{:.2} ms", p50 / 1e3),
+                format!("{:.2} ms", p99 / 1e3),
+            ]);
+        }
+        out.push_str(&table(&rows));
+        if let Some(rate) = self.fill_rate {
+            let _ = writeln!(
+                out,
+                "  log filler: {} writes (create + delete pairs, {clients} clients) at {} writes/s",
+                grouped(self.filler),
+                grouped(rate.round() as u64)
+            );
+        }
+
+        let _ = writeln!(out);
+        let mut rows = vec![vec!["figure".to_string(), "value".into()]];
+        rows.push(vec![
+            "RSS after swarm init".into(),
+            format!("{:.1} MiB", mib(self.rss_after_init)),
+        ]);
+        rows.push(vec![
+            format!("RSS with {} {kind} stored", grouped(self.stored)),
+            format!("{:.1} MiB", mib(self.rss_objects)),
+        ]);
+        rows.push(vec![
+            format!("RSS / peak (VmHWM) at log index {}", grouped(self.index)),
+            format!(
+                "{:.1} / {:.1} MiB",
+                mib(self.rss_before_kill),
+                mib(self.peak_before_kill)
+            ),
+        ]);
+        rows.push(vec![
+            "restart after SIGKILL: spawn → GET /v1.41/swarm 200".into(),
+            format!("{:.0} ms", self.restart.as_secs_f64() * 1e3),
+        ]);
+        rows.push(vec![
+            format!(
+                "{kind} after restart (acknowledged: {})",
+                grouped(self.stored)
+            ),
+            grouped(self.after),
+        ]);
+        rows.push(vec![
+            "log index after restart (next entry)".into(),
+            grouped(self.index_after),
+        ]);
+        rows.push(vec![
+            "RSS after restart".into(),
+            format!("{:.1} MiB", mib(self.rss_restarted)),
+        ]);
+        if let Some(bytes) = self.disk {
+            rows.push(vec![
+                "data dir on disk".into(),
+                format!("{:.1} MiB", bytes as f64 / 1024.0 / 1024.0),
+            ]);
+        }
+        out.push_str(&table(&rows));
+
+        let batched = self.batched.rate();
+        let restart = self.restart.as_secs_f64();
+        let rss = mib(self.rss_objects);
+        let durable = self.after == self.stored;
+        let _ = writeln!(out, "\ngoals");
+        let rows = vec![
+            vec!["goal".to_string(), "measured".into(), "verdict".into()],
+            vec![
+                format!(
+                    "≥ {} committed writes/s batched",
+                    grouped(GOAL_BATCHED_WRITES_S as u64)
+                ),
+                grouped(batched.round() as u64),
+                verdict(batched >= GOAL_BATCHED_WRITES_S).into(),
+            ],
+            vec![
+                format!(
+                    "restart < {GOAL_RESTART_S:.0} s with a {}-entry log",
+                    grouped(self.index)
+                ),
+                format!("{:.0} ms", restart * 1e3),
+                verdict(restart < GOAL_RESTART_S).into(),
+            ],
+            vec![
+                format!(
+                    "RSS ≤ {GOAL_RSS_MIB:.0} MiB at {} objects",
+                    grouped(self.stored)
+                ),
+                format!("{rss:.1} MiB"),
+                verdict(rss <= GOAL_RSS_MIB).into(),
+            ],
+            vec![
+                "every acknowledged object survives SIGKILL".into(),
+                format!("{}/{}", grouped(self.after), grouped(self.stored)),
+                verdict(durable).into(),
+            ],
+        ];
+        out.push_str(&table(&rows));
+        out
+    }
+}
