@@ -310,10 +310,12 @@ impl ShoalBuilder {
             .stdout(logfile.try_clone().unwrap())
             .stderr(logfile);
         let desc = describe(&cmd);
+        let args = cmd.get_args().map(OsStr::to_os_string).collect();
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
         Shoal {
+            args,
             pid: child.id(),
             child: Some(child),
             exit: None,
@@ -346,6 +348,8 @@ pub struct Shoal {
     pub log: PathBuf,
     docker_config: PathBuf,
     desc: String,
+    /// The command-line arguments it was started with (for [`Shoal::restart`]).
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Shoal {
@@ -995,5 +999,185 @@ impl EngineForwarder {
     /// `unix://<path>`.
     pub fn addr(&self) -> String {
         format!("unix://{}", self.path.display())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Restarts and swarm mode
+// ---------------------------------------------------------------------------
+
+impl Shoal {
+    /// SIGKILL (if still running), then start shoal again with the same
+    /// arguments (same socket, data dir and ports; the log is appended to)
+    /// and wait until it is ready.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open shoal.log");
+        let mut cmd = Command::new(shoal_bin());
+        cmd.args(&self.args)
+            .env_remove("SHOAL_ENGINE")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot restart {}: {e}", self.desc));
+        self.pid = child.id();
+        self.child = Some(child);
+        self.exit = None;
+        self.wait_ready();
+    }
+
+    /// `docker swarm init --advertise-addr 127.0.0.1` (must succeed); the
+    /// returned guard knows the node ID and cleans up after the test.
+    #[track_caller]
+    pub fn swarm_init(&self) -> SwarmNode {
+        let out = self.docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+        let id = self
+            .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
+            .trim()
+            .to_string();
+        assert_eq!(id.len(), 25, "node ID {id:?}; swarm init said:\n{out}");
+        SwarmNode {
+            id,
+            sock: self.sock.clone(),
+            init_output: out,
+        }
+    }
+}
+
+/// Container IDs on the engine (asked directly) labelled with swarm node
+/// `node_id`, plus `extra` `docker ps` arguments (e.g. `-a`, `--filter …`).
+pub fn node_containers(node_id: &str, extra: &[&str]) -> Vec<String> {
+    let label = format!("label=com.docker.swarm.node.id={node_id}");
+    let mut args = vec!["ps", "-q", "--no-trunc", "--filter", &label];
+    args.extend_from_slice(extra);
+    ok(&engine_docker(&args))
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// The swarm node a test made with [`Shoal::swarm_init`]. At drop (pass or
+/// fail) it asks shoal to leave with force, then force-removes, directly on
+/// the engine, every container still labelled with its node ID. Declare it
+/// after its [`Shoal`] so it drops first.
+pub struct SwarmNode {
+    /// The node ID.
+    pub id: String,
+    sock: PathBuf,
+    /// What `swarm init` printed.
+    pub init_output: String,
+}
+
+impl SwarmNode {
+    /// `docker swarm leave --force` must say "Node left the swarm."; then the
+    /// engine, asked directly, must soon hold no container of this node.
+    ///
+    /// Known shoal bug (see `cli_swarm::swarm_leave_force_returns_promptly`,
+    /// ignored until fixed): now and then the leave never returns. Rather than
+    /// fail every test on it, a leave that takes longer than
+    /// [`LEAVE_TIMEOUT`] is abandoned with a warning (the guard's drop then
+    /// removes the containers directly); the node must have left anyway.
+    #[track_caller]
+    pub fn leave(&self, shoal: &Shoal) {
+        let mut cmd = shoal.docker_cmd();
+        cmd.args(["swarm", "leave", "--force"]);
+        let Some(out) = run_within(cmd, LEAVE_TIMEOUT) else {
+            eprintln!(
+                "WARNING (known shoal bug): `docker swarm leave --force` did not return within \
+                 {LEAVE_TIMEOUT:?}; its containers are removed directly"
+            );
+            let out = shoal.docker(&["node", "ls"]);
+            assert!(
+                !out.status.success() && stderr(&out).contains("not a swarm manager"),
+                "after the abandoned leave: {} {}",
+                stdout(&out),
+                stderr(&out)
+            );
+            return;
+        };
+        assert_eq!(ok(&out).trim(), "Node left the swarm.");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = node_containers(&self.id, &["-a"]);
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "containers of node {} left on the engine after swarm leave --force: {left:?}",
+                    self.id
+                );
+            }
+            thread::sleep(POLL * 5);
+        }
+    }
+}
+
+/// How long [`SwarmNode::leave`] waits for `docker swarm leave --force`.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Like [`run`] without stdin, but gives up (kills the command and returns
+/// `None`) after `timeout` instead of panicking.
+pub fn run_within(mut cmd: Command, timeout: Duration) -> Option<Output> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let desc = describe(&cmd);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => Some(out.unwrap_or_else(|e| panic!("waiting for {desc}: {e}"))),
+        Err(_) => {
+            // Not reaped yet (the waiter still waits), so the pid is its own.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = rx.recv();
+            None
+        }
+    }
+}
+
+impl Drop for SwarmNode {
+    fn drop(&mut self) {
+        // Never panic here: this runs while a failed test unwinds.
+        let _ = http_unix_timeout(
+            &self.sock,
+            "POST",
+            "/swarm/leave?force=1",
+            Some(b""),
+            Duration::from_secs(20),
+        );
+        let cfg = std::env::temp_dir().join("shoal-test-docker-config");
+        let _ = fs::create_dir_all(&cfg);
+        let label = format!("label=com.docker.swarm.node.id={}", self.id);
+        let ids = docker_command(&cfg)
+            .arg("-H")
+            .arg(engine_addr())
+            .args(["ps", "-aq", "--filter", &label])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = docker_command(&cfg)
+                .arg("-H")
+                .arg(engine_addr())
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .stdin(Stdio::null())
+                .output();
+        }
     }
 }
