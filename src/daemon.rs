@@ -49,6 +49,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tasks.clone(),
     );
     let executor = Arc::new(DockerExecutor::connect(&config.engine)?);
+    crate::network::set_engine(&config.engine);
     let cluster = Arc::new(Cluster::open(&config.data_dir, executor).await?);
     let api = Api::new(proxy, cluster.clone());
 

@@ -11,6 +11,7 @@ mod events;
 mod listen;
 mod manager;
 mod netutil;
+mod network;
 mod proxy;
 mod raft;
 mod secrets;

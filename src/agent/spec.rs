@@ -356,7 +356,18 @@ pub fn container_config(
         host_config: Some(host_config),
         ..Default::default()
     };
+    let mut body = body;
+    apply_networks(a, &mut body);
     Ok((name, body))
+}
+
+// ------------------------------------------------- networks and ports
+// (owned by `crate::network`; kept to this one call)
+
+/// The task's swarm networks (their realising bridges, with the service
+/// aliases) and its host-mode published ports.
+fn apply_networks(a: &Assignment, body: &mut ContainerCreateBody) {
+    crate::network::local::apply_to_container(&a.task, &a.service_name, body);
 }
 
 // --------------------------------------------------------- unsupported

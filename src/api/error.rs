@@ -5,6 +5,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body};
 use crate::cluster::ClusterError;
+use crate::network::NetworkError;
 use crate::proxy::ProxyError;
 use crate::store::{ProposeError, StoreError};
 
@@ -60,6 +61,9 @@ pub enum ApiError {
     Internal(String),
     #[error("client version {requested} is too new. Maximum supported API version is {max}")]
     VersionTooNew { requested: String, max: String },
+    /// Swarm networks, VIPs and published ports (`crate::network`).
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("{0} is not supported by shoal yet")]
     NotSupported(&'static str),
 }
@@ -90,6 +94,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Network(error) => {
+                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 

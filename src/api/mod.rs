@@ -8,6 +8,7 @@ mod events;
 mod filters;
 mod info;
 mod logs;
+mod networks;
 mod nodes;
 mod query;
 mod secrets;
@@ -45,6 +46,10 @@ enum Route {
     Info,
     Ping,
     Events,
+    /// `/networks`: split between swarm (shoal) and local (engine) networks.
+    Networks,
+    /// `POST /containers/create`: swarm network names become their bridges.
+    ContainerCreate,
     /// Everything else: the engine answers, unchanged.
     Engine,
 }
@@ -62,9 +67,31 @@ impl Api {
             Route::Info => info::info(&self.cluster, &self.proxy, req).await,
             Route::Ping => info::ping(&self.cluster, &self.proxy, req).await,
             Route::Events => events::events(&self.cluster, &self.proxy, req).await,
+            Route::Networks => {
+                let response = networks::handle(&self.cluster, &self.proxy, req).await;
+                Ok(self
+                    .identified(response.unwrap_or_else(ApiError::into_response))
+                    .await)
+            }
+            Route::ContainerCreate => {
+                networks::container_create(&self.cluster, &self.proxy, req).await
+            }
             Route::Swarm => return Ok(self.swarm(req).await),
         };
         Ok(response.unwrap_or_else(ApiError::into_response))
+    }
+
+    /// Adds the engine's identity headers to an answer shoal made itself.
+    async fn identified(&self, mut response: Response<Body>) -> Response<Body> {
+        if response.headers().contains_key("api-version") {
+            return response;
+        }
+        if let Ok(identity) = self.proxy.identity().await {
+            for (name, value) in &identity.headers {
+                response.headers_mut().insert(name, value.clone());
+            }
+        }
+        response
     }
 
     /// shoal's own endpoints answer with the engine's identity headers.
@@ -236,12 +263,19 @@ fn route(method: &Method, path: &str) -> Route {
     let (_, path) = split_version(path);
     let mut segments = path.trim_start_matches('/').split('/');
     let first = segments.next().unwrap_or("");
-    let only = segments.next().is_none();
+    let second = segments.next();
+    let only = second.is_none();
     match first {
         _ if SWARM_RESOURCES.contains(&first) => Route::Swarm,
         "info" if only && method == Method::GET => Route::Info,
         "_ping" if only => Route::Ping,
         "events" if only && method == Method::GET => Route::Events,
+        "networks" => Route::Networks,
+        "containers"
+            if method == Method::POST && second == Some("create") && segments.next().is_none() =>
+        {
+            Route::ContainerCreate
+        }
         _ => Route::Engine,
     }
 }
@@ -271,6 +305,12 @@ mod tests {
         assert_eq!(route(&Method::GET, "/v1.41/info"), Route::Info);
         assert_eq!(route(&Method::HEAD, "/_ping"), Route::Ping);
         assert_eq!(route(&Method::GET, "/servicesx"), Route::Engine);
+        assert_eq!(route(&Method::GET, "/v1.41/networks"), Route::Networks);
+        assert_eq!(
+            route(&Method::POST, "/v1.41/containers/create"),
+            Route::ContainerCreate
+        );
+        assert_eq!(route(&Method::POST, "/containers/x/start"), Route::Engine);
     }
 
     #[test]

@@ -6,13 +6,12 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use bollard::models::{
-    EndpointSpec, EndpointSpecModeEnum, Service, ServiceEndpoint, ServiceServiceStatus,
-    ServiceSpec, ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
-    ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
-    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum,
-    ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskSpecContainerSpecDnsConfig,
-    TaskSpecContainerSpecIsolationEnum, TaskSpecPlacement, TaskSpecResources,
-    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    EndpointSpecModeEnum, Service, ServiceServiceStatus, ServiceSpec, ServiceSpecRollbackConfig,
+    ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
+    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
+    ServiceSpecUpdateConfigOrderEnum, ServiceUpdateStatus, ServiceUpdateStatusStateEnum,
+    TaskSpecContainerSpecDnsConfig, TaskSpecContainerSpecIsolationEnum, TaskSpecPlacement,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
@@ -40,7 +39,8 @@ pub async fn create(manager: &Manager, body: Incoming) -> Result<Response<Body>,
     }
     validate(&store, &spec)?;
     normalise(&mut spec);
-    let endpoint = endpoint_of(&spec);
+    crate::network::allocate::resolve_service_networks(&store, &mut spec)?;
+    let endpoint = crate::network::allocate::endpoint(&store, None, &spec, None)?;
     let job_status = jobs::replicated_job_or_global(&spec).then(|| jobs::now_iteration_status(0));
     let service = SwarmService::from(Service {
         id: Some(new_id(&mut rng)),
@@ -153,6 +153,7 @@ pub async fn update(
         }
         validate(&store, &spec)?;
         normalise(&mut spec);
+        crate::network::allocate::resolve_service_networks(&store, &mut spec)?;
         if mode_kind(&spec) != mode_kind(&current_spec) {
             return Err(ApiError::Rpc {
                 code: RpcCode::Unimplemented,
@@ -177,7 +178,12 @@ pub async fn update(
         }
         current_spec.clone()
     };
-    let endpoint = endpoint_of(&spec);
+    let endpoint = crate::network::allocate::endpoint(
+        &store,
+        Some(id.as_str()),
+        &spec,
+        current.endpoint.as_ref(),
+    )?;
     // Updating a job runs it again: a new iteration.
     let job_status = current
         .job_status
@@ -319,19 +325,6 @@ fn validate(store: &Store, spec: &ServiceSpec) -> Result<(), ApiError> {
             ));
         }
     }
-    let networks =
-        template.networks.iter().flatten().count() + spec.networks.iter().flatten().count();
-    if networks > 0 {
-        return Err(ApiError::NotSupported("attaching services to networks"));
-    }
-    if spec
-        .endpoint_spec
-        .as_ref()
-        .and_then(|e| e.ports.as_ref())
-        .is_some_and(|p| !p.is_empty())
-    {
-        return Err(ApiError::NotSupported("published ports"));
-    }
     if let Some(field) = crate::agent::unsupported_fields(&container)
         .into_iter()
         .next()
@@ -380,19 +373,6 @@ fn normalise(spec: &mut ServiceSpec) {
         endpoint.mode.get_or_insert(EndpointSpecModeEnum::VIP);
     }
     spec.labels.get_or_insert_with(HashMap::new);
-}
-
-/// `Endpoint.Spec` as swarmkit's allocator keeps it: the default `vip`
-/// mode is not repeated there, only `dnsrr` and published ports.
-fn endpoint_of(spec: &ServiceSpec) -> ServiceEndpoint {
-    let requested = spec.endpoint_spec.clone().unwrap_or(EndpointSpec { mode: None, ports: None });
-    ServiceEndpoint {
-        spec: Some(EndpointSpec {
-            mode: requested.mode.filter(|m| *m == EndpointSpecModeEnum::DNSRR),
-            ports: requested.ports.filter(|p| !p.is_empty()),
-        }),
-        ..ServiceEndpoint::default()
-    }
 }
 
 fn mode_kind(spec: &ServiceSpec) -> &'static str {

@@ -45,6 +45,11 @@ pub fn start(
         proposer.clone(),
         shutdown.clone(),
     ));
+    running.spawn(crate::network::run(
+        store.clone(),
+        proposer.clone(),
+        shutdown.clone(),
+    ));
     running.spawn(dispatcher::publish_assignments(
         node_id.clone(),
         store.clone(),

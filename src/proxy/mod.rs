@@ -186,6 +186,34 @@ impl Proxy {
         Ok(Response::from_parts(parts, body))
     }
 
+    /// Sends a request whose body shoal has already read (and may have
+    /// rewritten) to the engine; the answer comes back as `forward`'s does.
+    pub async fn forward_bytes(
+        &self,
+        mut parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Body>, ProxyError> {
+        parts.uri = engine_uri(&parts.uri)?;
+        strip_hop_by_hop(&mut parts.headers, false);
+        if !body.is_empty() || parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let upstream = Request::from_parts(parts, crate::body::full(body));
+        let response = self
+            .client
+            .request(upstream)
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let (mut parts, incoming) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Ok(Response::from_parts(
+            parts,
+            incoming.map_err(BoxError::from).boxed_unsync(),
+        ))
+    }
+
     /// Copies bytes both ways between the client's and the engine's upgraded
     /// connections until both sides have closed (or shoal shuts down).
     fn splice(&self, client: hyper::upgrade::OnUpgrade, engine: hyper::upgrade::OnUpgrade) {

@@ -1,0 +1,374 @@
+//! `/networks` split by scope: swarm networks (driver `overlay` on a
+//! manager) are shoal's, local ones stay the engine's. Lists and inspects
+//! merge both, hiding the bridges that realise swarm networks; attaching a
+//! container to a swarm network (container create, network connect) is
+//! rewritten to its realising bridge.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::filters::{label_matches, Filters};
+use super::query::Query;
+use super::{json, split_version, ApiError};
+use crate::body::Body;
+use crate::cluster::{Cluster, Manager};
+use crate::network::allocate::{self, CreateRequest};
+use crate::network::{bridge_name, NetworkError, LABEL_NETWORK_ID};
+use crate::proxy::Proxy;
+use crate::store::Transaction;
+use crate::types::{Kind, Object, SwarmNetwork, Timestamp};
+
+const MAX_BODY: usize = 16 << 20;
+const FILTERS: [&str; 7] = ["dangling", "driver", "id", "label", "name", "scope", "type"];
+
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ApiError::BadRequest(format!("error reading request body: {e}")))
+}
+
+/// Everything under `/networks`.
+pub async fn handle(
+    cluster: &Cluster,
+    proxy: &Proxy,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let Ok(manager) = cluster.manager().await else {
+        // Not in a swarm: the engine answers everything, overlay included.
+        return Ok(proxy.forward(req).await?);
+    };
+    let path = split_version(req.uri().path()).1.to_string();
+    let segments: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let query = Query::parse(req.uri().query());
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::GET, ["networks"]) => list(&manager, proxy, req, &query).await,
+        (Method::POST, ["networks", "create"]) => create(&manager, proxy, req).await,
+        (Method::GET, ["networks", id]) => inspect(&manager, proxy, req, id, &query).await,
+        (Method::DELETE, ["networks", id]) => remove(&manager, proxy, req, id).await,
+        (Method::POST, ["networks", id, action @ ("connect" | "disconnect")]) => {
+            match swarm_target(&manager, id) {
+                Some(network) => {
+                    if *action == "connect" && network.network.attachable != Some(true) {
+                        let name = network.network.name.clone().unwrap_or_default();
+                        return Err(NetworkError::NotAttachable(name).into());
+                    }
+                    let (mut parts, body) = req.into_parts();
+                    let bridge = bridge_name(allocate::id_of(&network.network));
+                    let prefix = parts.uri.path().strip_suffix(&path).unwrap_or("");
+                    let rewritten = format!("{prefix}/networks/{bridge}/{action}");
+                    parts.uri = with_path(&parts.uri, &rewritten)?;
+                    let bytes = read_body(body).await?;
+                    Ok(proxy.forward_bytes(parts, bytes).await?)
+                }
+                None => Ok(proxy.forward(req).await?),
+            }
+        }
+        _ => Ok(proxy.forward(req).await?),
+    }
+}
+
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ApiError> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    pq.parse()
+        .map_err(|_| ApiError::BadRequest(format!("invalid request path {pq}")))
+}
+
+/// A swarm network named by a client where the engine would look locally:
+/// exact ID, then name, then ID prefix. Names of local networks win.
+fn swarm_target(manager: &Manager, reference: &str) -> Option<SwarmNetwork> {
+    if reference.starts_with("shoal_") {
+        return None;
+    }
+    allocate::find(&manager.store(), reference)
+}
+
+/// The engine's JSON for a swarm network.
+pub fn render(n: &SwarmNetwork) -> Value {
+    let net = &n.network;
+    let mut ipam = serde_json::to_value(&net.ipam).unwrap_or(Value::Null);
+    if let Some(obj) = ipam.as_object_mut() {
+        obj.entry("Options").or_insert(Value::Null);
+    }
+    json!({
+        "Name": net.name,
+        "Id": net.id,
+        "Created": net.created,
+        "Scope": "swarm",
+        "Driver": net.driver.clone().unwrap_or_else(|| "overlay".into()),
+        "EnableIPv6": net.enable_ipv6.unwrap_or(false),
+        "IPAM": ipam,
+        "Internal": net.internal.unwrap_or(false),
+        "Attachable": net.attachable.unwrap_or(false),
+        "Ingress": net.ingress.unwrap_or(false),
+        "ConfigFrom": {"Network": ""},
+        "ConfigOnly": false,
+        "Containers": null,
+        "Options": net.options,
+        "Labels": net.labels,
+    })
+}
+
+fn matches(n: &SwarmNetwork, filters: &Filters, in_use: bool) -> bool {
+    let net = &n.network;
+    let name = net.name.as_deref().unwrap_or("");
+    let id = net.id.as_deref().unwrap_or("");
+    let driver = net.driver.as_deref().unwrap_or("overlay");
+    filters.any("driver", |f| f == driver)
+        && filters.any("scope", |f| f == "swarm")
+        && filters.any("name", |f| name.contains(f))
+        && filters.any("id", |f| id.contains(f))
+        && filters.any("type", |f| f == "custom")
+        && filters.any("dangling", |f| match f {
+            "true" | "1" => !in_use,
+            _ => in_use,
+        })
+        && filters
+            .values("label")
+            .iter()
+            .all(|f| label_matches(net.labels.as_ref(), f))
+}
+
+async fn engine_json(
+    proxy: &Proxy,
+    parts: http::request::Parts,
+) -> Result<Result<Value, Response<Body>>, ApiError> {
+    let response = proxy.forward_bytes(parts, Bytes::new()).await?;
+    if response.status() != StatusCode::OK {
+        return Ok(Err(response));
+    }
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading the engine's answer: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map(Ok)
+        .map_err(|e| ApiError::Internal(format!("the engine's answer is not JSON: {e}")))
+}
+
+fn is_realising(v: &Value) -> bool {
+    v.get("Labels")
+        .and_then(|l| l.get(LABEL_NETWORK_ID))
+        .is_some()
+}
+
+async fn list(
+    manager: &Manager,
+    proxy: &Proxy,
+    req: Request<Incoming>,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, _) = req.into_parts();
+    let local = match engine_json(proxy, parts).await? {
+        Ok(v) => v,
+        Err(engine_error) => return Ok(engine_error),
+    };
+    let filters = Filters::parse(query.get("filters"), &FILTERS)?;
+    let store = manager.store();
+    let mut out: Vec<Value> = allocate::networks(&store)
+        .iter()
+        .filter(|n| {
+            let in_use = allocate::check_unused(&store, allocate::id_of(&n.network)).is_err();
+            matches(n, &filters, in_use)
+        })
+        .map(render)
+        .collect();
+    out.extend(
+        local
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| !is_realising(v))
+            .cloned(),
+    );
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn inspect(
+    manager: &Manager,
+    proxy: &Proxy,
+    req: Request<Incoming>,
+    reference: &str,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let store = manager.store();
+    let scope = query.get("scope").unwrap_or("");
+    let swarm = allocate::networks(&store);
+    if scope != "local" {
+        if let Some(n) = swarm
+            .iter()
+            .find(|n| allocate::id_of(&n.network) == reference)
+        {
+            return Ok(json(StatusCode::OK, &render(n)));
+        }
+    }
+    if scope != "swarm" {
+        let (parts, _) = req.into_parts();
+        match engine_json(proxy, parts).await? {
+            Ok(v) if !is_realising(&v) || scope == "local" => {
+                return Ok(json(StatusCode::OK, &v));
+            }
+            Ok(_) => {}
+            Err(engine_error) if scope == "local" => return Ok(engine_error),
+            Err(_) => {}
+        }
+    }
+    if scope == "local" {
+        return Err(ApiError::NotFound(format!("network {reference} not found")));
+    }
+    let by_name: Vec<&SwarmNetwork> = swarm
+        .iter()
+        .filter(|n| n.network.name.as_deref() == Some(reference))
+        .collect();
+    let found = if by_name.is_empty() {
+        swarm
+            .iter()
+            .filter(|n| allocate::id_of(&n.network).starts_with(reference))
+            .collect()
+    } else {
+        by_name
+    };
+    match found.as_slice() {
+        [one] => Ok(json(StatusCode::OK, &render(one))),
+        [] => Err(ApiError::NotFound(format!("network {reference} not found"))),
+        many => Err(ApiError::BadRequest(format!(
+            "network {reference} is ambiguous ({} matches found)",
+            many.len()
+        ))),
+    }
+}
+
+async fn create(
+    manager: &Manager,
+    proxy: &Proxy,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body).await?;
+    let request: Option<CreateRequest> = serde_json::from_slice(&bytes).ok();
+    let Some(request) = request.filter(|r| r.driver.as_deref() == Some("overlay")) else {
+        return Ok(proxy.forward_bytes(parts, bytes).await?);
+    };
+    let store = manager.store();
+    if request.ingress == Some(true) {
+        if let Some(n) = allocate::networks(&store)
+            .iter()
+            .find(|n| allocate::is_ingress(&n.network))
+        {
+            return Err(
+                NetworkError::IngressExists(allocate::id_of(&n.network).to_string()).into(),
+            );
+        }
+    }
+    let network = allocate::new_network(&store, &request, &mut rand::thread_rng())?;
+    let id = network.network.id.clone().unwrap_or_default();
+    let tx = Transaction::new(Timestamp::from_system(std::time::SystemTime::now()))
+        .create(Object::Network(network));
+    manager.proposer().propose(tx).await??;
+    Ok(json(StatusCode::CREATED, &json!({"Id": id, "Warning": ""})))
+}
+
+async fn remove(
+    manager: &Manager,
+    proxy: &Proxy,
+    req: Request<Incoming>,
+    reference: &str,
+) -> Result<Response<Body>, ApiError> {
+    let Some(network) = swarm_target(manager, reference) else {
+        return Ok(proxy.forward(req).await?);
+    };
+    let store = manager.store();
+    let id = allocate::id_of(&network.network).to_string();
+    allocate::check_unused(&store, &id)?;
+    let tx = Transaction::new(Timestamp::from_system(std::time::SystemTime::now())).delete(
+        Kind::Network,
+        id,
+        None,
+    );
+    manager.proposer().propose(tx).await??;
+    let mut response = Response::new(crate::body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+/// `POST /containers/create` naming a swarm network (`docker run --network
+/// <attachable overlay>`): the container joins the network's bridge.
+pub async fn container_create(
+    cluster: &Cluster,
+    proxy: &Proxy,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let Ok(manager) = cluster.manager().await else {
+        return Ok(proxy.forward(req).await?);
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body).await?;
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(proxy.forward_bytes(parts, bytes).await?);
+    };
+    match rewrite_networks(&manager, &mut value)? {
+        true => {
+            let rewritten = serde_json::to_vec(&value)
+                .map_err(|e| ApiError::Internal(format!("cannot encode the request: {e}")))?;
+            Ok(proxy.forward_bytes(parts, Bytes::from(rewritten)).await?)
+        }
+        false => Ok(proxy.forward_bytes(parts, bytes).await?),
+    }
+}
+
+/// Replaces swarm network names in `HostConfig.NetworkMode` and
+/// `NetworkingConfig.EndpointsConfig` by their bridges. True when changed.
+fn rewrite_networks(manager: &Manager, value: &mut Value) -> Result<bool, ApiError> {
+    const PREDEFINED: [&str; 4] = ["bridge", "host", "none", "default"];
+    let resolve = |name: &str| -> Result<Option<String>, ApiError> {
+        if name.is_empty() || PREDEFINED.contains(&name) || name.starts_with("container:") {
+            return Ok(None);
+        }
+        match swarm_target(manager, name) {
+            Some(n) if n.network.attachable == Some(true) => {
+                Ok(Some(bridge_name(allocate::id_of(&n.network))))
+            }
+            Some(_) => Err(NetworkError::NotAttachable(name.to_string()).into()),
+            None => Ok(None),
+        }
+    };
+    let mut changed = false;
+    if let Some(mode) = value
+        .pointer_mut("/HostConfig/NetworkMode")
+        .filter(|m| m.is_string())
+    {
+        if let Some(bridge) = resolve(mode.as_str().unwrap_or(""))? {
+            *mode = Value::String(bridge);
+            changed = true;
+        }
+    }
+    if let Some(endpoints) = value
+        .pointer_mut("/NetworkingConfig/EndpointsConfig")
+        .and_then(Value::as_object_mut)
+    {
+        let names: Vec<String> = endpoints.keys().cloned().collect();
+        for name in names {
+            if let Some(bridge) = resolve(&name)? {
+                if let Some(settings) = endpoints.remove(&name) {
+                    endpoints.insert(bridge, settings);
+                    changed = true;
+                }
+            }
+        }
+    }
+    Ok(changed)
+}

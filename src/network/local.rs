@@ -1,0 +1,413 @@
+//! The node side: swarm networks realised as bridge networks on the local
+//! engine, task containers joined to them with their service aliases, and
+//! the addresses the ingress proxy forwards to.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bollard::models::{
+    ContainerCreateBody, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
+    EndpointSettings, HostConfig, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, Task, TaskState,
+};
+use bollard::query_parameters::ListNetworksOptions;
+use bollard::Docker;
+use tokio::sync::OnceCell;
+
+use super::allocate::{self, is_ingress, primary};
+use super::{bridge_name, LABEL_NETWORK_ID};
+use crate::manager::orchestrator::{as_service, as_task};
+use crate::manager::tasks;
+use crate::store::Store;
+use crate::types::Kind;
+
+/// Requests to the engine from the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("cannot connect to the engine at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("engine: {0}")]
+    Engine(#[from] bollard::errors::Error),
+}
+
+/// The local engine, reached through bollard on first use.
+pub struct Engine {
+    addr: String,
+    client: OnceCell<Docker>,
+    /// Container ID → its address, for the ingress backends.
+    addresses: Mutex<HashMap<String, Ipv4Addr>>,
+    /// Networks whose creation failed already (warned once).
+    warned: Mutex<HashSet<String>>,
+}
+
+impl Engine {
+    pub fn new(addr: &str) -> Engine {
+        Engine {
+            addr: addr.to_string(),
+            client: OnceCell::new(),
+            addresses: Mutex::default(),
+            warned: Mutex::default(),
+        }
+    }
+
+    async fn client(&self) -> Result<&Docker, LocalError> {
+        self.client
+            .get_or_try_init(|| async {
+                let connect = |e: bollard::errors::Error| LocalError::Connect {
+                    addr: self.addr.clone(),
+                    reason: e.to_string(),
+                };
+                let v141 = bollard::ClientVersion {
+                    major_version: 1,
+                    minor_version: 41,
+                };
+                let docker = if let Some(path) = self.addr.strip_prefix("unix://") {
+                    Docker::connect_with_unix(path, 120, &v141)
+                } else if self.addr.starts_with('/') {
+                    Docker::connect_with_unix(&self.addr, 120, &v141)
+                } else {
+                    Docker::connect_with_http(&self.addr, 120, &v141)
+                }
+                .map_err(connect)?;
+                docker.negotiate_version().await.map_err(connect)
+            })
+            .await
+    }
+}
+
+/// The store this node's data plane reads; the agent asks it for the
+/// networks and ports of a task when it creates the container.
+static STORE: RwLock<Option<Arc<Store>>> = RwLock::new(None);
+
+pub fn publish_store(store: Option<Arc<Store>>) {
+    if let Ok(mut slot) = STORE.write() {
+        *slot = store;
+    }
+}
+
+fn current_store() -> Option<Arc<Store>> {
+    STORE.read().ok().and_then(|s| s.clone())
+}
+
+/// Engine networks realising swarm networks: swarm ID → engine name.
+async fn realised(docker: &Docker) -> Result<HashMap<String, String>, LocalError> {
+    let options = ListNetworksOptions {
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![LABEL_NETWORK_ID.to_string()],
+        )])),
+    };
+    let list = docker.list_networks(Some(options)).await?;
+    Ok(list
+        .into_iter()
+        .filter_map(|n| {
+            let id = n.labels.as_ref()?.get(LABEL_NETWORK_ID)?.clone();
+            Some((id, n.name?))
+        })
+        .collect())
+}
+
+/// Makes the engine's bridges match the store's swarm networks: creates the
+/// missing ones (also after an engine restart or a removal by hand) and
+/// removes those whose swarm network is gone. Idempotent.
+pub async fn reconcile(engine: &Engine, store: &Store) {
+    let docker = match engine.client().await {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::debug!(%error, "network data plane: engine not reachable");
+            return;
+        }
+    };
+    let have = match realised(docker).await {
+        Ok(h) => h,
+        Err(error) => {
+            tracing::debug!(%error, "network data plane: cannot list engine networks");
+            return;
+        }
+    };
+    let wanted: Vec<_> = allocate::networks(store)
+        .into_iter()
+        .filter(|n| !is_ingress(&n.network))
+        .collect();
+    for n in &wanted {
+        let id = allocate::id_of(&n.network).to_string();
+        if have.contains_key(&id) {
+            continue;
+        }
+        let Some((subnet, gateway)) = primary(&n.network) else {
+            continue;
+        };
+        let request = NetworkCreateRequest {
+            name: bridge_name(&id),
+            driver: Some("bridge".to_string()),
+            internal: n.network.internal,
+            attachable: Some(true),
+            ipam: Some(Ipam {
+                driver: Some("default".to_string()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(subnet.to_string()),
+                    gateway: Some(gateway.to_string()),
+                    ip_range: subnet.upper_half().map(|h| h.to_string()),
+                    auxiliary_addresses: None,
+                }]),
+                options: None,
+            }),
+            labels: Some(HashMap::from([(LABEL_NETWORK_ID.to_string(), id.clone())])),
+            ..NetworkCreateRequest::default()
+        };
+        match docker.create_network(request).await {
+            Ok(_) => {
+                tracing::info!(network = %id, bridge = %bridge_name(&id), "swarm network realised")
+            }
+            Err(error) => {
+                let first = engine
+                    .warned
+                    .lock()
+                    .map(|mut w| w.insert(id.clone()))
+                    .unwrap_or(false);
+                if first {
+                    tracing::warn!(network = %id, %error, "cannot realise the swarm network on the engine");
+                }
+            }
+        }
+    }
+    for (id, name) in have {
+        if !wanted.iter().any(|n| allocate::id_of(&n.network) == id) {
+            match docker.remove_network(&name).await {
+                Ok(()) => tracing::info!(network = %id, "swarm network gone: bridge removed"),
+                // Still in use by a stopping container: next round.
+                Err(error) => tracing::debug!(network = %id, %error, "bridge not removed yet"),
+            }
+        }
+    }
+    attach_extra(engine, docker, store).await;
+}
+
+/// The attachments of a task, as swarm network IDs with their aliases.
+fn task_attachments(task: &Task) -> Vec<(String, Vec<String>)> {
+    task.spec
+        .as_ref()
+        .and_then(|s| s.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a.target.clone()?, a.aliases.clone().unwrap_or_default())))
+        .collect()
+}
+
+fn aliases(service: &str, own: &[String]) -> Vec<String> {
+    let mut out = vec![service.to_string(), format!("tasks.{service}")];
+    for a in own {
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// The engine (API 1.41) takes one network at create; a task's further
+/// networks are connected once its container exists.
+async fn attach_extra(engine: &Engine, docker: &Docker, store: &Store) {
+    let _ = engine;
+    for task in store.list(Kind::Task).iter().filter_map(as_task) {
+        let networks = task_attachments(&task);
+        if networks.len() < 2 || tasks::state(&task) != TaskState::RUNNING {
+            continue;
+        }
+        let Some(container) = container_of(&task) else {
+            continue;
+        };
+        let Ok(inspect) = docker.inspect_container(&container, None).await else {
+            continue;
+        };
+        let joined: HashSet<String> = inspect
+            .network_settings
+            .and_then(|s| s.networks)
+            .map(|n| n.into_keys().collect())
+            .unwrap_or_default();
+        let service = service_name(store, &task);
+        for (id, own) in networks.iter().skip(1) {
+            if joined.contains(&bridge_name(id)) {
+                continue;
+            }
+            let request = NetworkConnectRequest {
+                container: container.clone(),
+                endpoint_config: Some(EndpointSettings {
+                    aliases: Some(aliases(&service, own)),
+                    ..EndpointSettings::default()
+                }),
+            };
+            if let Err(error) = docker.connect_network(&bridge_name(id), request).await {
+                tracing::debug!(%error, network = %id, "cannot connect the task to its network");
+            }
+        }
+    }
+}
+
+fn container_of(task: &Task) -> Option<String> {
+    task.status
+        .as_ref()?
+        .container_status
+        .as_ref()?
+        .container_id
+        .clone()
+        .filter(|c| !c.is_empty())
+}
+
+fn service_name(store: &Store, task: &Task) -> String {
+    task.service_id
+        .as_deref()
+        .and_then(|id| store.get(Kind::Service, id))
+        .and_then(|s| s.name().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Running tasks' addresses per service, for the ingress proxy.
+pub async fn backends(engine: &Engine, store: &Store) -> HashMap<String, Vec<Ipv4Addr>> {
+    let mut out: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+    let Ok(docker) = engine.client().await else {
+        return out;
+    };
+    let published: HashSet<String> = store
+        .list(Kind::Service)
+        .iter()
+        .filter_map(as_service)
+        .filter(|s| {
+            s.endpoint
+                .as_ref()
+                .and_then(|e| e.ports.as_ref())
+                .is_some_and(|p| !p.is_empty())
+        })
+        .filter_map(|s| s.id.clone())
+        .collect();
+    let mut seen = HashSet::new();
+    for service_id in &published {
+        for task in store
+            .tasks_by_service(service_id)
+            .iter()
+            .filter_map(as_task)
+        {
+            if tasks::state(&task) != TaskState::RUNNING
+                || tasks::desired(&task) != TaskState::RUNNING
+            {
+                continue;
+            }
+            let Some(container) = container_of(&task) else {
+                continue;
+            };
+            seen.insert(container.clone());
+            let cached = engine
+                .addresses
+                .lock()
+                .ok()
+                .and_then(|a| a.get(&container).copied());
+            let ip = match cached {
+                Some(ip) => Some(ip),
+                None => {
+                    let ip = address_of(docker, &container).await;
+                    if let (Some(ip), Ok(mut a)) = (ip, engine.addresses.lock()) {
+                        a.insert(container.clone(), ip);
+                    }
+                    ip
+                }
+            };
+            if let Some(ip) = ip {
+                out.entry(service_id.clone()).or_default().push(ip);
+            }
+        }
+    }
+    if let Ok(mut a) = engine.addresses.lock() {
+        a.retain(|c, _| seen.contains(c));
+    }
+    for list in out.values_mut() {
+        list.sort();
+    }
+    out
+}
+
+/// The container's address on a shoal bridge, else on any network.
+async fn address_of(docker: &Docker, container: &str) -> Option<Ipv4Addr> {
+    let inspect = docker.inspect_container(container, None).await.ok()?;
+    let networks = inspect.network_settings?.networks?;
+    let mut fallback = None;
+    for (name, settings) in networks {
+        let Some(ip) = settings.ip_address.as_deref().and_then(|i| i.parse().ok()) else {
+            continue;
+        };
+        if name.starts_with("shoal_") {
+            return Some(ip);
+        }
+        fallback.get_or_insert(ip);
+    }
+    fallback
+}
+
+/// What a task's container needs from the network layer at create: its
+/// first swarm network (the realising bridge) with the service aliases,
+/// and host-mode published ports as port bindings.
+pub fn apply_to_container(task: &Task, service: &str, body: &mut ContainerCreateBody) {
+    if let Some((id, own)) = task_attachments(task).into_iter().next() {
+        let name = bridge_name(&id);
+        let host = body.host_config.get_or_insert_with(HostConfig::default);
+        host.network_mode = Some(name.clone());
+        body.networking_config = Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                name,
+                EndpointSettings {
+                    aliases: Some(aliases(service, &own)),
+                    ..EndpointSettings::default()
+                },
+            )])),
+        });
+    }
+    let Some(store) = current_store() else { return };
+    let Some(service) = task
+        .service_id
+        .as_deref()
+        .and_then(|id| store.get(Kind::Service, id))
+        .as_ref()
+        .and_then(as_service)
+    else {
+        return;
+    };
+    let ports: Vec<_> = service
+        .endpoint
+        .as_ref()
+        .and_then(|e| e.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST))
+        .collect();
+    if ports.is_empty() {
+        return;
+    }
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    let mut exposed: Vec<String> = Vec::new();
+    for p in ports {
+        let proto = match p.protocol {
+            Some(EndpointPortConfigProtocolEnum::UDP) => "udp",
+            Some(EndpointPortConfigProtocolEnum::SCTP) => "sctp",
+            _ => "tcp",
+        };
+        let key = format!("{}/{proto}", p.target_port.unwrap_or(0));
+        let host_port = match p.published_port.unwrap_or(0) {
+            0 => String::new(),
+            n => n.to_string(),
+        };
+        bindings
+            .entry(key.clone())
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: Some(String::new()),
+                host_port: Some(host_port),
+            });
+        if !exposed.contains(&key) {
+            exposed.push(key);
+        }
+    }
+    body.host_config
+        .get_or_insert_with(HostConfig::default)
+        .port_bindings = Some(bindings);
+    body.exposed_ports = Some(exposed);
+}

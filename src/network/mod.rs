@@ -1,0 +1,146 @@
+//! Swarm networks: the objects (`/networks` with driver overlay), what a
+//! service gets from them (VIPs, published ports), and the data plane that
+//! makes them real on this node.
+//!
+//! Design (one node now, more nodes later only add peers):
+//! - A swarm network lives in the store (`Object::Network`). Subnets come
+//!   from swarm's default pool (10.0.N.0/24) unless given; VIPs come from the
+//!   lower half of the subnet, task addresses from the upper half (the
+//!   engine's IPAM, through the bridge's `IPRange`).
+//! - On each node [`local`] realises every swarm network as an ordinary
+//!   bridge network on the engine, `shoal_<id>`, labelled
+//!   [`LABEL_NETWORK_ID`], and hides it from listings. Task containers join
+//!   it with the aliases `<service>`, `tasks.<service>` and the attachment's
+//!   aliases, so the engine's embedded DNS answers service names. The
+//!   multi-host step adds a VXLAN port to that bridge with FDB entries from
+//!   the store; VIPs (nftables) come with it.
+//! - Published ports in ingress mode are served by [`ingress`], a userspace
+//!   L4 proxy on this node; host mode uses the engine's port bindings.
+
+pub mod allocate;
+pub mod ingress;
+pub mod ipam;
+pub mod local;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Proposer, Store};
+
+/// Label on the engine networks that realise swarm networks: the swarm ID.
+pub const LABEL_NETWORK_ID: &str = "io.shoal.network.id";
+/// Driver option where swarm keeps a network's VXLAN ID.
+pub const VXLAN_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
+/// The first VXLAN ID (the ingress network's), as swarmkit numbers them.
+pub const FIRST_VXLAN: u32 = 4096;
+/// Published ports chosen by swarm when none is given.
+pub const DYNAMIC_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+
+/// The engine network that realises swarm network `id` on this node.
+pub fn bridge_name(id: &str) -> String {
+    format!("shoal_{id}")
+}
+
+/// Everything the network layer refuses, worded as the engine words it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    #[error("network with name {0} already exists")]
+    NameExists(String),
+    #[error("operation is not permitted on predefined {0} network ")]
+    Predefined(String),
+    #[error("rpc error: code = InvalidArgument desc = ipam configuration: invalid subnet {0}")]
+    InvalidSubnet(String),
+    #[error("rpc error: code = InvalidArgument desc = ipam configuration: invalid gateway {0}")]
+    InvalidGateway(String),
+    #[error("rpc error: code = InvalidArgument desc = ipam configuration: subnet {subnet} does not contain gateway {gateway}")]
+    GatewayOutside { subnet: String, gateway: String },
+    #[error("rpc error: code = InvalidArgument desc = invalid pool request: Pool overlaps with other one on this address space")]
+    Overlap,
+    #[error("rpc error: code = ResourceExhausted desc = could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network")]
+    PoolExhausted,
+    #[error(
+        "rpc error: code = ResourceExhausted desc = could not allocate an address on network {0}"
+    )]
+    AddressExhausted(String),
+    #[error("rpc error: code = FailedPrecondition desc = network {network} is in use by service {service}")]
+    InUseByService { network: String, service: String },
+    #[error(
+        "rpc error: code = FailedPrecondition desc = network {network} is in use by task {task}"
+    )]
+    InUseByTask { network: String, task: String },
+    #[error("network {0} not found")]
+    NotFound(String),
+    #[error("rpc error: code = InvalidArgument desc = Service cannot be explicitly attached to the ingress network \"{0}\"")]
+    IngressAttach(String),
+    #[error("Could not attach to network {0}: rpc error: code = PermissionDenied desc = network {0} not manually attachable")]
+    NotAttachable(String),
+    #[error("rpc error: code = AlreadyExists desc = ingress network ({0}) is already present")]
+    IngressExists(String),
+    #[error("rpc error: code = InvalidArgument desc = port '{port}' is already in use by service '{name}' ({id}) as an ingress port")]
+    PortInUse { port: i64, name: String, id: String },
+    #[error(
+        "rpc error: code = InvalidArgument desc = EndpointSpec: duplicate published ports provided"
+    )]
+    DuplicatePort,
+    #[error("rpc error: code = InvalidArgument desc = EndpointSpec: ports can't be used with dnsrr mode")]
+    DnsrrPorts,
+    #[error(
+        "rpc error: code = ResourceExhausted desc = no available ports in the dynamic port range"
+    )]
+    PortsExhausted,
+}
+
+impl NetworkError {
+    /// The HTTP status the engine answers this with.
+    pub fn status(&self) -> u16 {
+        match self {
+            NetworkError::NameExists(_) | NetworkError::IngressExists(_) => 409,
+            NetworkError::Predefined(_) | NetworkError::NotAttachable(_) => 403,
+            NetworkError::NotFound(_) => 404,
+            NetworkError::PoolExhausted
+            | NetworkError::AddressExhausted(_)
+            | NetworkError::PortsExhausted => 500,
+            _ => 400,
+        }
+    }
+}
+
+/// The local engine the data plane drives, set once at daemon start.
+/// Unit tests of the manager never set it: only the allocation side runs.
+static ENGINE: OnceLock<Arc<local::Engine>> = OnceLock::new();
+
+/// Called once by the daemon with `--engine`.
+pub fn set_engine(addr: &str) {
+    let _ = ENGINE.set(Arc::new(local::Engine::new(addr)));
+}
+
+/// How often the data plane checks the engine even without store changes
+/// (an engine restart, a network removed by hand, task addresses).
+const REPAIR_EVERY: Duration = Duration::from_secs(3);
+
+/// This node's data plane: the ingress network object, the engine bridges,
+/// the ingress listeners. Ends when `shutdown` fires, closing every listener.
+pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: CancellationToken) {
+    if let Err(error) = allocate::ensure_ingress(&store, &proposer).await {
+        tracing::warn!(%error, "cannot create the ingress network");
+    }
+    let Some(engine) = ENGINE.get().cloned() else {
+        return;
+    };
+    local::publish_store(Some(store.clone()));
+    let mut proxy = ingress::Ingress::new(shutdown.clone());
+    let mut watcher = store.watch_from(store.index());
+    loop {
+        local::reconcile(&engine, &store).await;
+        let backends = local::backends(&engine, &store).await;
+        proxy.reconcile(ingress::desired(&store), backends).await;
+        let wake = tokio::time::Instant::now() + REPAIR_EVERY;
+        if !crate::manager::wait_for_change(&store, &mut watcher, &shutdown, Some(wake)).await {
+            break;
+        }
+    }
+    proxy.stop().await;
+    local::publish_store(None);
+}
