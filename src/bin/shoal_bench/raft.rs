@@ -126,7 +126,15 @@ pub async fn run(args: RaftArgs) -> Result<()> {
     let single = load(&socket, kind, &counter, single_writes, 1, false).await?;
     eprintln!("  {:.0} writes/s", single.rate());
     eprintln!("batched: {} writes, {} clients", args.writes, args.clients);
+    let cpu_before = (cpu_secs(shoal.pid()), cpu_secs(std::process::id()));
     let batched = load(&socket, kind, &counter, args.writes, args.clients, false).await?;
+    let batched_cpu = match (
+        cpu_before,
+        (cpu_secs(shoal.pid()), cpu_secs(std::process::id())),
+    ) {
+        ((Some(s0), Some(c0)), (Some(s1), Some(c1))) => Some((s1 - s0, c1 - c0)),
+        _ => None,
+    };
     eprintln!("  {:.0} writes/s", batched.rate());
 
     let mut stored = counter.load(Ordering::Relaxed);
@@ -192,6 +200,7 @@ pub async fn run(args: RaftArgs) -> Result<()> {
         rss_after_init,
         single,
         batched,
+        batched_cpu,
         stored,
         rss_objects,
         index,
@@ -342,6 +351,21 @@ async fn wait_swarm(shoal: &mut Shoal, spawned: Instant) -> Result<Duration> {
     }
 }
 
+/// User + system CPU seconds of a process (/proc/<pid>/stat, 100 Hz ticks).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, the 12th and 13th after it.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some((utime + stime) / hz)
+}
+
 fn dir_size(path: &Path) -> Option<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(path).ok()?.flatten() {
@@ -360,6 +384,8 @@ struct Report<'a> {
     rss_after_init: u64,
     single: Load,
     batched: Load,
+    /// CPU seconds (shoal, this client) spent during the batched load.
+    batched_cpu: Option<(f64, f64)>,
     stored: u64,
     rss_objects: u64,
     index: u64,
@@ -423,6 +449,15 @@ impl Report<'_> {
             ]);
         }
         out.push_str(&table(&rows));
+        if let Some((shoal, client)) = self.batched_cpu {
+            let wall = self.batched.took.as_secs_f64();
+            let _ = writeln!(
+                out,
+                "  CPU during the batched load: shoal {shoal:.2} s ({:.0}% of one core), this client {client:.2} s ({:.0}%)",
+                100.0 * shoal / wall,
+                100.0 * client / wall
+            );
+        }
         if let Some(rate) = self.fill_rate {
             let _ = writeln!(
                 out,
