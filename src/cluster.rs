@@ -391,6 +391,10 @@ impl Cluster {
                 None => String::new(),
             },
         };
+        let networks = manager
+            .as_ref()
+            .map(|m| crate::network::realised_ids(&m.store()))
+            .unwrap_or_default();
         if let Some(manager) = manager {
             manager.stop().await?;
         }
@@ -399,6 +403,8 @@ impl Cluster {
             Ok(removed) => tracing::info!(removed, "removed this node's task containers"),
             Err(error) => tracing::warn!(%error, "could not remove this node's task containers"),
         }
+        // Then the bridges that realised the swarm's networks.
+        crate::network::leave(&networks).await;
         // The task files' tmpfs goes once no container can need it.
         crate::agent::release_node_files(&node_id);
         remove_dir(&self.dir)?;

@@ -439,10 +439,15 @@ pub fn endpoint(
             }
         } else if !host {
             let target = p.target_port.unwrap_or(0);
-            published = match kept
-                .get(&(proto.clone(), target))
-                .filter(|k| **k != 0 && !used.contains(&(proto.clone(), **k)))
-            {
+            published = match kept.get(&(proto.clone(), target)).filter(|k| {
+                **k != 0
+                    && !used.contains(&(proto.clone(), **k))
+                    && !requested
+                        .ports
+                        .iter()
+                        .flatten()
+                        .any(|q| q.published_port == Some(**k))
+            }) {
                 Some(k) => *k,
                 None => super::DYNAMIC_PORTS
                     .clone()

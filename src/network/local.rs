@@ -184,6 +184,22 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
     attach_extra(engine, docker, store).await;
 }
 
+/// Removes the bridges of `ids` (missing ones are fine).
+pub async fn remove_bridges(engine: &Engine, ids: &[String]) {
+    let Ok(docker) = engine.client().await else {
+        return;
+    };
+    for id in ids {
+        match docker.remove_network(&bridge_name(id)).await {
+            Ok(()) => tracing::info!(network = %id, "bridge removed"),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(error) => tracing::warn!(network = %id, %error, "cannot remove the bridge"),
+        }
+    }
+}
+
 /// The attachments of a task, as swarm network IDs with their aliases.
 fn task_attachments(task: &Task) -> Vec<(String, Vec<String>)> {
     task.spec

@@ -116,6 +116,22 @@ pub fn set_engine(addr: &str) {
     let _ = ENGINE.set(Arc::new(local::Engine::new(addr)));
 }
 
+/// The swarm networks this node realises, for [`leave`].
+pub fn realised_ids(store: &Store) -> Vec<String> {
+    allocate::networks(store)
+        .iter()
+        .map(|n| allocate::id_of(&n.network).to_string())
+        .collect()
+}
+
+/// `swarm leave`: removes the bridges of the swarm's networks (after the
+/// task containers are gone).
+pub async fn leave(ids: &[String]) {
+    if let Some(engine) = ENGINE.get() {
+        local::remove_bridges(engine, ids).await;
+    }
+}
+
 /// How often the data plane checks the engine even without store changes
 /// (an engine restart, a network removed by hand, task addresses).
 const REPAIR_EVERY: Duration = Duration::from_secs(3);
