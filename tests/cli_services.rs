@@ -81,15 +81,40 @@ fn engine_tasks(node: &str, service: &str) -> Vec<(String, String)> {
 }
 
 #[track_caller]
-fn wait_engine_tasks(node: &str, service: &str, n: usize) -> Vec<(String, String)> {
-    wait_for(
-        &format!("{n} running containers of {service} on the engine"),
-        CONVERGE,
-        || {
-            let t = engine_tasks(node, service);
-            (t.len() == n).then_some(t)
-        },
-    )
+fn wait_engine_tasks(shoal: &Shoal, node: &str, service: &str, n: usize) -> Vec<(String, String)> {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let t = engine_tasks(node, service);
+        if t.len() == n {
+            return t;
+        }
+        if Instant::now() >= deadline {
+            let ps = shoal.docker(&["service", "ps", "--no-trunc", service]);
+            let all = engine_docker(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=com.docker.swarm.node.id={node}"),
+                "--format",
+                "{{.Names}} {{.Status}}",
+            ]);
+            let logs = shoal.logs();
+            let log: Vec<&str> = logs
+                .lines()
+                .filter(|l| !l.contains("hyper_util") && !l.contains("bollard::"))
+                .collect();
+            panic!(
+                "timed out after {CONVERGE:?} waiting for {n} running containers of {service} \
+                 on the engine; running: {t:?}\nservice ps:\n{}{}\nengine ps -a:\n{}\n\
+                 shoal log (filtered):\n{}",
+                stdout(&ps),
+                stderr(&ps),
+                stdout(&all),
+                log[log.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The slot in a task container name `service.slot.taskid`.
@@ -272,14 +297,14 @@ fn scale_up_to_5_and_down_to_2_removes_the_highest_slots() {
     let out = shoal.docker_ok(&["service", "scale", "--detach", "sc=5"]);
     assert!(out.contains("sc scaled to 5"), "{out}");
     wait_replicas(&shoal, "sc", "5/5");
-    let five = wait_engine_tasks(&node.id, "sc", 5);
+    let five = wait_engine_tasks(&shoal, &node.id, "sc", 5);
     let slots: Vec<String> = five.iter().map(|t| slot(&t.1)).collect();
     assert_eq!(slots, ["1", "2", "3", "4", "5"]);
 
     let out = shoal.docker_ok(&["service", "scale", "--detach", "sc=2"]);
     assert!(out.contains("sc scaled to 2"), "{out}");
     wait_replicas(&shoal, "sc", "2/2");
-    let two = wait_engine_tasks(&node.id, "sc", 2);
+    let two = wait_engine_tasks(&shoal, &node.id, "sc", 2);
     // The survivors are slots 1 and 2, the same containers as before.
     assert_eq!(two, five[..2].to_vec());
     assert_eq!(
@@ -306,7 +331,7 @@ fn update_force_replaces_every_task() {
         &shoal,
         &["--replicas", "2", "--name", "fu", IMAGE, "sleep", "1d"],
     );
-    let before = wait_engine_tasks(&node.id, "fu", 2);
+    let before = wait_engine_tasks(&shoal, &node.id, "fu", 2);
 
     let out = shoal.docker_ok(&["service", "update", "--detach", "--force", "fu"]);
     assert_eq!(out.trim(), "fu");
@@ -350,7 +375,7 @@ fn global_service_runs_one_task_on_the_node() {
         &["--mode", "global", "--name", "gl", IMAGE, "sleep", "1d"],
     );
     wait_replicas(&shoal, "gl", "1/1");
-    let tasks = wait_engine_tasks(&node.id, "gl", 1);
+    let tasks = wait_engine_tasks(&shoal, &node.id, "gl", 1);
     // Global tasks are named service.nodeid.taskid.
     let parts: Vec<&str> = tasks[0].1.splitn(3, '.').collect();
     assert_eq!(parts[..2], ["gl", node.id.as_str()], "{}", tasks[0].1);
@@ -377,8 +402,8 @@ fn a_killed_task_comes_back_unless_restart_condition_is_none() {
             "1d",
         ],
     );
-    let back = wait_engine_tasks(&node.id, "back", 1);
-    let gone = wait_engine_tasks(&node.id, "gone", 1);
+    let back = wait_engine_tasks(&shoal, &node.id, "back", 1);
+    let gone = wait_engine_tasks(&shoal, &node.id, "gone", 1);
 
     // Killed behind shoal's back, through the CLI.
     shoal.docker_ok(&["kill", &back[0].0, &gone[0].0]);
@@ -447,7 +472,7 @@ fn a_constraint_stays_pending_until_the_label_is_added() {
         &node.id,
     ]);
     wait_replicas(&shoal, "pin", "1/1");
-    wait_engine_tasks(&node.id, "pin", 1);
+    wait_engine_tasks(&shoal, &node.id, "pin", 1);
 
     node.leave(&shoal);
 }
@@ -498,7 +523,7 @@ fn service_logs_and_follow() {
             "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done",
         ],
     );
-    let tasks = wait_engine_tasks(&node.id, "talk", 1);
+    let tasks = wait_engine_tasks(&shoal, &node.id, "talk", 1);
     let task_id = tasks[0].1.split('.').nth(2).unwrap().to_string();
 
     let logs = wait_for("three log lines", CONVERGE, || {
@@ -559,11 +584,11 @@ fn drain_stops_the_tasks_and_active_brings_them_back() {
         &shoal,
         &["--replicas", "2", "--name", "dr", IMAGE, "sleep", "1d"],
     );
-    wait_engine_tasks(&node.id, "dr", 2);
+    wait_engine_tasks(&shoal, &node.id, "dr", 2);
     wait_replicas(&shoal, "dr", "2/2");
 
     shoal.docker_ok(&["node", "update", "--availability", "drain", &node.id]);
-    wait_engine_tasks(&node.id, "dr", 0);
+    wait_engine_tasks(&shoal, &node.id, "dr", 0);
     wait_replicas(&shoal, "dr", "0/2");
     let pending = wait_for("2 pending tasks", CONVERGE, || {
         let ps: Vec<_> = service_ps(&shoal, "dr")
@@ -580,7 +605,7 @@ fn drain_stops_the_tasks_and_active_brings_them_back() {
     }
 
     shoal.docker_ok(&["node", "update", "--availability", "active", &node.id]);
-    wait_engine_tasks(&node.id, "dr", 2);
+    wait_engine_tasks(&shoal, &node.id, "dr", 2);
     wait_replicas(&shoal, "dr", "2/2");
 
     node.leave(&shoal);
@@ -594,7 +619,7 @@ fn kill_9_of_shoal_adopts_the_same_containers() {
         &shoal,
         &["--replicas", "3", "--name", "keep", IMAGE, "sleep", "1d"],
     );
-    let before = wait_engine_tasks(&node.id, "keep", 3);
+    let before = wait_engine_tasks(&shoal, &node.id, "keep", 3);
     wait_replicas(&shoal, "keep", "3/3");
     let started: Vec<String> = before
         .iter()
@@ -621,7 +646,7 @@ fn kill_9_of_shoal_adopts_the_same_containers() {
 
     // And the agent still works after the restart.
     shoal.docker_ok(&["service", "scale", "--detach", "keep=4"]);
-    let four = wait_engine_tasks(&node.id, "keep", 4);
+    let four = wait_engine_tasks(&shoal, &node.id, "keep", 4);
     assert!(before.iter().all(|t| four.contains(t)), "{four:?}");
 
     node.leave(&shoal);
@@ -728,7 +753,7 @@ fn service_logs_follow_picks_up_new_tasks() {
             "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done",
         ],
     );
-    wait_engine_tasks(&node.id, "chat", 1);
+    wait_engine_tasks(&shoal, &node.id, "chat", 1);
     let (mut child, rx) = spawn_lines(&shoal, &["service", "logs", "-f", "--tail", "1", "chat"]);
     let mut seen = Vec::new();
     let mut wait_line = |what: &str, pred: &dyn Fn(&str) -> bool| {
@@ -754,7 +779,7 @@ fn service_logs_follow_picks_up_new_tasks() {
     wait_line("a line of slot 1", &|l: &str| l.starts_with("chat.1."));
     // A task that starts while the CLI follows joins the stream (as in swarm).
     shoal.docker_ok(&["service", "scale", "--detach", "chat=2"]);
-    wait_engine_tasks(&node.id, "chat", 2);
+    wait_engine_tasks(&shoal, &node.id, "chat", 2);
     wait_line("a line of slot 2", &|l: &str| {
         l.starts_with("chat.2.") && l.contains("| line ")
     });
