@@ -25,6 +25,9 @@ use crate::secrets::{KeyFile, KeyStore, LockedKey, SecretsError};
 use crate::store::{Proposer, Store, Transaction};
 use crate::types::{new_id, Kind, Object, Timestamp};
 
+/// How long stopping raft may take before leave or shutdown goes on.
+const RAFT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The raft ID of the first manager; more come with `swarm join`.
 const FIRST_RAFT_ID: u64 = 1;
 
@@ -142,7 +145,14 @@ impl Manager {
         self.running.wait().await;
         match Arc::try_unwrap(self) {
             Ok(manager) => match Arc::try_unwrap(manager.raft) {
-                Ok(raft) => raft.shutdown().await?,
+                // Bounded: leaving must not hang on raft's own shutdown; the
+                // log is durable whatever happens to the in-memory node.
+                Ok(raft) => match tokio::time::timeout(RAFT_STOP_GRACE, raft.shutdown()).await {
+                    Ok(result) => result?,
+                    Err(_) => tracing::warn!(
+                        "raft did not shut down within {RAFT_STOP_GRACE:?}; going on"
+                    ),
+                },
                 Err(_) => tracing::debug!("raft still referenced; it stops when released"),
             },
             Err(_) => tracing::debug!("manager still referenced by in-flight requests"),

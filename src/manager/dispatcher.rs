@@ -165,9 +165,21 @@ pub async fn commit_reports(
                 Err(_) => break,
             }
         }
-        let result = super::propose_fresh(&proposer, || status_transaction(&store, &batch)).await;
-        if let Err(error) = result {
-            tracing::warn!(%error, "task status could not be committed");
+        // A report is state, not a hint: keep trying until it is committed
+        // (or the manager stops), or the task would stay where it was.
+        loop {
+            let result =
+                super::propose_fresh(&proposer, || status_transaction(&store, &batch)).await;
+            match result {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "task status could not be committed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(super::RETRY_AFTER) => {}
+            }
         }
     }
 }

@@ -13,12 +13,13 @@ pub mod updater;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, FutureExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent::{self, Executor};
-use crate::store::{Proposer, Store, StoreError, Transaction, WatchItem, Watcher};
+use crate::store::{Proposer, Store, Transaction, WatchItem, Watcher};
 
 /// Reports the agent may queue before it waits for the dispatcher.
 const REPORT_QUEUE: usize = 4096;
@@ -35,40 +36,67 @@ pub fn start(
 ) {
     let (assignments_tx, assignments_rx) = watch::channel(Arc::new(Vec::new()));
     let (reports_tx, reports_rx) = mpsc::channel(REPORT_QUEUE);
-    running.spawn(orchestrator::run(
-        store.clone(),
-        proposer.clone(),
-        shutdown.clone(),
-    ));
-    running.spawn(scheduler::run(
-        store.clone(),
-        proposer.clone(),
-        shutdown.clone(),
-    ));
-    running.spawn(crate::network::run(
-        store.clone(),
-        proposer.clone(),
-        shutdown.clone(),
-    ));
-    running.spawn(dispatcher::publish_assignments(
-        node_id.clone(),
-        store.clone(),
-        assignments_tx,
-        shutdown.clone(),
-    ));
-    running.spawn(dispatcher::commit_reports(
-        store,
-        proposer,
-        reports_rx,
-        shutdown.clone(),
-    ));
-    running.spawn(agent::run(
-        node_id,
-        executor,
-        assignments_rx,
-        reports_tx,
-        shutdown,
-    ));
+    let spawn = |name: &'static str, task: BoxFuture<'static, ()>| {
+        running.spawn(bounded_by_shutdown(name, task, shutdown.clone()));
+    };
+    spawn(
+        "orchestrator",
+        orchestrator::run(store.clone(), proposer.clone(), shutdown.clone()).boxed(),
+    );
+    spawn(
+        "scheduler",
+        scheduler::run(store.clone(), proposer.clone(), shutdown.clone()).boxed(),
+    );
+    spawn(
+        "network",
+        crate::network::run(store.clone(), proposer.clone(), shutdown.clone()).boxed(),
+    );
+    spawn(
+        "dispatcher (assignments)",
+        dispatcher::publish_assignments(
+            node_id.clone(),
+            store.clone(),
+            assignments_tx,
+            shutdown.clone(),
+        )
+        .boxed(),
+    );
+    spawn(
+        "dispatcher (status)",
+        dispatcher::commit_reports(store, proposer, reports_rx, shutdown.clone()).boxed(),
+    );
+    spawn(
+        "agent",
+        agent::run(
+            node_id,
+            executor,
+            assignments_rx,
+            reports_tx,
+            shutdown.clone(),
+        )
+        .boxed(),
+    );
+}
+
+/// How long a loop may take to finish what it is doing once told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs a loop; once `shutdown` fires it gets `STOP_GRACE` to end by
+/// itself, then it is dropped (cancelled at its current await), so leaving
+/// the swarm or stopping shoal can never hang on one stuck engine call.
+async fn bounded_by_shutdown(
+    name: &'static str,
+    task: BoxFuture<'static, ()>,
+    shutdown: CancellationToken,
+) {
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        _ = task => tracing::debug!(loop = name, "stopped"),
+        _ = deadline => tracing::warn!(loop = name, "did not stop within {STOP_GRACE:?}; cancelled"),
+    }
 }
 
 /// Waits until the store changes (or `shutdown`), then lets a short burst of
@@ -114,20 +142,27 @@ pub async fn wait_for_change(
     !shutdown.is_cancelled()
 }
 
-/// Proposes a transaction built from the current store; when another write
-/// got in between (a stale version), builds it again from the new state.
+/// Proposes a transaction built from the current store. When the store
+/// refuses it because another write got in between (a stale version, an
+/// object just reaped), builds it again from the new state and retries:
+/// the loops' writes are idempotent plans, so a refusal is never final.
 pub async fn propose_fresh(
     proposer: &Arc<dyn Proposer>,
     mut build: impl FnMut() -> Option<Transaction>,
 ) -> Result<(), String> {
-    for _ in 0..5 {
+    let mut last = String::new();
+    for attempt in 0..20u64 {
         let Some(tx) = build() else { return Ok(()) };
         match proposer.propose(tx).await {
             Ok(Ok(_)) => return Ok(()),
-            Ok(Err(StoreError::OutOfSequence { .. })) => continue,
-            Ok(Err(error)) => return Err(error.to_string()),
+            Ok(Err(error)) => last = error.to_string(),
             Err(error) => return Err(error.to_string()),
         }
+        tokio::time::sleep(Duration::from_millis(attempt * 5)).await;
     }
-    Err("gave up after repeated version conflicts".to_string())
+    Err(format!("gave up after 20 refusals, the last: {last}"))
 }
+
+/// After a plan could not be committed, look again this soon even if the
+/// store does not change.
+pub const RETRY_AFTER: Duration = Duration::from_millis(200);

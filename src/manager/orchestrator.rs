@@ -32,6 +32,7 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
         .await;
         if let Err(error) = result {
             tracing::warn!(%error, "orchestrator could not commit its plan");
+            wake = Some(wake.map_or(super::RETRY_AFTER, |w| w.min(super::RETRY_AFTER)));
         }
         let wake_at = wake.map(|d| tokio::time::Instant::now() + d);
         if !super::wait_for_change(&store, &mut watcher, &shutdown, wake_at).await {

@@ -18,10 +18,12 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
     let mut watcher = store.watch_from(store.index());
     loop {
         let result = super::propose_fresh(&proposer, || plan(&store)).await;
+        let mut wake = None;
         if let Err(error) = result {
             tracing::warn!(%error, "scheduler could not commit its decisions");
+            wake = Some(tokio::time::Instant::now() + super::RETRY_AFTER);
         }
-        if !super::wait_for_change(&store, &mut watcher, &shutdown, None).await {
+        if !super::wait_for_change(&store, &mut watcher, &shutdown, wake).await {
             break;
         }
     }

@@ -22,6 +22,9 @@ use crate::manager::tasks;
 use crate::store::Store;
 use crate::types::Kind;
 
+/// Marks the engine bridges of one swarm, so a shoal touches only its own.
+const LABEL_CLUSTER_ID: &str = "io.shoal.cluster.id";
+
 /// Requests to the engine from the data plane.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -91,11 +94,19 @@ fn current_store() -> Option<Arc<Store>> {
 }
 
 /// Engine networks realising swarm networks: swarm ID → engine name.
-async fn realised(docker: &Docker) -> Result<HashMap<String, String>, LocalError> {
+/// Only this cluster's: other shoals may share the engine, and their
+/// bridges are not ours to remove.
+async fn realised(
+    docker: &Docker,
+    cluster_id: &str,
+) -> Result<HashMap<String, String>, LocalError> {
     let options = ListNetworksOptions {
         filters: Some(HashMap::from([(
             "label".to_string(),
-            vec![LABEL_NETWORK_ID.to_string()],
+            vec![
+                LABEL_NETWORK_ID.to_string(),
+                format!("{LABEL_CLUSTER_ID}={cluster_id}"),
+            ],
         )])),
     };
     let list = docker.list_networks(Some(options)).await?;
@@ -119,7 +130,10 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
             return;
         }
     };
-    let have = match realised(docker).await {
+    let cluster_id = crate::cluster::the_cluster(store)
+        .and_then(|c| c.id)
+        .unwrap_or_default();
+    let have = match realised(docker, &cluster_id).await {
         Ok(h) => h,
         Err(error) => {
             tracing::debug!(%error, "network data plane: cannot list engine networks");
@@ -153,7 +167,10 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
                 }]),
                 options: None,
             }),
-            labels: Some(HashMap::from([(LABEL_NETWORK_ID.to_string(), id.clone())])),
+            labels: Some(HashMap::from([
+                (LABEL_NETWORK_ID.to_string(), id.clone()),
+                (LABEL_CLUSTER_ID.to_string(), cluster_id.clone()),
+            ])),
             ..NetworkCreateRequest::default()
         };
         match docker.create_network(request).await {
