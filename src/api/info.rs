@@ -19,10 +19,6 @@ pub async fn info(
 ) -> Result<Response<Body>, ApiError> {
     let state = cluster.state().await;
     let response = proxy.forward(req).await?;
-    // Inactive: the engine (never in swarm mode itself) already says so.
-    if matches!(state, cluster::LocalState::Inactive) {
-        return Ok(response);
-    }
     if !response.status().is_success() {
         return Ok(response);
     }
@@ -39,10 +35,24 @@ pub async fn info(
     let Ok(mut info) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(Response::from_parts(parts, body::full(bytes)));
     };
+    // Inactive: the engine's own (inactive) Swarm section goes out byte for
+    // byte. Should the engine itself be in swarm mode, that is not shoal's
+    // swarm: shoal says inactive, as it does on every swarm endpoint.
+    let engine_inactive = info["Swarm"]["LocalNodeState"].as_str() == Some("inactive");
+    if matches!(state, cluster::LocalState::Inactive) && engine_inactive {
+        return Ok(Response::from_parts(parts, body::full(bytes)));
+    }
     info["Swarm"] = match &state {
         cluster::LocalState::Active(manager) => swarm_info(manager),
         cluster::LocalState::Locked(local) => locked_info(local),
-        cluster::LocalState::Inactive => info["Swarm"].take(),
+        cluster::LocalState::Inactive => json!({
+            "NodeID": "",
+            "NodeAddr": "",
+            "LocalNodeState": "inactive",
+            "ControlAvailable": false,
+            "Error": "",
+            "RemoteManagers": null,
+        }),
     };
     let mut patched = serde_json::to_vec(&info).unwrap_or_else(|_| bytes.to_vec());
     patched.push(b'\n');
