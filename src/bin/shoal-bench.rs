@@ -7,7 +7,7 @@
 //! cargo build --release --bin shoal
 //! cargo run --release --bin shoal-bench -- proxy [--rounds 5] [--requests 2000]
 //! cargo run --release --bin shoal-bench -- services [--skip-real] [--replicas-max 50]
-//! cargo run --release --bin shoal-bench -- raft [--writes 20000]
+//! cargo run --release --bin shoal-bench -- raft [--writes 10000] [--log-writes 100000]
 //! ```
 
 #[path = "shoal_bench/mod.rs"]
