@@ -23,7 +23,7 @@ use crate::body::Body;
 use crate::cluster::Manager;
 use crate::manager::orchestrator::{as_service, as_task, is_global, replicas};
 use crate::manager::{jobs, tasks};
-use crate::store::{Store, Transaction};
+use crate::store::{Store, StoreError, Transaction};
 use crate::types::{new_id, Kind, Object, SwarmService, Timestamp};
 
 const FILTERS: [&str; 5] = ["id", "label", "mode", "name", "runtime"];
@@ -214,24 +214,42 @@ pub async fn update(
 
 pub async fn remove(manager: &Manager, reference: &str) -> Result<Response<Body>, ApiError> {
     let store = manager.store();
-    let service = find(&store, reference)?;
-    let id = service.id.clone().unwrap_or_default();
+    let id = find(&store, reference)?.id.clone().unwrap_or_default();
     // Tasks go to desired `remove` in the same entry, so a network or stack
-    // removal right after sees them leaving (as swarmkit's orchestrator does).
-    let mut tx = Transaction::new(now()).delete(Kind::Service, id.clone(), None);
-    for task in store.tasks_by_service(&id).iter().filter_map(as_task) {
-        if task.desired_state != Some(TaskState::REMOVE) {
-            let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-            let updated = bollard::models::Task {
-                desired_state: Some(TaskState::REMOVE),
-                ..task
-            };
-            tx = tx.update(Object::Task(updated), version);
+    // removal right after sees them leaving (as swarmkit's orchestrator
+    // does). The agent may update one of them meanwhile: then the entry is
+    // built again from the store, as the client asked for no version.
+    for _ in 0..MAX_REMOVE_ATTEMPTS {
+        let mut tx = Transaction::new(now()).delete(Kind::Service, id.clone(), None);
+        for task in store.tasks_by_service(&id).iter().filter_map(as_task) {
+            if task.desired_state != Some(TaskState::REMOVE) {
+                let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+                let updated = bollard::models::Task {
+                    desired_state: Some(TaskState::REMOVE),
+                    ..task
+                };
+                tx = tx.update(Object::Task(updated), version);
+            }
+        }
+        match manager.proposer().propose(tx).await? {
+            Err(StoreError::OutOfSequence { kind: Kind::Task, .. }) => continue,
+            outcome => {
+                outcome?;
+                return Ok(super::empty_ok());
+            }
         }
     }
-    manager.proposer().propose(tx).await??;
-    Ok(super::empty_ok())
+    Err(StoreError::OutOfSequence {
+        kind: Kind::Service,
+        id,
+        expected: 0,
+        actual: 0,
+    }
+    .into())
 }
+
+/// Task updates racing a service removal are rare; a few rebuilds suffice.
+const MAX_REMOVE_ATTEMPTS: usize = 10;
 
 pub fn find(store: &Store, reference: &str) -> Result<SwarmService, ApiError> {
     as_service(&store.find(Kind::Service, reference)?)
