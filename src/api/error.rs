@@ -8,6 +8,7 @@ use crate::cluster::ClusterError;
 use crate::network::NetworkError;
 use crate::proxy::ProxyError;
 use crate::store::{ProposeError, StoreError};
+use crate::types::Kind;
 
 /// swarmkit's gRPC codes that reach clients through the engine, with the
 /// HTTP status the engine maps each to.
@@ -15,7 +16,6 @@ use crate::store::{ProposeError, StoreError};
 pub enum RpcCode {
     InvalidArgument,
     FailedPrecondition,
-    AlreadyExists,
     Unimplemented,
 }
 
@@ -23,7 +23,6 @@ impl RpcCode {
     fn status(self) -> StatusCode {
         match self {
             RpcCode::InvalidArgument | RpcCode::FailedPrecondition => StatusCode::BAD_REQUEST,
-            RpcCode::AlreadyExists => StatusCode::CONFLICT,
             RpcCode::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
@@ -152,6 +151,10 @@ fn store_message(error: &StoreError) -> String {
             format!("{kind} {reference} is ambiguous ({count} matches found)")
         }
         StoreError::OutOfSequence { .. } => "rpc error: code = Unknown desc = update out of sequence".to_string(),
+        // swarmkit words a taken name differently for secrets and configs.
+        StoreError::NameConflict { kind: kind @ (Kind::Secret | Kind::Config), name } => {
+            format!("rpc error: code = AlreadyExists desc = {kind} {name} already exists")
+        }
         StoreError::NameConflict { kind, name } => format!(
             "rpc error: code = AlreadyExists desc = name conflicts with an existing object: {kind} {name} already exists"
         ),

@@ -14,7 +14,7 @@ use super::{json, ApiError, RpcCode};
 use crate::body::Body;
 use crate::cluster::Manager;
 use crate::manager::orchestrator::as_service;
-use crate::store::{Store, Transaction};
+use crate::store::Transaction;
 use crate::types::{new_id, Kind, Object, Timestamp};
 
 /// Which of the two APIs a request is for.
@@ -135,13 +135,8 @@ pub async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let spec = read_spec(flavor, body).await?;
     validate(flavor, &spec)?;
-    let store = manager.store();
-    if exact_name_taken(&store, flavor, &spec.name) {
-        return Err(ApiError::rpc(
-            RpcCode::AlreadyExists,
-            format!("{} {} already exists", flavor.word(), spec.name),
-        ));
-    }
+    // A taken name (compared case-insensitively) is refused by the store
+    // itself when the entry applies; error.rs words it as the engine does.
     let id = new_id(&mut rand::thread_rng());
     let tx = Transaction::new(now()).create(spec.into_object(flavor, id.clone()));
     manager.proposer().propose(tx).await??;
@@ -313,13 +308,6 @@ fn keep_meta(updated: &mut Object, current: &Object) {
         }
         _ => {}
     }
-}
-
-fn exact_name_taken(store: &Store, flavor: Flavor, name: &str) -> bool {
-    store
-        .list(flavor.kind())
-        .iter()
-        .any(|o| o.name().is_some_and(|n| n.eq_ignore_ascii_case(name)))
 }
 
 /// The engine's rules: name, size, base64, no driver (shoal stores the data itself).

@@ -232,7 +232,9 @@ pub async fn remove(manager: &Manager, reference: &str) -> Result<Response<Body>
             }
         }
         match manager.proposer().propose(tx).await? {
-            Err(StoreError::OutOfSequence { kind: Kind::Task, .. }) => continue,
+            Err(StoreError::OutOfSequence {
+                kind: Kind::Task, ..
+            }) => continue,
             outcome => {
                 outcome?;
                 return Ok(super::empty_ok());
