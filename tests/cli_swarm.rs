@@ -808,7 +808,6 @@ fn kill_9_and_restart_keep_every_object_and_version() {
 }
 
 #[test]
-#[ignore = "shoal bug: `swarm leave --force` sometimes never returns (about 1 in 7 right after init)"]
 fn swarm_leave_force_returns_promptly() {
     // The engine answers a forced leave of a one-node swarm in about a second.
     for round in 0..12 {
