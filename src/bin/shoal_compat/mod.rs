@@ -14,6 +14,8 @@ pub mod relay;
 pub mod replay;
 /// The scenario file.
 pub mod scenario;
+/// Response bodies against the Engine API 1.41 schema.
+pub mod schema;
 
 /// A temp dir removed at drop (the binary cannot use the `tempfile`
 /// dev-dependency).

@@ -16,6 +16,7 @@ use super::fixture::{self, Body, Exchange, Fixture};
 use super::http;
 use super::record::{wait_running, wait_update};
 use super::relay::join_target;
+use super::schema::{Spec, Violation};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
@@ -37,6 +38,10 @@ pub struct ReplayArgs {
     pub ledger: PathBuf,
     #[arg(long, default_value = "compat-tests/allowances.json")]
     pub allowances: PathBuf,
+    /// The Engine API 1.41 schema every owned response is checked against
+    /// (made by `compat-tests/spec-to-json.py`).
+    #[arg(long, default_value = "compat-tests/engine-api-v1.41.json")]
+    pub schema: PathBuf,
     /// Print every difference, not only unexpected ones.
     #[arg(long, short)]
     pub verbose: bool,
@@ -295,7 +300,7 @@ fn allowed_by<'a>(
 }
 
 /// Sends one recorded request (IDs and versions substituted) and compares.
-fn replay_exchange(sock: &Path, ctx: &Ctx, ex: &Exchange) -> (Cmp, String) {
+fn replay_exchange(sock: &Path, ctx: &Ctx, ex: &Exchange) -> (Cmp, String, Option<Replayed>) {
     let path = ctx.substitute(&ex.request.path);
     let query: Vec<(String, String)> = ex
         .request
@@ -336,7 +341,7 @@ fn replay_exchange(sock: &Path, ctx: &Ctx, ex: &Exchange) -> (Cmp, String) {
         Ok(r) => r,
         Err(e) => {
             cmp.diff("status", format!("no response: {e}"));
-            return (cmp, label);
+            return (cmp, label, None);
         }
     };
     let rec = &ex.response;
@@ -417,7 +422,56 @@ fn replay_exchange(sock: &Path, ctx: &Ctx, ex: &Exchange) -> (Cmp, String) {
             );
         }
     }
-    (cmp, label)
+    let replayed = Replayed {
+        status: resp.status,
+        body: act_body,
+    };
+    (cmp, label, Some(replayed))
+}
+
+/// What shoal answered to a replayed request.
+struct Replayed {
+    status: u16,
+    body: Option<Body>,
+}
+
+/// Schema violations of one JSON response body (`/info`: only its Swarm
+/// part, the rest is the engine's). Bodies that are not one JSON document,
+/// and responses the spec gives no schema for, are not checked.
+fn schema_violations(
+    spec: &Spec,
+    method: &str,
+    path: &str,
+    status: u16,
+    body: Option<&Body>,
+) -> Vec<Violation> {
+    let p = strip_version(path);
+    let (Some(Body::Json(v)), Some(schema)) = (body, spec.response_schema(method, p, status))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    spec.validate(schema, v, "body", &mut out);
+    if p == "/info" {
+        out.retain(|x| x.path == "body.Swarm" || x.path.starts_with("body.Swarm."));
+    }
+    out
+}
+
+/// Shoal's schema violations that the real engine's recorded response does
+/// not have too (matched by field path, array indices ignored, and message).
+fn shoal_only_violations(spec: &Spec, ex: &Exchange, got: &Replayed) -> Vec<Violation> {
+    let method = &ex.request.method;
+    let path = &ex.request.path;
+    let rec = &ex.response;
+    let engine: Vec<String> = schema_violations(spec, method, path, rec.status, rec.body.as_ref())
+        .iter()
+        .map(Violation::key)
+        .collect();
+    schema_violations(spec, method, path, got.status, got.body.as_ref())
+        .into_iter()
+        .filter(|v| !engine.contains(&v.key()))
+        .collect()
 }
 
 fn crate_short(v: &Value) -> String {
@@ -460,6 +514,7 @@ pub fn replay_fixture(
     bin: &Path,
     engine: &str,
     allowances: &[Allowance],
+    spec: &Spec,
 ) -> anyhow::Result<Vec<CmdResult>> {
     let mut shoal = ShoalProc::start(bin, engine)?;
     let mut ctx = Ctx::default();
@@ -493,11 +548,11 @@ pub fn replay_fixture(
             }
             checked += 1;
             let start = Instant::now();
-            let (cmp, label) = loop {
-                let (cmp, label) = replay_exchange(&shoal.sock, &ctx, ex);
+            let (cmp, label, got) = loop {
+                let (cmp, label, got) = replay_exchange(&shoal.sock, &ctx, ex);
                 let budget = poll_budget(ex, &cmp.diffs);
                 if cmp.diffs.is_empty() || start.elapsed() >= budget {
-                    break (cmp, label);
+                    break (cmp, label, got);
                 }
                 std::thread::sleep(Duration::from_millis(200));
             };
@@ -506,6 +561,12 @@ pub fn replay_fixture(
                 match allowed_by(allowances, &fx.scenario, &label, &d) {
                     Some(a) => allowed.push(format!("{line} (allowed: {})", a.reason)),
                     None => diffs.push(line),
+                }
+            }
+            // Schema violations are failures; allowances never cover them.
+            if let Some(got) = &got {
+                for v in shoal_only_violations(spec, ex, got) {
+                    diffs.push(format!("#{k} {label}: schema {}: {}", v.path, v.msg));
                 }
             }
         }
@@ -631,6 +692,7 @@ fn default_shoal() -> PathBuf {
 pub fn run_all(args: &ReplayArgs) -> anyhow::Result<Vec<CmdResult>> {
     let bin = args.shoal.clone().unwrap_or_else(default_shoal);
     let allowances = load_allowances(&args.allowances)?;
+    let spec = Spec::load(&args.schema)?;
     let fixtures: Vec<Fixture> = fixture::load_all(&args.fixtures)?
         .into_iter()
         .filter(|f| args.only.is_empty() || args.only.contains(&f.scenario))
@@ -638,7 +700,7 @@ pub fn run_all(args: &ReplayArgs) -> anyhow::Result<Vec<CmdResult>> {
     let mut all = Vec::new();
     for fx in &fixtures {
         let t = Instant::now();
-        let res = replay_fixture(fx, &bin, &args.engine, &allowances)?;
+        let res = replay_fixture(fx, &bin, &args.engine, &allowances, &spec)?;
         let fails = res.iter().filter(|r| r.outcome == Outcome::Fail).count();
         eprintln!(
             "compat: {:<24} {:>3} commands, {:>3} failing, {:.1}s",
