@@ -198,7 +198,47 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
             }
         }
     }
+    remove_stale_bridges(docker, &cluster_id).await;
     attach_extra(engine, docker, store).await;
+}
+
+/// Bridges of other swarms with no container left (a shoal that died or
+/// was killed before leaving) would hold their subnets on this engine
+/// forever; they go. A live swarm's empty bridge that goes too is made
+/// again by its own shoal's next reconcile.
+async fn remove_stale_bridges(docker: &Docker, cluster_id: &str) {
+    let options = ListNetworksOptions {
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![LABEL_NETWORK_ID.to_string()],
+        )])),
+    };
+    let Ok(list) = docker.list_networks(Some(options)).await else {
+        return;
+    };
+    for network in list {
+        let owner = network
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_CLUSTER_ID));
+        if owner.map(String::as_str) == Some(cluster_id) {
+            continue;
+        }
+        let Some(name) = network.name else { continue };
+        let empty = match docker
+            .inspect_network(
+                &name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(inspected) => inspected.containers.as_ref().is_none_or(|c| c.is_empty()),
+            Err(_) => false,
+        };
+        if empty && docker.remove_network(&name).await.is_ok() {
+            tracing::info!(bridge = %name, "stale bridge of another swarm removed");
+        }
+    }
 }
 
 /// Removes the bridges of `ids` (missing ones are fine).
