@@ -117,23 +117,22 @@ pub fn reconcile(
     }
     let new_job_task = |slot: Option<i64>, node: Option<String>, rng: &mut dyn rand::RngCore| {
         let mut task = new_task(service, slot, node, &mut RngRef(rng));
-        task.job_iteration = Some(ObjectVersion {
-            index: Some(iteration),
-        });
+        task.job_iteration = Some(version(iteration));
         task
     };
     if let Some((max, total)) = replicated_job(service) {
         let remaining = total.saturating_sub(completed + running + given_up);
         let room = max.saturating_sub(running);
         // Job slots count from 0: the CLI's progress bars index them so.
+        // An absent slot is slot 0 (the engine omits zeros).
         let next_slot = current
             .iter()
-            .filter_map(|t| t.slot)
+            .map(|t| t.slot.unwrap_or(0))
             .max()
             .map_or(0, |s| s + 1);
         for n in 0..remaining.min(room) {
             plan.creates
-                .push(new_job_task(Some(next_slot + n as i64), None, rng));
+                .push(new_job_task(slot(next_slot + n as i64), None, rng));
         }
     } else if is_global_job(service) {
         for node in eligible {
@@ -165,7 +164,8 @@ pub fn status(service: &SwarmService, tasks: &[Task]) -> (u64, u64, u64) {
         .filter(|t| state(t) == TaskState::COMPLETE)
         .count() as u64;
     let desired = match replicated_job(service) {
-        Some((max, total)) => max.min(total.saturating_sub(completed)),
+        // The engine reports MaxConcurrent, also once the job is done.
+        Some((max, _)) => max,
         None => current
             .iter()
             .filter(|t| is_live(t) && desired(t) == TaskState::RUNNING)
@@ -176,9 +176,7 @@ pub fn status(service: &SwarmService, tasks: &[Task]) -> (u64, u64, u64) {
 
 pub fn now_iteration_status(iteration: u64) -> bollard::models::ServiceJobStatus {
     bollard::models::ServiceJobStatus {
-        job_iteration: Some(ObjectVersion {
-            index: Some(iteration),
-        }),
+        job_iteration: Some(version(iteration)),
         last_execution: Some(super::tasks::now()),
     }
 }
@@ -199,4 +197,16 @@ impl rand::RngCore for RngRef<'_> {
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
         self.0.try_fill_bytes(dest)
     }
+}
+
+/// Go's `omitempty`: an index or slot of 0 is not shown, as the engine
+/// shows the first iteration's `JobIteration` as `{}` and slot 0 not at all.
+fn version(iteration: u64) -> ObjectVersion {
+    ObjectVersion {
+        index: (iteration != 0).then_some(iteration),
+    }
+}
+
+fn slot(slot: i64) -> Option<i64> {
+    (slot != 0).then_some(slot)
 }

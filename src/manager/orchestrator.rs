@@ -158,7 +158,10 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
                 super::jobs::reconcile(service, &service_tasks, &eligible, &mut plan, &mut rng);
             }
         }
-        trim_history(&service_tasks, history, &mut plan);
+        // A job's finished tasks are its progress: they are not history.
+        if service.job_status.is_none() {
+            trim_history(&service_tasks, history, &mut plan);
+        }
         progress_update(service, &service_tasks, now, &mut plan);
     }
     // Tasks whose service is gone: stop them, then reap them.
