@@ -405,6 +405,9 @@ impl Cluster {
             .as_ref()
             .map(|m| crate::network::realised_ids(&m.store()))
             .unwrap_or_default();
+        let cluster_id = manager
+            .as_ref()
+            .and_then(|m| crate::network::cluster_of(&m.store()));
         if let Some(manager) = manager {
             manager.stop().await?;
         }
@@ -414,7 +417,7 @@ impl Cluster {
             Err(error) => tracing::warn!(%error, "could not remove this node's task containers"),
         }
         // Then the bridges that realised the swarm's networks.
-        crate::network::leave(&networks).await;
+        crate::network::leave(&networks, cluster_id.as_deref()).await;
         // The task files' tmpfs goes once no container can need it.
         crate::agent::release_node_files(&node_id);
         remove_dir(&self.dir)?;

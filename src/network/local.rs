@@ -247,13 +247,64 @@ pub async fn remove_bridges(engine: &Engine, ids: &[String]) {
         return;
     };
     for id in ids {
-        match docker.remove_network(&bridge_name(id)).await {
-            Ok(()) => tracing::info!(network = %id, "bridge removed"),
+        remove_bridge(docker, &bridge_name(id)).await;
+    }
+}
+
+/// A container still attached (one `docker run --network` started, or a
+/// task container removed a moment ago) keeps the engine from removing the
+/// bridge: as the engine does when a node leaves, they are disconnected.
+async fn remove_bridge(docker: &Docker, name: &str) {
+    for attempt in 0..LEAVE_ATTEMPTS {
+        match docker.remove_network(name).await {
+            Ok(()) => {
+                tracing::info!(bridge = %name, "bridge removed");
+                return;
+            }
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => {}
-            Err(error) => tracing::warn!(network = %id, %error, "cannot remove the bridge"),
+            }) => return,
+            Err(error) if attempt + 1 == LEAVE_ATTEMPTS => {
+                tracing::warn!(bridge = %name, %error, "cannot remove the bridge");
+                return;
+            }
+            Err(_) => disconnect_all(docker, name).await,
         }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+const LEAVE_ATTEMPTS: u32 = 10;
+
+/// Every bridge labelled with this cluster, whatever the store says.
+pub async fn remove_cluster_bridges(engine: &Engine, cluster_id: &str) {
+    let Ok(docker) = engine.client().await else {
+        return;
+    };
+    let Ok(bridges) = realised(docker, cluster_id).await else {
+        return;
+    };
+    for name in bridges.into_values() {
+        remove_bridge(docker, &name).await;
+    }
+}
+
+async fn disconnect_all(docker: &Docker, name: &str) {
+    let Ok(network) = docker
+        .inspect_network(
+            name,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+    else {
+        return;
+    };
+    for container in network.containers.unwrap_or_default().into_keys() {
+        let request = bollard::models::NetworkDisconnectRequest {
+            container,
+            force: Some(true),
+        };
+        let _ = docker.disconnect_network(name, request).await;
     }
 }
 

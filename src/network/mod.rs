@@ -124,11 +124,20 @@ pub fn realised_ids(store: &Store) -> Vec<String> {
         .collect()
 }
 
+/// The cluster whose bridges `leave` removes.
+pub fn cluster_of(store: &Store) -> Option<String> {
+    crate::cluster::the_cluster(store).and_then(|c| c.id)
+}
+
 /// `swarm leave`: removes the bridges of the swarm's networks (after the
-/// task containers are gone).
-pub async fn leave(ids: &[String]) {
+/// task containers are gone) — also those of networks removed a moment ago
+/// whose bridge was still busy, found by the cluster's label.
+pub async fn leave(ids: &[String], cluster_id: Option<&str>) {
     if let Some(engine) = ENGINE.get() {
         local::remove_bridges(engine, ids).await;
+        if let Some(cluster_id) = cluster_id {
+            local::remove_cluster_bridges(engine, cluster_id).await;
+        }
     }
 }
 
