@@ -521,8 +521,8 @@ async fn bootstrap(
         ..Node::default()
     };
     let tx = Transaction::new(Timestamp::from_system(SystemTime::now()))
-        .create(Object::Cluster(cluster))
-        .create(Object::Node(node));
+        .create(Object::Cluster(Box::new(cluster)))
+        .create(Object::Node(Box::new(node)));
     match raft.propose(tx).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(ClusterError::Bootstrap(error.to_string())),
@@ -680,7 +680,7 @@ pub fn the_cluster(store: &Store) -> Option<Swarm> {
         .list(Kind::Cluster)
         .into_iter()
         .find_map(|o| match &*o {
-            Object::Cluster(swarm) => Some(swarm.clone()),
+            Object::Cluster(swarm) => Some((**swarm).clone()),
             _ => None,
         })
 }

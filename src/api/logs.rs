@@ -96,7 +96,7 @@ pub fn task_logs(
     let options = LogOptions::parse(query)?;
     let store = manager.store();
     let task = match &*store.find(Kind::Task, reference)? {
-        Object::Task(task) => task.clone(),
+        Object::Task(task) => (**task).clone(),
         _ => return Err(ApiError::NotFound(format!("task {reference} not found"))),
     };
     Ok(stream_logs(store, proxy.clone(), vec![task], None, options))

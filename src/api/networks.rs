@@ -277,7 +277,7 @@ async fn create(
     let network = allocate::new_network(&store, &request, &mut rand::thread_rng())?;
     let id = network.network.id.clone().unwrap_or_default();
     let tx = Transaction::new(Timestamp::from_system(std::time::SystemTime::now()))
-        .create(Object::Network(network));
+        .create(Object::Network(Box::new(network)));
     manager.proposer().propose(tx).await??;
     Ok(json(StatusCode::CREATED, &json!({"Id": id, "Warning": ""})))
 }

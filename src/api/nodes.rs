@@ -74,7 +74,7 @@ pub async fn update(
         ..node
     };
     let tx = Transaction::new(Timestamp::from_system(SystemTime::now()))
-        .update(Object::Node(updated), version);
+        .update(Object::Node(Box::new(updated)), version);
     manager.proposer().propose(tx).await??;
     tracing::debug!(node = %id, "node updated");
     Ok(super::empty_ok())
@@ -110,7 +110,7 @@ pub async fn remove(
 /// Resolves an ID, hostname or ID prefix as the engine does.
 pub fn find(store: &Store, reference: &str) -> Result<Node, ApiError> {
     match &*store.find(Kind::Node, reference)? {
-        Object::Node(node) => Ok(node.clone()),
+        Object::Node(node) => Ok((**node).clone()),
         _ => Err(ApiError::NotFound(format!("node {reference} not found"))),
     }
 }
@@ -120,7 +120,7 @@ pub fn all_nodes(store: &Store) -> Vec<Node> {
         .list(Kind::Node)
         .iter()
         .filter_map(|o| match &**o {
-            Object::Node(node) => Some(node.clone()),
+            Object::Node(node) => Some((**node).clone()),
             _ => None,
         })
         .collect();

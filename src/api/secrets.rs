@@ -88,7 +88,7 @@ impl Spec {
 
     fn into_object(self, flavor: Flavor, id: String) -> Object {
         match flavor {
-            Flavor::Secret => Object::Secret(Secret {
+            Flavor::Secret => Object::Secret(Box::new(Secret {
                 id: Some(id),
                 spec: Some(SecretSpec {
                     name: Some(self.name),
@@ -98,8 +98,8 @@ impl Spec {
                     templating: self.templating,
                 }),
                 ..Secret::default()
-            }),
-            Flavor::Config => Object::Config(Config {
+            })),
+            Flavor::Config => Object::Config(Box::new(Config {
                 id: Some(id),
                 spec: Some(ConfigSpec {
                     name: Some(self.name),
@@ -108,7 +108,7 @@ impl Spec {
                     templating: self.templating,
                 }),
                 ..Config::default()
-            }),
+            })),
         }
     }
 }

@@ -50,7 +50,7 @@ pub async fn create(manager: &Manager, body: Incoming) -> Result<Response<Body>,
         ..Service::default()
     });
     let id = service.id.clone().unwrap_or_default();
-    let tx = Transaction::new(now()).create(Object::Service(service));
+    let tx = Transaction::new(now()).create(Object::Service(Box::new(service)));
     manager.proposer().propose(tx).await??;
     Ok(json(StatusCode::CREATED, &serde_json::json!({ "ID": id })))
 }
@@ -204,7 +204,7 @@ pub async fn update(
         },
         previous_spec: Some(previous),
     };
-    let tx = Transaction::new(now()).update(Object::Service(updated), version);
+    let tx = Transaction::new(now()).update(Object::Service(Box::new(updated)), version);
     manager.proposer().propose(tx).await??;
     Ok(json(
         StatusCode::OK,
@@ -228,7 +228,7 @@ pub async fn remove(manager: &Manager, reference: &str) -> Result<Response<Body>
                     desired_state: Some(TaskState::REMOVE),
                     ..task
                 };
-                tx = tx.update(Object::Task(updated), version);
+                tx = tx.update(Object::Task(Box::new(updated)), version);
             }
         }
         match manager.proposer().propose(tx).await? {

@@ -159,7 +159,7 @@ pub async fn update(
         ..current
     };
     let tx = Transaction::new(Timestamp::from_system(SystemTime::now()))
-        .update(Object::Cluster(updated), version);
+        .update(Object::Cluster(Box::new(updated)), version);
     manager.proposer().propose(tx).await??;
     // The committed spec decides; the key file follows it (a crash in
     // between is repaired when the manager starts again).

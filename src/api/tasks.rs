@@ -55,7 +55,7 @@ pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError
         .list(Kind::Task)
         .iter()
         .filter_map(|o| match &**o {
-            Object::Task(task) => Some(task.clone()),
+            Object::Task(task) => Some((**task).clone()),
             _ => None,
         })
         .filter(|task| {

@@ -210,9 +210,9 @@ fn status_transaction(store: &Store, batch: &HashMap<String, StatusReport>) -> O
         status.port_status.get_or_insert_with(Default::default);
         let updated = Task {
             status: Some(status),
-            ..task
+            ..*task
         };
-        tx = tx.update(Object::Task(updated), version);
+        tx = tx.update(Object::Task(Box::new(updated)), version);
         changed = true;
     }
     changed.then_some(tx)

@@ -82,14 +82,14 @@ impl Plan {
         let mut tx = Transaction::new(Timestamp::from_system(SystemTime::now()));
         for service in self.services {
             let version = service.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-            tx = tx.update(Object::Service(service), version);
+            tx = tx.update(Object::Service(Box::new(service)), version);
         }
         for task in self.creates {
-            tx = tx.create(Object::Task(task));
+            tx = tx.create(Object::Task(Box::new(task)));
         }
         for task in self.updates.into_values() {
             let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-            tx = tx.update(Object::Task(task), version);
+            tx = tx.update(Object::Task(Box::new(task)), version);
         }
         for (id, version) in self.deletes {
             tx = tx.delete(Kind::Task, id, Some(version));
@@ -504,21 +504,21 @@ pub fn is_global(service: &Service) -> bool {
 
 pub fn as_service(object: &Arc<Object>) -> Option<SwarmService> {
     match &**object {
-        Object::Service(s) => Some(s.clone()),
+        Object::Service(s) => Some((**s).clone()),
         _ => None,
     }
 }
 
 pub fn as_task(object: &Arc<Object>) -> Option<Task> {
     match &**object {
-        Object::Task(t) => Some(t.clone()),
+        Object::Task(t) => Some((**t).clone()),
         _ => None,
     }
 }
 
 pub fn as_node(object: &Arc<Object>) -> Option<Node> {
     match &**object {
-        Object::Node(n) => Some(n.clone()),
+        Object::Node(n) => Some((**n).clone()),
         _ => None,
     }
 }

@@ -110,7 +110,7 @@ fn plan(store: &Store) -> Option<Transaction> {
             }
         }
         let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-        tx = tx.update(Object::Task(updated), version);
+        tx = tx.update(Object::Task(Box::new(updated)), version);
         changed = true;
     }
     changed.then_some(tx)

@@ -62,7 +62,7 @@ pub fn networks(store: &Store) -> Vec<SwarmNetwork> {
         .list(Kind::Network)
         .iter()
         .filter_map(|o| match &**o {
-            Object::Network(n) => Some(n.clone()),
+            Object::Network(n) => Some((**n).clone()),
             _ => None,
         })
         .collect()
@@ -259,7 +259,7 @@ pub async fn ensure_ingress(store: &Store, proposer: &Arc<dyn Proposer>) -> Resu
         ..SwarmNetwork::default()
     };
     let tx = Transaction::new(Timestamp::from_system(SystemTime::now()))
-        .create(Object::Network(network));
+        .create(Object::Network(Box::new(network)));
     match proposer.propose(tx).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -270,7 +270,7 @@ pub async fn ensure_ingress(store: &Store, proposer: &Arc<dyn Proposer>) -> Resu
 /// A network reference (ID, name, ID prefix) to the swarm network.
 pub fn find(store: &Store, reference: &str) -> Option<SwarmNetwork> {
     match &*store.find(Kind::Network, reference).ok()? {
-        Object::Network(n) => Some(n.clone()),
+        Object::Network(n) => Some((**n).clone()),
         _ => None,
     }
 }

@@ -96,7 +96,7 @@ mod tests {
     fn secret(i: usize) -> Object {
         let mut data = MARKER.to_vec();
         data.extend_from_slice(format!("-{i}").as_bytes());
-        Object::Secret(Secret {
+        Object::Secret(Box::new(Secret {
             id: Some(format!("secret{i:020}")),
             spec: Some(SecretSpec {
                 name: Some(format!("s{i}")),
@@ -104,7 +104,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

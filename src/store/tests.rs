@@ -21,23 +21,23 @@ fn service(id: &str, name: &str) -> Object {
 }
 
 fn task(id: &str, service: &str, node: Option<&str>) -> Object {
-    Object::Task(Task {
+    Object::Task(Box::new(Task {
         id: Some(id.into()),
         service_id: Some(service.into()),
         node_id: node.map(Into::into),
         ..Default::default()
-    })
+    }))
 }
 
 fn secret(id: &str, name: &str) -> Object {
-    Object::Secret(bollard::models::Secret {
+    Object::Secret(Box::new(bollard::models::Secret {
         id: Some(id.into()),
         spec: Some(SecretSpec {
             name: Some(name.into()),
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }))
 }
 
 #[test]
@@ -190,14 +190,14 @@ fn find_resolves_id_then_name_then_prefix() {
 #[test]
 fn nodes_by_hostname_may_repeat() {
     let node = |id: &str| {
-        Object::Node(Node {
+        Object::Node(Box::new(Node {
             id: Some(id.into()),
             description: Some(NodeDescription {
                 hostname: Some("h".into()),
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     };
     let store = Store::new();
     store

@@ -114,6 +114,12 @@ impl std::ops::DerefMut for SwarmService {
     }
 }
 
+impl From<Service> for Box<SwarmService> {
+    fn from(service: Service) -> Self {
+        Box::new(SwarmService::from(service))
+    }
+}
+
 impl From<Service> for SwarmService {
     fn from(service: Service) -> Self {
         SwarmService {
@@ -124,18 +130,18 @@ impl From<Service> for SwarmService {
 }
 
 /// One stored object. The variant is the table.
-// Variants differ in size, but the store keeps objects behind `Arc`, so
-// boxing them would only add an indirection for every reader.
-#[allow(clippy::large_enum_variant)]
+// Every variant is boxed: an `Object` is allocated at the size of its
+// largest variant (a service, ~2 KiB), so unboxed, every stored config or
+// secret would cost that much; boxed, each costs what it holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Object {
-    Cluster(Swarm),
-    Node(Node),
-    Service(SwarmService),
-    Task(Task),
-    Secret(Secret),
-    Config(Config),
-    Network(SwarmNetwork),
+    Cluster(Box<Swarm>),
+    Node(Box<Node>),
+    Service(Box<SwarmService>),
+    Task(Box<Task>),
+    Secret(Box<Secret>),
+    Config(Box<Config>),
+    Network(Box<SwarmNetwork>),
 }
 
 impl Object {
