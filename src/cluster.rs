@@ -635,32 +635,11 @@ fn write_local(dir: &Path, local: &LocalNode) -> Result<(), ClusterError> {
     )
 }
 
-/// Writes a file atomically (temp file, fsync, rename, fsync the directory)
-/// with mode 0600: it is either all there after a crash, or not at all.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let disk = |source| ClusterError::Disk {
+    crate::fsutil::write_private(path, bytes).map_err(|source| ClusterError::Disk {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(disk)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(disk)?;
-    file.write_all(bytes).map_err(disk)?;
-    file.sync_all().map_err(disk)?;
-    std::fs::rename(&tmp, path).map_err(disk)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(disk)?;
-    Ok(())
+    })
 }
 
 fn remove_dir(dir: &Path) -> Result<(), ClusterError> {

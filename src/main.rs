@@ -8,6 +8,7 @@ mod cluster;
 mod config;
 mod daemon;
 mod events;
+mod fsutil;
 mod listen;
 mod manager;
 mod netutil;

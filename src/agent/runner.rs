@@ -31,26 +31,7 @@ const PULL_REUSE: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// swarmkit's numeric task states, for "is this further along".
-pub(crate) fn rank(s: TaskState) -> u32 {
-    match s {
-        TaskState::NEW => 0,
-        TaskState::ALLOCATED => 32,
-        TaskState::PENDING => 64,
-        TaskState::ASSIGNED => 192,
-        TaskState::ACCEPTED => 256,
-        TaskState::PREPARING => 320,
-        TaskState::READY => 384,
-        TaskState::STARTING => 448,
-        TaskState::RUNNING => 512,
-        TaskState::COMPLETE => 576,
-        TaskState::SHUTDOWN => 640,
-        TaskState::FAILED => 704,
-        TaskState::REJECTED => 768,
-        TaskState::REMOVE => 800,
-        TaskState::ORPHANED => 832,
-    }
-}
+pub(crate) use crate::types::task_state_rank as rank;
 
 fn terminal(s: TaskState) -> bool {
     rank(s) >= rank(TaskState::COMPLETE)

@@ -7,26 +7,7 @@ use bollard::models::{Service, Task, TaskSpec, TaskState, TaskStatus};
 
 use crate::types::{new_id, Timestamp};
 
-/// swarmkit's numeric task states: everything past `running` is terminal.
-pub fn rank(state: TaskState) -> u16 {
-    match state {
-        TaskState::NEW => 0,
-        TaskState::ALLOCATED => 32,
-        TaskState::PENDING => 64,
-        TaskState::ASSIGNED => 192,
-        TaskState::ACCEPTED => 256,
-        TaskState::PREPARING => 320,
-        TaskState::READY => 384,
-        TaskState::STARTING => 448,
-        TaskState::RUNNING => 512,
-        TaskState::COMPLETE => 576,
-        TaskState::SHUTDOWN => 640,
-        TaskState::FAILED => 704,
-        TaskState::REJECTED => 768,
-        TaskState::REMOVE => 800,
-        TaskState::ORPHANED => 832,
-    }
-}
+pub use crate::types::task_state_rank as rank;
 
 pub fn state(task: &Task) -> TaskState {
     task.status

@@ -244,33 +244,11 @@ fn unwrap_dek(raw: &[u8], wrapped: &[u8]) -> Result<[u8; 32], SecretsError> {
     plain.try_into().map_err(|_| SecretsError::WrongKey)
 }
 
-/// Atomic (temp file, fsync, rename, fsync the directory) and 0600 from
-/// the first byte: after a crash the old key file or the new one is there,
-/// never half of one.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let disk = |source| SecretsError::Disk {
+    crate::fsutil::write_private(path, bytes).map_err(|source| SecretsError::Disk {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(disk)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(disk)?;
-    file.write_all(bytes).map_err(disk)?;
-    file.sync_all().map_err(disk)?;
-    std::fs::rename(&tmp, path).map_err(disk)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(disk)?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -249,3 +249,26 @@ impl Object {
         }
     }
 }
+
+/// swarmkit's numeric task states, in their order: everything past
+/// `running` is terminal. The manager and the agent both compare by it.
+pub fn task_state_rank(state: bollard::models::TaskState) -> u16 {
+    use bollard::models::TaskState;
+    match state {
+        TaskState::NEW => 0,
+        TaskState::ALLOCATED => 32,
+        TaskState::PENDING => 64,
+        TaskState::ASSIGNED => 192,
+        TaskState::ACCEPTED => 256,
+        TaskState::PREPARING => 320,
+        TaskState::READY => 384,
+        TaskState::STARTING => 448,
+        TaskState::RUNNING => 512,
+        TaskState::COMPLETE => 576,
+        TaskState::SHUTDOWN => 640,
+        TaskState::FAILED => 704,
+        TaskState::REJECTED => 768,
+        TaskState::REMOVE => 800,
+        TaskState::ORPHANED => 832,
+    }
+}
