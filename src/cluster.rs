@@ -25,6 +25,10 @@ use crate::secrets::{KeyFile, KeyStore, LockedKey, SecretsError};
 use crate::store::{Proposer, Store, Transaction};
 use crate::types::{new_id, Kind, Object, Timestamp};
 
+/// How long after the first sweep of task containers at leave the second
+/// one runs (an engine create in flight when the agent stopped).
+const LATE_CREATE_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// How long stopping raft may take before leave or shutdown goes on.
 const RAFT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -411,10 +415,19 @@ impl Cluster {
         if let Some(manager) = manager {
             manager.stop().await?;
         }
-        // As the engine does on leave: its task containers go too.
-        match crate::agent::remove_all_own(&*self.executor, &node_id).await {
-            Ok(removed) => tracing::info!(removed, "removed this node's task containers"),
-            Err(error) => tracing::warn!(%error, "could not remove this node's task containers"),
+        // As the engine does on leave: its task containers go too. A create
+        // the agent sent just before it stopped may still land on the
+        // engine after the first sweep, so a second one follows shortly.
+        for sweep in 0..2 {
+            if sweep > 0 {
+                tokio::time::sleep(LATE_CREATE_GRACE).await;
+            }
+            match crate::agent::remove_all_own(&*self.executor, &node_id).await {
+                Ok(removed) => tracing::info!(removed, "removed this node's task containers"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not remove this node's task containers")
+                }
+            }
         }
         // Then the bridges that realised the swarm's networks.
         crate::network::leave(&networks, cluster_id.as_deref()).await;
