@@ -738,7 +738,6 @@ fn bad_service_requests_get_the_engines_answers() {
 }
 
 #[test]
-#[ignore = "shoal bug: `service logs -f` does not pick up tasks that start after it was opened"]
 fn service_logs_follow_picks_up_new_tasks() {
     let shoal = Shoal::start();
     let node = shoal.swarm_init();

@@ -157,7 +157,14 @@ async fn follow_new_tasks(
             .filter_map(as_task)
         {
             let id = task.id.clone().unwrap_or_default();
-            if let Some(container) = container_of(&task).filter(|_| !started.contains(&id)) {
+            // Only once it has started: the engine ends `logs -f` of a
+            // container that is merely created, and it would never be
+            // followed again.
+            let started_running = crate::manager::tasks::rank(crate::manager::tasks::state(&task))
+                >= crate::manager::tasks::rank(bollard::models::TaskState::RUNNING);
+            let container =
+                container_of(&task).filter(|_| started_running && !started.contains(&id));
+            if let Some(container) = container {
                 started.insert(id);
                 tokio::spawn(pump(
                     proxy.clone(),
