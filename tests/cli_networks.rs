@@ -25,23 +25,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ENGINE_NETWORKS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[track_caller]
-fn assert_fails_with(shoal: &Shoal, args: &[&str], msg: &str) {
-    let out = shoal.docker(args);
-    assert!(
-        !out.status.success(),
-        "docker {} succeeded:\n{}",
-        args.join(" "),
-        stdout(&out)
-    );
-    assert!(
-        stderr(&out).contains(msg),
-        "docker {}: stderr {:?} lacks {msg:?}",
-        args.join(" "),
-        stderr(&out)
-    );
-}
-
 /// Engine networks that realise swarm networks (asked of the engine).
 fn realising_networks() -> Vec<String> {
     ok(&engine_docker(&[

@@ -19,31 +19,6 @@ use serde_json::{json, Value};
 const CONVERGE: Duration = Duration::from_secs(60);
 const LOCKED: &str = "Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it.";
 
-/// `docker <args>` must fail with `msg` in its stderr.
-#[track_caller]
-fn assert_fails_with(shoal: &Shoal, args: &[&str], msg: &str) {
-    let out = shoal.docker(args);
-    assert!(
-        !out.status.success(),
-        "docker {} succeeded:\n{}",
-        args.join(" "),
-        stdout(&out)
-    );
-    assert!(
-        stderr(&out).contains(msg),
-        "docker {}: stderr {:?} lacks {msg:?}",
-        args.join(" "),
-        stderr(&out)
-    );
-}
-
-/// `{"message": msg}` with `status`.
-#[track_caller]
-fn assert_error(resp: &HttpResponse, status: u16, msg: &str) {
-    assert_eq!(resp.status, status, "body: {}", resp.text());
-    assert_eq!(resp.json(), json!({ "message": msg }));
-}
-
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }

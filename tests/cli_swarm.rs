@@ -43,31 +43,6 @@ fn assert_line(text: &str, want: &str) {
     assert!(has_line(text, want), "no line {want:?} in:\n{text}");
 }
 
-/// `docker <args>` must fail with `msg` in its stderr.
-#[track_caller]
-fn assert_fails_with(shoal: &Shoal, args: &[&str], msg: &str) {
-    let out = shoal.docker(args);
-    assert!(
-        !out.status.success(),
-        "docker {} succeeded:\n{}",
-        args.join(" "),
-        stdout(&out)
-    );
-    assert!(
-        stderr(&out).contains(msg),
-        "docker {}: stderr {:?} lacks {msg:?}",
-        args.join(" "),
-        stderr(&out)
-    );
-}
-
-/// `{"message": msg}` with `status`.
-#[track_caller]
-fn assert_error(resp: &HttpResponse, status: u16, msg: &str) {
-    assert_eq!(resp.status, status, "body: {}", resp.text());
-    assert_eq!(resp.json(), json!({ "message": msg }));
-}
-
 /// `GET /swarm` as JSON.
 fn swarm_json(shoal: &Shoal) -> Value {
     let resp = shoal.http("GET", "/v1.41/swarm");

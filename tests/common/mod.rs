@@ -1181,3 +1181,28 @@ impl Drop for SwarmNode {
         }
     }
 }
+
+/// `docker <args>` must fail with `msg` in its stderr.
+#[track_caller]
+pub fn assert_fails_with(shoal: &Shoal, args: &[&str], msg: &str) {
+    let out = shoal.docker(args);
+    assert!(
+        !out.status.success(),
+        "docker {} succeeded:\n{}",
+        args.join(" "),
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains(msg),
+        "docker {}: stderr {:?} lacks {msg:?}",
+        args.join(" "),
+        stderr(&out)
+    );
+}
+
+/// The engine's error shape: `{"message": msg}` with `status`.
+#[track_caller]
+pub fn assert_error(resp: &HttpResponse, status: u16, msg: &str) {
+    assert_eq!(resp.status, status, "body: {}", resp.text());
+    assert_eq!(resp.json(), serde_json::json!({ "message": msg }));
+}
