@@ -217,40 +217,63 @@ fn plan(a: &Assignment) -> Result<Vec<Planned>, AgentError> {
         let id = s.secret_id.as_deref().unwrap_or("");
         let name = s.secret_name.as_deref().unwrap_or(id);
         let file = s.file.clone().unwrap_or_default();
-        let payload = a
-            .secrets
-            .iter()
-            .find(|p| p.id == id)
-            .ok_or_else(|| AgentError::Files(format!("secret {name} not found")))?;
-        let target = target(file.name.as_deref().unwrap_or(name), "/run/secrets/")?;
-        out.push(Planned {
-            target,
-            data: payload.data.clone(),
-            uid: owner(file.uid.as_deref(), "uid")?,
-            gid: owner(file.gid.as_deref(), "gid")?,
-            mode: file.mode.unwrap_or(0o444),
-        });
+        let reference = FileRef {
+            kind: "secret",
+            id,
+            source: name,
+            name: file.name.as_deref().unwrap_or(name),
+            uid: file.uid.as_deref(),
+            gid: file.gid.as_deref(),
+            mode: file.mode,
+        };
+        out.push(reference.plan(&a.secrets, "/run/secrets/")?);
     }
     for c in spec.configs.iter().flatten() {
         let id = c.config_id.as_deref().unwrap_or("");
         let name = c.config_name.as_deref().unwrap_or(id);
         // Runtime configs (credential specs) are not files.
         let Some(file) = c.file.clone() else { continue };
-        let payload = a
-            .configs
-            .iter()
-            .find(|p| p.id == id)
-            .ok_or_else(|| AgentError::Files(format!("config {name} not found")))?;
-        let target = target(file.name.as_deref().unwrap_or(name), "/")?;
-        out.push(Planned {
-            target,
-            data: payload.data.clone(),
-            uid: owner(file.uid.as_deref(), "uid")?,
-            gid: owner(file.gid.as_deref(), "gid")?,
-            mode: file.mode.unwrap_or(0o444),
-        });
+        let reference = FileRef {
+            kind: "config",
+            id,
+            source: name,
+            name: file.name.as_deref().unwrap_or(name),
+            uid: file.uid.as_deref(),
+            gid: file.gid.as_deref(),
+            mode: file.mode,
+        };
+        out.push(reference.plan(&a.configs, "/")?);
     }
     Ok(out)
+}
+
+/// One secret or config reference of a task, whatever its kind.
+struct FileRef<'a> {
+    kind: &'static str,
+    id: &'a str,
+    /// The secret's or config's own name, for errors.
+    source: &'a str,
+    /// The target as given (absolute, or relative to the kind's base).
+    name: &'a str,
+    uid: Option<&'a str>,
+    gid: Option<&'a str>,
+    mode: Option<u32>,
+}
+
+impl FileRef<'_> {
+    fn plan(&self, payloads: &[super::Payload], base: &str) -> Result<Planned, AgentError> {
+        let payload = payloads
+            .iter()
+            .find(|p| p.id == self.id)
+            .ok_or_else(|| AgentError::Files(format!("{} {} not found", self.kind, self.source)))?;
+        Ok(Planned {
+            target: target(self.name, base)?,
+            data: payload.data.clone(),
+            uid: owner(self.uid, "uid")?,
+            gid: owner(self.gid, "gid")?,
+            mode: self.mode.unwrap_or(0o444),
+        })
+    }
 }
 
 /// Absolute targets as given, others under `base`.
