@@ -82,7 +82,7 @@ pub async fn init(
     let params = InitParams {
         listen_addr,
         advertise_addr,
-        spec: merge_defaults(spec),
+        spec: with_defaults(spec),
         default_addr_pool: request.default_addr_pool.filter(|pool| !pool.is_empty()),
         subnet_size: request
             .subnet_size
@@ -154,7 +154,7 @@ pub async fn update(
         manager: rotated(tokens.manager, rotate_manager, &root)?,
     };
     let updated = Swarm {
-        spec: Some(replace_defaults(spec)),
+        spec: Some(with_defaults(spec)),
         join_tokens: Some(join_tokens),
         ..current
     };
@@ -257,15 +257,12 @@ fn validate_update(spec: &SwarmSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `swarm init` merges the request onto swarmkit's defaults: only non-zero
-/// fields count (the CLI sends zeros for every flag it was not given).
-fn merge_defaults(spec: SwarmSpec) -> SwarmSpec {
-    replace_defaults(spec)
-}
-
-/// `swarm update` replaces the spec; zero or absent fields fall back to the
-/// defaults, so `GET /swarm` always shows a complete spec as the engine does.
-fn replace_defaults(spec: SwarmSpec) -> SwarmSpec {
+/// The spec with swarmkit's defaults in every zero or absent field. `swarm
+/// init` merges the request onto the defaults (the CLI sends zeros for every
+/// flag it was not given) and `swarm update` replaces the spec with zeros
+/// falling back to the defaults: both come to this one function, and
+/// `GET /swarm` always shows a complete spec as the engine does.
+fn with_defaults(spec: SwarmSpec) -> SwarmSpec {
     let auto_lock_managers = auto_lock(&spec);
     let nonzero = |v: Option<i64>, default: i64| Some(v.filter(|&v| v > 0).unwrap_or(default));
     let nonzero_u = |v: Option<u64>, default: u64| Some(v.filter(|&v| v > 0).unwrap_or(default));
@@ -418,7 +415,7 @@ mod tests {
             r#"{"Labels":null,"Orchestration":{},"Raft":{"ElectionTick":0,"HeartbeatTick":0},"Dispatcher":{},"CAConfig":{},"TaskDefaults":{},"EncryptionConfig":{"AutoLockManagers":false}}"#,
         )
         .unwrap();
-        let spec = merge_defaults(cli);
+        let spec = with_defaults(cli);
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["Name"], "default");
         assert_eq!(json["Orchestration"]["TaskHistoryRetentionLimit"], 5);

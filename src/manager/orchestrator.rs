@@ -121,6 +121,8 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
             .unwrap_or(DEFAULT_HISTORY);
         (services, tasks, nodes, history)
     });
+    // Read once: the reaper works from the same snapshot as the rest.
+    let reapable = reapable(&tasks);
     let mut by_service: HashMap<String, Vec<Task>> = HashMap::new();
     for task in tasks {
         by_service
@@ -168,7 +170,7 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
     for task in by_service.into_values().flatten() {
         plan.set_desired(&task, TaskState::REMOVE);
     }
-    reap(store, &mut plan);
+    reap(reapable, &mut plan);
     plan
 }
 
@@ -459,19 +461,27 @@ fn trim_history(tasks: &[Task], limit: usize, plan: &mut Plan) {
     }
 }
 
-/// Tasks with desired `remove` are deleted once they ended or never started.
-fn reap(store: &Store, plan: &mut Plan) {
-    let tasks: Vec<Task> = store.read(|t| t.iter(Kind::Task).filter_map(as_task).collect());
-    for task in tasks {
-        let id = task.id.clone().unwrap_or_default();
-        let never_assigned = tasks::rank(state(&task)) < tasks::rank(TaskState::ASSIGNED);
-        if desired(&task) == TaskState::REMOVE
-            && (is_terminal(state(&task)) || never_assigned)
-            && !plan.updates.contains_key(&id)
-            && !plan.deletes.iter().any(|(d, _)| d == &id)
-        {
-            plan.deletes
-                .push((id, task.version.as_ref().and_then(|v| v.index).unwrap_or(0)));
+/// Tasks with desired `remove` that ended or never started: (ID, version).
+fn reapable(tasks: &[Task]) -> Vec<(String, u64)> {
+    tasks
+        .iter()
+        .filter(|task| {
+            let never_assigned = tasks::rank(state(task)) < tasks::rank(TaskState::ASSIGNED);
+            desired(task) == TaskState::REMOVE && (is_terminal(state(task)) || never_assigned)
+        })
+        .map(|task| {
+            let id = task.id.clone().unwrap_or_default();
+            (id, task.version.as_ref().and_then(|v| v.index).unwrap_or(0))
+        })
+        .collect()
+}
+
+/// Deletes the reapable tasks this plan does not already touch.
+fn reap(reapable: Vec<(String, u64)>, plan: &mut Plan) {
+    let deleting: HashSet<String> = plan.deletes.iter().map(|(id, _)| id.clone()).collect();
+    for (id, version) in reapable {
+        if !plan.updates.contains_key(&id) && !deleting.contains(&id) {
+            plan.deletes.push((id, version));
         }
     }
 }
