@@ -47,8 +47,9 @@ pub async fn update(
     query: &Query,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
+    let raw: serde_json::Value = read_json(body).await?;
     let version = query.version("node")?;
-    let mut spec: NodeSpec = read_json(body).await?;
+    let mut spec = node_spec(raw)?;
     let store = manager.store();
     let node = find(&store, reference)?;
     let id = node.id.clone().unwrap_or_default();
@@ -108,6 +109,30 @@ pub async fn remove(
 }
 
 /// Resolves an ID, hostname or ID prefix as the engine does.
+/// The engine reads Role and Availability case-insensitively and names a
+/// bad one; the typed spec takes lowercase.
+fn node_spec(mut raw: serde_json::Value) -> Result<NodeSpec, ApiError> {
+    const CHOICES: [(&str, &[&str]); 2] = [
+        ("Role", &["worker", "manager"]),
+        ("Availability", &["active", "pause", "drain"]),
+    ];
+    for (field, allowed) in CHOICES {
+        let Some(value) = raw.get_mut(field) else {
+            continue;
+        };
+        let Some(text) = value.as_str() else {
+            continue;
+        };
+        let lower = text.to_ascii_lowercase();
+        if !allowed.contains(&lower.as_str()) {
+            return Err(ApiError::BadRequest(format!("invalid {field}: {text:?}")));
+        }
+        *value = serde_json::Value::String(lower);
+    }
+    serde_json::from_value(raw)
+        .map_err(|e| ApiError::BadRequest(format!("json: cannot unmarshal {e}")))
+}
+
 pub fn find(store: &Store, reference: &str) -> Result<Node, ApiError> {
     match &*store.find(Kind::Node, reference)? {
         Object::Node(node) => Ok((**node).clone()),

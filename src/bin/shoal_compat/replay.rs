@@ -517,6 +517,9 @@ pub fn replay_fixture(
     spec: &Spec,
 ) -> anyhow::Result<Vec<CmdResult>> {
     let mut shoal = ShoalProc::start(bin, engine)?;
+    // How long a wait step may take: a limit only, met in seconds on a
+    // quiet machine; generous because CI machines are sometimes busy.
+    const WAIT_LIMIT: Duration = Duration::from_secs(90);
     let mut ctx = Ctx::default();
     let mut results = Vec::new();
     for (i, cmd) in fx.commands.iter().enumerate() {
@@ -525,17 +528,12 @@ pub fn replay_fixture(
         let mut checked = 0;
         if let Some(rest) = cmd.command.strip_prefix("wait-running ") {
             let (svc, n) = rest.split_once(' ').unwrap_or((rest, "1"));
-            if let Err(e) = wait_running(
-                &shoal.sock,
-                svc,
-                n.parse().unwrap_or(1),
-                Duration::from_secs(30),
-            ) {
+            if let Err(e) = wait_running(&shoal.sock, svc, n.parse().unwrap_or(1), WAIT_LIMIT) {
                 diffs.push(format!("wait: {e:#}"));
             }
             checked = 1;
         } else if let Some(svc) = cmd.command.strip_prefix("wait-update ") {
-            if let Err(e) = wait_update(&shoal.sock, svc, Duration::from_secs(30)) {
+            if let Err(e) = wait_update(&shoal.sock, svc, WAIT_LIMIT) {
                 diffs.push(format!("wait: {e:#}"));
             }
             checked = 1;
