@@ -181,6 +181,11 @@ impl Manager {
         &self.local.node_id
     }
 
+    /// This node's advertised IP, as network inspect shows its peer.
+    pub fn advertise_ip(&self) -> &str {
+        self.local.advertise_ip()
+    }
+
     /// The data key and, with autolock on, the unlock key.
     pub fn keys(&self) -> &KeyStore {
         &self.keys

@@ -213,7 +213,10 @@ async fn inspect(
             .iter()
             .find(|n| allocate::id_of(&n.network) == reference)
         {
-            return Ok(json(StatusCode::OK, &render(n)));
+            return Ok(json(
+                StatusCode::OK,
+                &with_local_view(manager, proxy, n).await,
+            ));
         }
     }
     if scope != "swarm" {
@@ -243,13 +246,58 @@ async fn inspect(
         by_name
     };
     match found.as_slice() {
-        [one] => Ok(json(StatusCode::OK, &render(one))),
+        [one] => Ok(json(
+            StatusCode::OK,
+            &with_local_view(manager, proxy, one).await,
+        )),
         [] => Err(ApiError::NotFound(format!("network {reference} not found"))),
         many => Err(ApiError::BadRequest(format!(
             "network {reference} is ambiguous ({} matches found)",
             many.len()
         ))),
     }
+}
+
+/// A swarm network as inspected on a node where it has containers: the
+/// engine then adds what its local instance knows — the attached
+/// containers, `Labels` as an object, and the node among its peers.
+/// Elsewhere (or when the engine does not answer) the store's view alone.
+async fn with_local_view(manager: &Manager, proxy: &Proxy, n: &SwarmNetwork) -> Value {
+    let mut out = render(n);
+    let path = format!("/networks/{}", bridge_name(allocate::id_of(&n.network)));
+    let Ok(parts) = Request::get(path).body(()).map(|r| r.into_parts().0) else {
+        return out;
+    };
+    let Ok(Ok(local)) = engine_json(proxy, parts).await else {
+        return out;
+    };
+    let containers = local.get("Containers").cloned().unwrap_or(Value::Null);
+    if containers.as_object().is_none_or(|c| c.is_empty()) {
+        return out;
+    }
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("Containers".into(), containers);
+        obj.entry("Labels").and_modify(|l| {
+            if l.is_null() {
+                *l = json!({});
+            }
+        });
+        obj.insert(
+            "Peers".into(),
+            json!([{"Name": peer_name(manager.node_id()), "IP": manager.advertise_ip()}]),
+        );
+    }
+    out
+}
+
+/// The engine names a peer by a 12-hex ID of its network agent; shoal's
+/// agent is the node, so its name derives from the node ID.
+fn peer_name(node_id: &str) -> String {
+    node_id
+        .bytes()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 async fn create(

@@ -399,6 +399,50 @@ pub fn wait_running(
     }
 }
 
+/// Polls `sock` until no task is on its way anywhere: each is pending (it
+/// waits for a resource and will not move by itself), has reached its
+/// desired state, or has ended. A recording's `sleep` meant "let the swarm
+/// settle"; on a busy machine a fixed sleep is not enough for that.
+pub fn wait_settled(sock: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match http::request(
+            sock,
+            "GET",
+            "/tasks",
+            &[],
+            None,
+            16 << 20,
+            Duration::from_secs(10),
+        ) {
+            // Not in a swarm (or not a manager): nothing to settle.
+            Ok(r) if r.status != 200 => return Ok(()),
+            Ok(r) => {
+                let tasks: Vec<Value> = serde_json::from_slice(&r.body).unwrap_or_default();
+                let moving = tasks.iter().filter(|t| !task_settled(t)).count();
+                if moving == 0 {
+                    return Ok(());
+                }
+                format!("{moving} tasks still moving")
+            }
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!("the swarm did not settle within {timeout:?} ({last})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn task_settled(task: &Value) -> bool {
+    const ENDED: [&str; 6] = [
+        "complete", "shutdown", "failed", "rejected", "orphaned", "remove",
+    ];
+    let state = task["Status"]["State"].as_str().unwrap_or("");
+    let desired = task["DesiredState"].as_str().unwrap_or("");
+    state == "pending" || state == desired || ENDED.contains(&state)
+}
+
 /// Polls `sock` until `service` has no update or rollback in progress.
 pub fn wait_update(sock: &Path, service: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::compare::{Cmp, Ctx, Diff};
 use super::fixture::{self, Body, Exchange, Fixture};
 use super::http;
-use super::record::{wait_running, wait_update};
+use super::record::{wait_running, wait_settled, wait_update};
 use super::relay::join_target;
 use super::schema::{Spec, Violation};
 
@@ -539,6 +539,9 @@ pub fn replay_fixture(
             checked = 1;
         } else if let Some(s) = cmd.command.strip_prefix("sleep ") {
             std::thread::sleep(Duration::from_secs_f64(s.parse().unwrap_or(0.0)));
+            if let Err(e) = wait_settled(&shoal.sock, WAIT_LIMIT) {
+                diffs.push(format!("wait: {e:#}"));
+            }
         }
         for (k, ex) in cmd.exchanges.iter().enumerate() {
             if !owned(&ex.request.path) {
