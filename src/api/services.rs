@@ -31,6 +31,7 @@ const SECOND: i64 = 1_000_000_000;
 
 pub async fn create(manager: &Manager, body: Incoming) -> Result<Response<Body>, ApiError> {
     let mut spec: ServiceSpec = read_json(body).await?;
+    check_runtime(&spec)?;
     let store = manager.store();
     // StdRng is Send: it lives across the await below.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
@@ -106,6 +107,7 @@ pub async fn update(
 ) -> Result<Response<Body>, ApiError> {
     let version = query.version("service")?;
     let mut spec: ServiceSpec = read_json(body).await?;
+    check_runtime(&spec)?;
     match query.get("registryAuthFrom") {
         None | Some("") | Some("spec") | Some("previous-spec") => {}
         Some(_) => {
@@ -260,6 +262,29 @@ pub fn find(store: &Store, reference: &str) -> Result<SwarmService, ApiError> {
 
 fn now() -> Timestamp {
     Timestamp::from_system(SystemTime::now())
+}
+
+/// The engine converts a spec for swarm before it looks anything up: the
+/// task's runtime must come with its spec (a container runtime, the
+/// default, with a ContainerSpec).
+fn check_runtime(spec: &ServiceSpec) -> Result<(), ApiError> {
+    let template = spec.task_template.as_ref();
+    let runtime = template.and_then(|t| t.runtime.as_deref()).unwrap_or("");
+    let has = |present: bool| {
+        if present {
+            Ok(())
+        } else {
+            Err(ApiError::BadRequest(
+                "mismatched Runtime and *Spec fields".to_string(),
+            ))
+        }
+    };
+    match runtime {
+        "" | "container" => has(template.is_some_and(|t| t.container_spec.is_some())),
+        "plugin" => has(template.is_some_and(|t| t.plugin_spec.is_some())),
+        "attachment" => has(template.is_some_and(|t| t.network_attachment_spec.is_some())),
+        _ => Err(ApiError::BadRequest("unsupported runtime".to_string())),
+    }
 }
 
 /// The engine's checks, with its texts, before anything is written.
