@@ -200,8 +200,10 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
             break;
         }
     }
+    // The VIPs first: the nft table must not outlive shoal even when the
+    // rest is cut short by the stop deadline.
+    vips.remove().await;
     proxy.stop().await;
     dns.stop().await;
-    vips.remove().await;
     local::publish_store(None);
 }
