@@ -397,11 +397,14 @@ fn add_dns(value: &mut Value, gateways: &[Ipv4Addr]) {
                 .collect()
         });
     let servers = crate::network::dns::servers_for(gateways, requested);
-    if let Some(host) = value
-        .as_object_mut()
-        .map(|o| o.entry("HostConfig").or_insert_with(|| json!({})))
-        .and_then(Value::as_object_mut)
-    {
+    let Some(body) = value.as_object_mut() else {
+        return;
+    };
+    let host = body.entry("HostConfig").or_insert_with(|| json!({}));
+    if !host.is_object() {
+        *host = json!({});
+    }
+    if let Some(host) = host.as_object_mut() {
         host.insert("Dns".to_string(), json!(servers));
     }
 }

@@ -356,6 +356,81 @@ fn nameservers(resolv_conf: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Transaction;
+    use crate::types::{Object, Timestamp};
+    use bollard::models::{
+        EndpointSpec, NetworkAttachmentConfig, Service, ServiceEndpoint, ServiceEndpointVirtualIps,
+        ServiceSpec, TaskSpec,
+    };
+
+    fn service(id: &str, name: &str, mode: EndpointSpecModeEnum, aliases: &[&str]) -> Object {
+        let attach = NetworkAttachmentConfig {
+            target: Some("n1".into()),
+            aliases: Some(aliases.iter().map(|a| a.to_string()).collect()),
+            ..Default::default()
+        };
+        Object::Service(
+            Service {
+                id: Some(id.into()),
+                spec: Some(ServiceSpec {
+                    name: Some(name.into()),
+                    task_template: Some(TaskSpec {
+                        networks: Some(vec![attach]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                endpoint: Some(ServiceEndpoint {
+                    spec: Some(EndpointSpec {
+                        mode: Some(mode),
+                        ports: None,
+                    }),
+                    virtual_ips: (mode == EndpointSpecModeEnum::VIP).then(|| {
+                        vec![ServiceEndpointVirtualIps {
+                            network_id: Some("n1".into()),
+                            addr: Some("10.0.1.2/24".into()),
+                        }]
+                    }),
+                    ports: None,
+                }),
+                ..Default::default()
+            }
+            .into(),
+        )
+    }
+
+    fn serving(task: &str, service: &str, ip: [u8; 4]) -> TaskEndpoint {
+        TaskEndpoint {
+            task_id: task.into(),
+            service_id: service.into(),
+            name: format!("x.1.{task}"),
+            networks: HashMap::from([("n1".to_string(), Ipv4Addr::from(ip))]),
+        }
+    }
+
+    #[test]
+    fn zones_hold_vips_task_addresses_aliases_and_task_names() {
+        let store = Store::new();
+        let tx = Transaction::new(Timestamp { secs: 1, nanos: 0 })
+            .create(service("s1", "web", EndpointSpecModeEnum::VIP, &["www"]))
+            .create(service("s2", "rr", EndpointSpecModeEnum::DNSRR, &[]));
+        assert!(store.apply(1, &tx).is_ok());
+        let tasks = [
+            serving("t1", "s1", [10, 0, 1, 130]),
+            serving("t2", "s2", [10, 0, 1, 131]),
+        ];
+        let zones = zones(&store, &tasks);
+        let zone = &zones["n1"];
+        let ip = |d: u8| vec![Ipv4Addr::new(10, 0, 1, d)];
+        assert_eq!(zone["web"], ip(2));
+        assert_eq!(zone["www"], ip(2));
+        assert_eq!(zone["tasks.web"], ip(130));
+        assert_eq!(zone["tasks.www"], ip(130));
+        assert_eq!(zone["rr"], ip(131));
+        assert_eq!(zone["tasks.rr"], ip(131));
+        assert_eq!(zone["x.1.t1"], ip(130));
+        assert!(!zones.contains_key("n2"));
+    }
 
     #[test]
     fn names_of_the_network_answer_and_others_are_refused() {

@@ -94,13 +94,13 @@ fn current_store() -> Option<Arc<Store>> {
     STORE.read().ok().and_then(|s| s.clone())
 }
 
-/// Engine networks realising swarm networks: swarm ID → engine name.
-/// Only this cluster's: other shoals may share the engine, and their
-/// bridges are not ours to remove.
-async fn realised(
+/// Engine networks realising this cluster's swarm networks. Only this
+/// cluster's: other shoals may share the engine, and their bridges are not
+/// ours to touch.
+async fn cluster_networks(
     docker: &Docker,
     cluster_id: &str,
-) -> Result<HashMap<String, String>, LocalError> {
+) -> Result<Vec<bollard::models::Network>, LocalError> {
     let options = ListNetworksOptions {
         filters: Some(HashMap::from([(
             "label".to_string(),
@@ -110,13 +110,23 @@ async fn realised(
             ],
         )])),
     };
-    let list = docker.list_networks(Some(options)).await?;
-    Ok(list
+    Ok(docker.list_networks(Some(options)).await?)
+}
+
+/// The swarm network an engine network realises.
+fn realises(n: &bollard::models::Network) -> Option<&String> {
+    n.labels.as_ref()?.get(LABEL_NETWORK_ID)
+}
+
+/// Engine networks realising swarm networks: swarm ID → engine name.
+async fn realised(
+    docker: &Docker,
+    cluster_id: &str,
+) -> Result<HashMap<String, String>, LocalError> {
+    Ok(cluster_networks(docker, cluster_id)
+        .await?
         .into_iter()
-        .filter_map(|n| {
-            let id = n.labels.as_ref()?.get(LABEL_NETWORK_ID)?.clone();
-            Some((id, n.name?))
-        })
+        .filter_map(|n| Some((realises(&n)?.clone(), n.name?)))
         .collect())
 }
 
@@ -403,22 +413,13 @@ pub async fn bridges(engine: &Engine, store: &Store) -> Option<HashMap<String, B
     let cluster_id = crate::cluster::the_cluster(store)
         .and_then(|c| c.id)
         .unwrap_or_default();
-    let options = ListNetworksOptions {
-        filters: Some(HashMap::from([(
-            "label".to_string(),
-            vec![
-                LABEL_NETWORK_ID.to_string(),
-                format!("{LABEL_CLUSTER_ID}={cluster_id}"),
-            ],
-        )])),
-    };
-    let list = docker.list_networks(Some(options)).await.ok()?;
+    let list = cluster_networks(docker, &cluster_id).await.ok()?;
     let mut out = HashMap::new();
-    for n in list {
-        let Some(id) = n.labels.as_ref().and_then(|l| l.get(LABEL_NETWORK_ID)) else {
+    for n in &list {
+        let Some(id) = realises(n) else {
             continue;
         };
-        let Some(gateway) = allocate::find(store, id).and_then(|s| primary(&s.network)) else {
+        let Some((_, gateway)) = allocate::find(store, id).and_then(|s| primary(&s.network)) else {
             continue;
         };
         let named = n
@@ -433,13 +434,7 @@ pub async fn bridges(engine: &Engine, store: &Store) -> Option<HashMap<String, B
         }) else {
             continue;
         };
-        out.insert(
-            id.clone(),
-            Bridge {
-                iface,
-                gateway: gateway.1,
-            },
-        );
+        out.insert(id.clone(), Bridge { iface, gateway });
     }
     Some(out)
 }
