@@ -8,7 +8,10 @@
 //!   the service's serving tasks on that network, round robin (`numgen`);
 //! - DNAT'ed VIP traffic is masqueraded, so a task's reply to a client on
 //!   the same bridge comes back through the host (and is un-NAT'ed) instead
-//!   of going straight to the client, which would drop it.
+//!   of going straight to the client, which would drop it;
+//! - the bridge's ports are in hairpin mode: with br_netfilter the DNAT
+//!   happens on the bridge, and a task reaching its own service's VIP and
+//!   landing on itself needs its frame sent back out the port it came in.
 //!
 //! The table is replaced atomically (delete and create in one `nft -f`
 //! transaction) whenever the plan changes, and removed at shutdown and on
@@ -240,6 +243,25 @@ async fn remove_address(iface: &str, ip: Ipv4Addr) -> Result<(), VipError> {
         .map(|_| ())
 }
 
+/// Puts every port of bridge `iface` in hairpin mode (new task containers
+/// add ports, so this runs each round; ports already in it are left alone).
+async fn enable_hairpin(iface: &str) {
+    let Ok(mut ports) = tokio::fs::read_dir(format!("/sys/class/net/{iface}/brif")).await else {
+        return;
+    };
+    while let Ok(Some(port)) = ports.next_entry().await {
+        let mode = port.path().join("hairpin_mode");
+        let on = tokio::fs::read_to_string(&mode)
+            .await
+            .is_ok_and(|m| m.trim() == "1");
+        if !on {
+            if let Err(error) = tokio::fs::write(&mode, "1").await {
+                tracing::debug!(%iface, port = ?port.file_name(), %error, "hairpin mode not set");
+            }
+        }
+    }
+}
+
 /// This node's VIPs as last applied.
 #[derive(Default)]
 pub struct Vips {
@@ -322,6 +344,7 @@ impl Vips {
                 Err(VipError::Failed { .. }) => continue,
                 Err(other) => return Err(other),
             };
+            enable_hairpin(iface).await;
             for ip in vips.difference(&have) {
                 add_address(iface, *ip).await?;
             }
