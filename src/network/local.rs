@@ -384,16 +384,6 @@ fn service_name(store: &Store, task: &Task) -> String {
         .unwrap_or_default()
 }
 
-/// swarmkit's task name, `<service>.<slot>.<taskid>` (the node ID in place
-/// of the slot for global tasks): the name DNS answers for the task.
-fn task_name(service: &str, task: &Task) -> String {
-    let middle = match task.slot {
-        Some(slot) if slot > 0 => slot.to_string(),
-        _ => task.node_id.clone().unwrap_or_default(),
-    };
-    format!("{service}.{middle}.{}", task.id.as_deref().unwrap_or(""))
-}
-
 /// A realised swarm network's bridge on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bridge {
@@ -526,7 +516,7 @@ pub async fn backends(engine: &Engine, store: &Store) -> Backends {
                 .collect();
             out.tasks.push(TaskEndpoint {
                 task_id: task.id.clone().unwrap_or_default(),
-                name: task_name(&service_name(store, &task), &task),
+                name: tasks::name(&service_name(store, &task), &task),
                 service_id,
                 networks,
             });
