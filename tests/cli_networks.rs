@@ -669,6 +669,13 @@ fn vips_balance_and_shoals_dns_answers_names_until_leave_and_shutdown() {
     // UDP through the VIP too (echo servers in the tasks' network namespaces).
     udp_through_vip(&c, &web_tasks, &vip);
 
+    // A plain container on the attachable overlay asks shoal too.
+    let plain = shoal.docker_ok(&["run", "--rm", "--network", &net, IMAGE, "nslookup", &web]);
+    assert!(
+        plain.lines().any(|l| l == format!("Address: {vip}")),
+        "{plain}"
+    );
+
     // A task by its name, `<service>.<slot>.<taskid>`.
     let task = shoal.docker_ok(&[
         "service",
