@@ -364,10 +364,10 @@ pub fn container_config(
 // ------------------------------------------------- networks and ports
 // (owned by `crate::network`; kept to this one call)
 
-/// The task's swarm networks (their realising bridges, with the service
-/// aliases) and its host-mode published ports.
+/// The task's swarm networks (their realising bridges, with shoal's DNS
+/// servers) and its host-mode published ports.
 fn apply_networks(a: &Assignment, body: &mut ContainerCreateBody) {
-    crate::network::local::apply_to_container(&a.task, &a.service_name, body);
+    crate::network::local::apply_to_container(&a.task, body);
 }
 
 // --------------------------------------------------------- unsupported

@@ -4,6 +4,8 @@
 //! container to a swarm network (container create, network connect) is
 //! rewritten to its realising bridge.
 
+use std::net::Ipv4Addr;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -379,15 +381,21 @@ pub async fn container_create(
 }
 
 /// Replaces swarm network names in `HostConfig.NetworkMode` and
-/// `NetworkingConfig.EndpointsConfig` by their bridges. True when changed.
+/// `NetworkingConfig.EndpointsConfig` by their bridges, and puts shoal's
+/// DNS servers on those networks first in `HostConfig.Dns` (the engine's
+/// resolver forwards service names to them). True when changed.
 fn rewrite_networks(manager: &Manager, value: &mut Value) -> Result<bool, ApiError> {
     const PREDEFINED: [&str; 4] = ["bridge", "host", "none", "default"];
-    let resolve = |name: &str| -> Result<Option<String>, ApiError> {
+    let mut gateways: Vec<Ipv4Addr> = Vec::new();
+    let mut resolve = |name: &str| -> Result<Option<String>, ApiError> {
         if name.is_empty() || PREDEFINED.contains(&name) || name.starts_with("container:") {
             return Ok(None);
         }
         match swarm_target(manager, name) {
             Some(n) if n.network.attachable == Some(true) => {
+                if let Some((_, gateway)) = allocate::primary(&n.network) {
+                    gateways.push(gateway);
+                }
                 Ok(Some(bridge_name(allocate::id_of(&n.network))))
             }
             Some(_) => Err(NetworkError::NotAttachable(name.to_string()).into()),
@@ -418,5 +426,33 @@ fn rewrite_networks(manager: &Manager, value: &mut Value) -> Result<bool, ApiErr
             }
         }
     }
+    if !gateways.is_empty() {
+        add_dns(value, &gateways);
+    }
     Ok(changed)
+}
+
+/// `HostConfig.Dns` = `gateways`, then what the client asked for (else
+/// the host's resolvers).
+fn add_dns(value: &mut Value, gateways: &[Ipv4Addr]) {
+    let requested: Option<Vec<String>> = value
+        .pointer("/HostConfig/Dns")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        });
+    let servers = crate::network::dns::servers_for(gateways, requested);
+    let Some(body) = value.as_object_mut() else {
+        return;
+    };
+    let host = body.entry("HostConfig").or_insert_with(|| json!({}));
+    if !host.is_object() {
+        *host = json!({});
+    }
+    if let Some(host) = host.as_object_mut() {
+        host.insert("Dns".to_string(), json!(servers));
+    }
 }

@@ -106,11 +106,7 @@ fn task_name(store: &Store, task: &Task) -> String {
         .and_then(|id| store.get(Kind::Service, id))
         .and_then(|o| o.name().map(str::to_string))
         .unwrap_or_default();
-    let middle = match task.slot {
-        Some(slot) if slot > 0 => slot.to_string(),
-        _ => task.node_id.clone().unwrap_or_default(),
-    };
-    format!("{service}.{middle}.{}", task.id.as_deref().unwrap_or(""))
+    crate::manager::tasks::name(&service, task)
 }
 
 /// A task `label` filter matches the labels of its service, not its own.

@@ -29,6 +29,16 @@ pub fn is_live(task: &Task) -> bool {
     rank(desired(task)) <= rank(TaskState::RUNNING)
 }
 
+/// swarmkit's task name: `<service>.<slot>.<taskid>`, the node ID in place
+/// of the slot for global tasks.
+pub fn name(service: &str, task: &Task) -> String {
+    let middle = match task.slot {
+        Some(slot) if slot > 0 => slot.to_string(),
+        _ => task.node_id.clone().unwrap_or_default(),
+    };
+    format!("{service}.{middle}.{}", task.id.as_deref().unwrap_or(""))
+}
+
 pub fn now() -> String {
     Timestamp::from_system(SystemTime::now()).to_rfc3339()
 }

@@ -543,7 +543,12 @@ fn networks_of(store: &Store) -> Vec<SwarmNetwork> {
 }
 
 fn vip_ip(v: &ServiceEndpointVirtualIps) -> Option<Ipv4Addr> {
-    v.addr.as_deref()?.split('/').next()?.parse().ok()
+    address_of_cidr(v.addr.as_deref()?)
+}
+
+/// The address of `10.0.1.2/24`.
+pub fn address_of_cidr(cidr: &str) -> Option<Ipv4Addr> {
+    cidr.split('/').next()?.parse().ok()
 }
 
 fn vip_addrs(service: &SwarmService, network: &str) -> Vec<Ipv4Addr> {

@@ -1,6 +1,7 @@
 //! The node side: swarm networks realised as bridge networks on the local
-//! engine, task containers joined to them with their service aliases, and
-//! the addresses the ingress proxy forwards to.
+//! engine, task containers joined to them (with shoal's DNS servers, not the
+//! engine's aliases: service names are [`super::dns`]'s), and the serving
+//! tasks' addresses the ingress proxy, the VIPs and DNS lead to.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -38,8 +39,8 @@ pub enum LocalError {
 pub struct Engine {
     addr: String,
     client: OnceCell<Docker>,
-    /// Container ID → its address, for the ingress backends.
-    addresses: Mutex<HashMap<String, Ipv4Addr>>,
+    /// Container ID → its addresses (inspected once it has them all).
+    addresses: Mutex<HashMap<String, ContainerAddresses>>,
     /// Networks whose creation failed already (warned once).
     warned: Mutex<HashSet<String>>,
 }
@@ -93,13 +94,13 @@ fn current_store() -> Option<Arc<Store>> {
     STORE.read().ok().and_then(|s| s.clone())
 }
 
-/// Engine networks realising swarm networks: swarm ID → engine name.
-/// Only this cluster's: other shoals may share the engine, and their
-/// bridges are not ours to remove.
-async fn realised(
+/// Engine networks realising this cluster's swarm networks. Only this
+/// cluster's: other shoals may share the engine, and their bridges are not
+/// ours to touch.
+async fn cluster_networks(
     docker: &Docker,
     cluster_id: &str,
-) -> Result<HashMap<String, String>, LocalError> {
+) -> Result<Vec<bollard::models::Network>, LocalError> {
     let options = ListNetworksOptions {
         filters: Some(HashMap::from([(
             "label".to_string(),
@@ -109,13 +110,23 @@ async fn realised(
             ],
         )])),
     };
-    let list = docker.list_networks(Some(options)).await?;
-    Ok(list
+    Ok(docker.list_networks(Some(options)).await?)
+}
+
+/// The swarm network an engine network realises.
+fn realises(n: &bollard::models::Network) -> Option<&String> {
+    n.labels.as_ref()?.get(LABEL_NETWORK_ID)
+}
+
+/// Engine networks realising swarm networks: swarm ID → engine name.
+async fn realised(
+    docker: &Docker,
+    cluster_id: &str,
+) -> Result<HashMap<String, String>, LocalError> {
+    Ok(cluster_networks(docker, cluster_id)
+        .await?
         .into_iter()
-        .filter_map(|n| {
-            let id = n.labels.as_ref()?.get(LABEL_NETWORK_ID)?.clone();
-            Some((id, n.name?))
-        })
+        .filter_map(|n| Some((realises(&n)?.clone(), n.name?)))
         .collect())
 }
 
@@ -319,16 +330,6 @@ fn task_attachments(task: &Task) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-fn aliases(service: &str, own: &[String]) -> Vec<String> {
-    let mut out = vec![service.to_string(), format!("tasks.{service}")];
-    for a in own {
-        if !out.contains(a) {
-            out.push(a.clone());
-        }
-    }
-    out
-}
-
 /// The engine (API 1.41) takes one network at create; a task's further
 /// networks are connected once its container exists.
 async fn attach_extra(engine: &Engine, docker: &Docker, store: &Store) {
@@ -349,17 +350,14 @@ async fn attach_extra(engine: &Engine, docker: &Docker, store: &Store) {
             .and_then(|s| s.networks)
             .map(|n| n.into_keys().collect())
             .unwrap_or_default();
-        let service = service_name(store, &task);
-        for (id, own) in networks.iter().skip(1) {
+        for (id, _) in networks.iter().skip(1) {
             if joined.contains(&bridge_name(id)) {
                 continue;
             }
+            // No aliases: the engine's DNS would answer them before shoal's.
             let request = NetworkConnectRequest {
                 container: container.clone(),
-                endpoint_config: Some(EndpointSettings {
-                    aliases: Some(aliases(&service, own)),
-                    ..EndpointSettings::default()
-                }),
+                endpoint_config: Some(EndpointSettings::default()),
             };
             if let Err(error) = docker.connect_network(&bridge_name(id), request).await {
                 tracing::debug!(%error, network = %id, "cannot connect the task to its network");
@@ -386,9 +384,90 @@ fn service_name(store: &Store, task: &Task) -> String {
         .unwrap_or_default()
 }
 
-/// Running tasks' addresses per service, for the ingress proxy.
-pub async fn backends(engine: &Engine, store: &Store) -> HashMap<String, Vec<Ipv4Addr>> {
-    let mut out: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+/// A realised swarm network's bridge on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    /// The host side of the bridge (`br-<id[..12]>` unless named).
+    pub iface: String,
+    /// This node's address on the network, where shoal's DNS listens.
+    pub gateway: Ipv4Addr,
+}
+
+/// The engine option that names a bridge's host interface.
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
+/// The realised bridges of this cluster by swarm network ID; None when the
+/// engine cannot say (then nothing is torn down on its account).
+pub async fn bridges(engine: &Engine, store: &Store) -> Option<HashMap<String, Bridge>> {
+    let docker = engine.client().await.ok()?;
+    let cluster_id = crate::cluster::the_cluster(store)
+        .and_then(|c| c.id)
+        .unwrap_or_default();
+    let list = cluster_networks(docker, &cluster_id).await.ok()?;
+    let mut out = HashMap::new();
+    for n in &list {
+        let Some(id) = realises(n) else {
+            continue;
+        };
+        let Some((_, gateway)) = allocate::find(store, id).and_then(|s| primary(&s.network)) else {
+            continue;
+        };
+        let named = n
+            .options
+            .as_ref()
+            .and_then(|o| o.get(BRIDGE_NAME_OPTION))
+            .filter(|name| !name.is_empty())
+            .cloned();
+        let Some(iface) = named.or_else(|| {
+            let engine_id = n.id.as_deref()?;
+            Some(format!("br-{}", engine_id.get(..12)?))
+        }) else {
+            continue;
+        };
+        out.insert(id.clone(), Bridge { iface, gateway });
+    }
+    Some(out)
+}
+
+/// A serving task (running, and meant to keep running) and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEndpoint {
+    pub task_id: String,
+    pub service_id: String,
+    /// `<service>.<slot>.<taskid>`.
+    pub name: String,
+    /// Its address on each swarm network it has joined, by network ID.
+    pub networks: HashMap<String, Ipv4Addr>,
+}
+
+/// Where a task can be reached: what the data plane forwards to. Tasks
+/// leave it as soon as their desired state is no longer running.
+#[derive(Debug, Default, Clone)]
+pub struct Backends {
+    /// Per service ID, the addresses the ingress proxy forwards to (sorted).
+    pub by_service: HashMap<String, Vec<Ipv4Addr>>,
+    /// The serving tasks attached to swarm networks, for VIPs and DNS.
+    pub tasks: Vec<TaskEndpoint>,
+}
+
+/// A container's addresses as the engine reports them.
+#[derive(Debug, Clone, Default)]
+struct ContainerAddresses {
+    /// By engine network name.
+    by_network: HashMap<String, Ipv4Addr>,
+    /// On a shoal bridge if it has one, else on any network.
+    primary: Option<Ipv4Addr>,
+}
+
+/// Is the task one traffic may be sent to?
+fn serves(task: &Task) -> bool {
+    tasks::state(task) == TaskState::RUNNING && tasks::desired(task) == TaskState::RUNNING
+}
+
+/// The serving tasks' addresses, for the ingress proxy (services with
+/// published ports) and for VIPs and DNS (tasks on swarm networks).
+pub async fn backends(engine: &Engine, store: &Store) -> Backends {
+    let mut out = Backends::default();
     let Ok(docker) = engine.client().await else {
         return out;
     };
@@ -405,86 +484,123 @@ pub async fn backends(engine: &Engine, store: &Store) -> HashMap<String, Vec<Ipv
         .filter_map(|s| s.id.clone())
         .collect();
     let mut seen = HashSet::new();
-    for service_id in &published {
-        for task in store
-            .tasks_by_service(service_id)
-            .iter()
-            .filter_map(as_task)
-        {
-            if tasks::state(&task) != TaskState::RUNNING
-                || tasks::desired(&task) != TaskState::RUNNING
-            {
-                continue;
+    for task in store.list(Kind::Task).iter().filter_map(as_task) {
+        let service_id = task.service_id.clone().unwrap_or_default();
+        let attached = task_attachments(&task);
+        let is_published = published.contains(&service_id);
+        if !serves(&task) || (attached.is_empty() && !is_published) {
+            continue;
+        }
+        let Some(container) = container_of(&task) else {
+            continue;
+        };
+        seen.insert(container.clone());
+        let wanted: Vec<String> = attached.iter().map(|(id, _)| bridge_name(id)).collect();
+        let Some(addresses) = addresses_of(engine, docker, &container, &wanted).await else {
+            continue;
+        };
+        if is_published {
+            if let Some(ip) = addresses.primary {
+                out.by_service
+                    .entry(service_id.clone())
+                    .or_default()
+                    .push(ip);
             }
-            let Some(container) = container_of(&task) else {
-                continue;
-            };
-            seen.insert(container.clone());
-            let cached = engine
-                .addresses
-                .lock()
-                .ok()
-                .and_then(|a| a.get(&container).copied());
-            let ip = match cached {
-                Some(ip) => Some(ip),
-                None => {
-                    let ip = address_of(docker, &container).await;
-                    if let (Some(ip), Ok(mut a)) = (ip, engine.addresses.lock()) {
-                        a.insert(container.clone(), ip);
-                    }
-                    ip
-                }
-            };
-            if let Some(ip) = ip {
-                out.entry(service_id.clone()).or_default().push(ip);
-            }
+        }
+        if !attached.is_empty() {
+            let networks = attached
+                .iter()
+                .filter_map(|(id, _)| {
+                    Some((id.clone(), *addresses.by_network.get(&bridge_name(id))?))
+                })
+                .collect();
+            out.tasks.push(TaskEndpoint {
+                task_id: task.id.clone().unwrap_or_default(),
+                name: tasks::name(&service_name(store, &task), &task),
+                service_id,
+                networks,
+            });
         }
     }
     if let Ok(mut a) = engine.addresses.lock() {
         a.retain(|c, _| seen.contains(c));
     }
-    for list in out.values_mut() {
+    for list in out.by_service.values_mut() {
         list.sort();
     }
+    out.tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     out
 }
 
-/// The container's address on a shoal bridge, else on any network.
-async fn address_of(docker: &Docker, container: &str) -> Option<Ipv4Addr> {
+/// A container's addresses, from the cache once it has one on every
+/// network in `wanted` (further networks are connected after create).
+async fn addresses_of(
+    engine: &Engine,
+    docker: &Docker,
+    container: &str,
+    wanted: &[String],
+) -> Option<ContainerAddresses> {
+    let cached = engine
+        .addresses
+        .lock()
+        .ok()
+        .and_then(|a| a.get(container).cloned());
+    if let Some(cached) = cached {
+        if wanted.iter().all(|n| cached.by_network.contains_key(n)) {
+            return Some(cached);
+        }
+    }
+    let inspected = inspect_addresses(docker, container).await?;
+    if let Ok(mut a) = engine.addresses.lock() {
+        a.insert(container.to_string(), inspected.clone());
+    }
+    Some(inspected)
+}
+
+async fn inspect_addresses(docker: &Docker, container: &str) -> Option<ContainerAddresses> {
     let inspect = docker.inspect_container(container, None).await.ok()?;
     let networks = inspect.network_settings?.networks?;
+    let mut out = ContainerAddresses::default();
     let mut fallback = None;
     for (name, settings) in networks {
         let Some(ip) = settings.ip_address.as_deref().and_then(|i| i.parse().ok()) else {
             continue;
         };
         if name.starts_with("shoal_") {
-            return Some(ip);
+            out.primary.get_or_insert(ip);
         }
         fallback.get_or_insert(ip);
+        out.by_network.insert(name, ip);
     }
-    fallback
+    out.primary = out.primary.or(fallback);
+    Some(out)
 }
 
 /// What a task's container needs from the network layer at create: its
-/// first swarm network (the realising bridge) with the service aliases,
-/// and host-mode published ports as port bindings.
-pub fn apply_to_container(task: &Task, service: &str, body: &mut ContainerCreateBody) {
-    if let Some((id, own)) = task_attachments(task).into_iter().next() {
-        let name = bridge_name(&id);
+/// first swarm network (the realising bridge), shoal's DNS servers, and
+/// host-mode published ports as port bindings.
+pub fn apply_to_container(task: &Task, body: &mut ContainerCreateBody) {
+    let attached = task_attachments(task);
+    if let Some((id, _)) = attached.first() {
+        let name = bridge_name(id);
         let host = body.host_config.get_or_insert_with(HostConfig::default);
         host.network_mode = Some(name.clone());
+        // No aliases: the engine's DNS would answer them before shoal's.
         body.networking_config = Some(NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(
-                name,
-                EndpointSettings {
-                    aliases: Some(aliases(service, &own)),
-                    ..EndpointSettings::default()
-                },
-            )])),
+            endpoints_config: Some(HashMap::from([(name, EndpointSettings::default())])),
         });
     }
     let Some(store) = current_store() else { return };
+    let gateways: Vec<Ipv4Addr> = attached
+        .iter()
+        .filter_map(|(id, _)| allocate::find(&store, id))
+        .filter(|n| !is_ingress(&n.network))
+        .filter_map(|n| primary(&n.network).map(|(_, gateway)| gateway))
+        .collect();
+    if !gateways.is_empty() {
+        let host = body.host_config.get_or_insert_with(HostConfig::default);
+        host.dns = Some(super::dns::servers_for(&gateways, host.dns.take()));
+    }
     let Some(service) = task
         .service_id
         .as_deref()

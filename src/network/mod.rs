@@ -9,18 +9,30 @@
 //!   engine's IPAM, through the bridge's `IPRange`).
 //! - On each node [`local`] realises every swarm network as an ordinary
 //!   bridge network on the engine, `shoal_<id>`, labelled
-//!   [`LABEL_NETWORK_ID`], and hides it from listings. Task containers join
-//!   it with the aliases `<service>`, `tasks.<service>` and the attachment's
-//!   aliases, so the engine's embedded DNS answers service names. The
-//!   multi-host step adds a VXLAN port to that bridge with FDB entries from
-//!   the store; VIPs (nftables) come with it.
+//!   [`LABEL_NETWORK_ID`], and hides it from listings; its gateway is this
+//!   node's address on the network. Task containers join it without engine
+//!   aliases. The multi-host step adds a VXLAN port to that bridge with FDB
+//!   entries from the store.
+//! - Service discovery is [`dns`]: a DNS server in shoal on each bridge's
+//!   gateway, set as the containers' `Dns` (before the host's resolvers);
+//!   it answers the network's service names, `tasks.<service>`, aliases and
+//!   task names, and refuses the rest.
+//! - VIPs are [`vip`]: each VIP is a /32 on its bridge's host interface and
+//!   one nft table per node DNATs it to the serving tasks, round robin.
 //! - Published ports in ingress mode are served by [`ingress`], a userspace
 //!   L4 proxy on this node; host mode uses the engine's port bindings.
+//! - [`run`] reconciles all of it from one computation of the serving tasks
+//!   ([`local::backends`]), on every store change and every few seconds; a
+//!   task whose desired state is no longer running leaves the VIPs, DNS and
+//!   the ingress backends in the same round. At shutdown and `swarm leave`
+//!   the DNS servers stop and the nft table and VIP addresses go.
 
 pub mod allocate;
+pub mod dns;
 pub mod ingress;
 pub mod ipam;
 pub mod local;
+pub mod vip;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -133,6 +145,14 @@ pub fn cluster_of(store: &Store) -> Option<String> {
 /// task containers are gone) — also those of networks removed a moment ago
 /// whose bridge was still busy, found by the cluster's label.
 pub async fn leave(ids: &[String], cluster_id: Option<&str>) {
+    // The data plane removes its table when it stops; this covers a data
+    // plane cut short by the stop deadline.
+    if let Some(cluster_id) = cluster_id {
+        match vip::remove_table(&vip::table_name(cluster_id)).await {
+            Ok(()) | Err(vip::VipError::Missing(_)) => {}
+            Err(error) => tracing::warn!(%error, "cannot remove the VIP table"),
+        }
+    }
     if let Some(engine) = ENGINE.get() {
         local::remove_bridges(engine, ids).await;
         if let Some(cluster_id) = cluster_id {
@@ -146,7 +166,8 @@ pub async fn leave(ids: &[String], cluster_id: Option<&str>) {
 const REPAIR_EVERY: Duration = Duration::from_secs(3);
 
 /// This node's data plane: the ingress network object, the engine bridges,
-/// the ingress listeners. Ends when `shutdown` fires, closing every listener.
+/// the ingress listeners, the VIPs and the DNS servers. Ends when
+/// `shutdown` fires, closing every listener and removing the VIPs.
 pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: CancellationToken) {
     if let Err(error) = allocate::ensure_ingress(&store, &proposer).await {
         tracing::warn!(%error, "cannot create the ingress network");
@@ -156,16 +177,33 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
     };
     local::publish_store(Some(store.clone()));
     let mut proxy = ingress::Ingress::new(shutdown.clone());
+    let mut vips = vip::Vips::new();
+    let mut dns = dns::Dns::new(shutdown.clone());
     let mut watcher = store.watch_from(store.index());
     loop {
         local::reconcile(&engine, &store).await;
         let backends = local::backends(&engine, &store).await;
-        proxy.reconcile(ingress::desired(&store), backends).await;
+        proxy
+            .reconcile(ingress::desired(&store), backends.by_service.clone())
+            .await;
+        if let Some(bridges) = local::bridges(&engine, &store).await {
+            if let Some(cluster_id) = cluster_of(&store) {
+                let routes = vip::desired(&store, &backends.tasks, &bridges);
+                vips.reconcile(&vip::table_name(&cluster_id), &routes, &bridges)
+                    .await;
+            }
+            dns.reconcile(&bridges, dns::zones(&store, &backends.tasks))
+                .await;
+        }
         let wake = tokio::time::Instant::now() + REPAIR_EVERY;
         if !crate::manager::wait_for_change(&store, &mut watcher, &shutdown, Some(wake)).await {
             break;
         }
     }
+    // The VIPs first: the nft table must not outlive shoal even when the
+    // rest is cut short by the stop deadline.
+    vips.remove().await;
     proxy.stop().await;
+    dns.stop().await;
     local::publish_store(None);
 }
