@@ -148,12 +148,12 @@ fn own_filter(node_id: &str) -> HashMap<String, Vec<String>> {
 }
 
 impl Executor for DockerExecutor {
-    fn image_present<'a>(&'a self, image: &'a str) -> ExecFuture<'a, bool> {
+    fn image_id<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<String>> {
         async move {
             let docker = self.client().await?;
             match docker.inspect_image(image).await.map_err(map_err) {
-                Ok(_) => Ok(true),
-                Err(e) if e.is_not_found() => Ok(false),
+                Ok(inspected) => Ok(Some(inspected.id.unwrap_or_default())),
+                Err(e) if e.is_not_found() => Ok(None),
                 Err(e) => Err(e),
             }
         }

@@ -28,6 +28,10 @@ struct Inner {
     containers: Vec<FakeContainer>,
     next_id: u64,
     pulls: Vec<String>,
+    /// Images whose pull succeeds and moves the tag to a new image ID.
+    movable: HashSet<String>,
+    /// How often each movable image's tag has moved.
+    moves: HashMap<String, u32>,
     subscribers: Vec<mpsc::UnboundedSender<ExecResult<EngineEvent>>>,
     calls: Vec<String>,
 }
@@ -55,6 +59,11 @@ impl FakeExecutor {
 
     pub fn containers(&self) -> Vec<FakeContainer> {
         self.lock().containers.clone()
+    }
+
+    /// From now on, a pull of `image` succeeds and moves its tag.
+    pub fn pulls_move(&self, image: &str) {
+        self.lock().movable.insert(image.to_string());
     }
 
     pub fn pulls(&self) -> Vec<String> {
@@ -166,9 +175,14 @@ impl FakeExecutor {
 }
 
 impl Executor for FakeExecutor {
-    fn image_present<'a>(&'a self, image: &'a str) -> ExecFuture<'a, bool> {
-        let present = self.lock().images.contains(image);
-        async move { Ok(present) }.boxed()
+    fn image_id<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<String>> {
+        let g = self.lock();
+        let moves = g.moves.get(image).copied().unwrap_or(0);
+        let id = g
+            .images
+            .contains(image)
+            .then(|| format!("sha256:{image}:{moves}"));
+        async move { Ok(id) }.boxed()
     }
 
     fn pull<'a>(&'a self, image: &'a str) -> ExecFuture<'a, ()> {
@@ -176,6 +190,11 @@ impl Executor for FakeExecutor {
             self.lock().pulls.push(image.to_string());
             // Let concurrent callers pile up behind the per-image lock.
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let mut g = self.lock();
+            if g.movable.contains(image) {
+                *g.moves.entry(image.to_string()).or_default() += 1;
+                return Ok(());
+            }
             Err(AgentError::Pull(format!(
                 "Get \"https://registry-1.docker.io/v2/\": no such host ({image})"
             )))

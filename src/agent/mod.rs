@@ -15,6 +15,7 @@ pub mod fake;
 mod files;
 mod runner;
 pub mod spec;
+mod stops;
 #[cfg(test)]
 mod tests;
 
@@ -158,8 +159,8 @@ pub enum EngineEvent {
 /// containers by ID (or name); a missing container on stop/remove is not an
 /// error.
 pub trait Executor: Send + Sync + 'static {
-    /// Is the image present locally?
-    fn image_present<'a>(&'a self, image: &'a str) -> ExecFuture<'a, bool>;
+    /// The local image's ID, `None` when the engine has no such image.
+    fn image_id<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<String>>;
     /// Pull the image; an error means the pull failed (the caller may still
     /// go on with a local image).
     fn pull<'a>(&'a self, image: &'a str) -> ExecFuture<'a, ()>;

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bollard::models::{ContainerStatus, TaskState, TaskStatus};
+use bollard::models::{ContainerCreateBody, ContainerStatus, TaskState, TaskStatus};
 use futures_util::stream::{BoxStream, Peekable, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::files;
 use super::spec::{self, NodeInfo};
+use super::stops::{self, StopsInFlight};
 use super::{
     AgentError, Assignment, ContainerInfo, EngineEvent, ExecResult, Executor, RunState,
     StatusReport,
@@ -129,15 +130,29 @@ enum OpResult {
     Failed(AgentError),
 }
 
+/// What a pull did to the image's tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pulled {
+    /// No registry, no such image there, …: the tag stays where it was.
+    Failed,
+    Unchanged,
+    /// The tag now names another image.
+    Moved,
+}
+
+/// When the last pull of an image finished, and what it did.
+type LastPull = Option<(Instant, Pulled)>;
+
 /// At most one pull per image at a time; a pull that just finished (either
 /// way) is not repeated for [`PULL_REUSE`].
 #[derive(Default)]
 struct Puller {
-    images: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    images: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<LastPull>>>>,
 }
 
 impl Puller {
-    async fn pull(&self, exec: &dyn Executor, image: &str) {
+    /// Pulls `image`, or reuses what a pull just done found.
+    async fn pull(&self, exec: &dyn Executor, image: &str) -> Pulled {
         let lock = {
             let mut map = match self.images.lock() {
                 Ok(m) => m,
@@ -146,13 +161,29 @@ impl Puller {
             map.entry(image.to_string()).or_default().clone()
         };
         let mut last = lock.lock().await;
-        if last.is_some_and(|t| t.elapsed() < PULL_REUSE) {
-            return;
+        if let Some((at, pulled)) = *last {
+            if at.elapsed() < PULL_REUSE {
+                return pulled;
+            }
         }
-        if let Err(e) = exec.pull(image).await {
-            tracing::debug!(image, error = %e, "pull failed; using the local image if any");
-        }
-        *last = Some(Instant::now());
+        let before = exec.image_id(image).await.ok().flatten();
+        let pulled = match exec.pull(image).await {
+            Ok(()) => {
+                // An image that was not here could not be used before.
+                let after = exec.image_id(image).await.ok().flatten();
+                if before.is_none() || after == before {
+                    Pulled::Unchanged
+                } else {
+                    Pulled::Moved
+                }
+            }
+            Err(e) => {
+                tracing::debug!(image, error = %e, "pull failed; using the local image if any");
+                Pulled::Failed
+            }
+        };
+        *last = Some((Instant::now(), pulled));
+        pulled
     }
 }
 
@@ -168,6 +199,7 @@ struct Agent {
     op_tx: mpsc::UnboundedSender<OpMsg>,
     start_permits: Arc<Semaphore>,
     stop_permits: Arc<Semaphore>,
+    stops: Arc<StopsInFlight>,
     puller: Arc<Puller>,
     files: Arc<files::TaskFiles>,
     /// Orphan containers being removed.
@@ -204,6 +236,7 @@ pub async fn run(
         op_tx,
         start_permits: Arc::new(Semaphore::new(START_CONCURRENCY)),
         stop_permits: Arc::new(Semaphore::new(STOP_CONCURRENCY)),
+        stops: Arc::default(),
         puller: Arc::new(Puller::default()),
         files: Arc::new(files::TaskFiles::new(&node_id)),
         removing: HashSet::new(),
@@ -812,6 +845,7 @@ impl Agent {
             cancel,
             start_permits: self.start_permits.clone(),
             stop_permits: self.stop_permits.clone(),
+            stops: self.stops.clone(),
             puller: self.puller.clone(),
             files: self.files.clone(),
         };
@@ -841,6 +875,7 @@ struct OpCtx {
     cancel: CancellationToken,
     start_permits: Arc<Semaphore>,
     stop_permits: Arc<Semaphore>,
+    stops: Arc<StopsInFlight>,
     puller: Arc<Puller>,
     files: Arc<files::TaskFiles>,
 }
@@ -888,48 +923,10 @@ impl OpCtx {
                 message: "No image specified".to_string(),
             });
         }
-        // Pull as swarm does, unless pinned by digest and present.
-        let skip_pull =
-            spec::pinned(&image) && matches!(self.exec.image_present(&image).await, Ok(true));
-        if !skip_pull {
-            tokio::select! {
-                _ = self.cancel.cancelled() => return OpResult::Cancelled,
-                _ = self.puller.pull(self.exec.as_ref(), &image) => {}
-            }
-        }
-        let _permit = tokio::select! {
-            _ = self.cancel.cancelled() => return OpResult::Cancelled,
-            p = self.start_permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return OpResult::Cancelled,
-            },
-        };
-        if self.cancel.is_cancelled() {
-            return OpResult::Cancelled;
-        }
-        let id = match self.exec.create(&name, body).await {
+        let id = match self.pull_and_create(&image, &name, body).await {
             Ok(id) => id,
-            Err(AgentError::Engine { status: 409, .. }) => {
-                // Already created (by us, before a restart): use it.
-                match self.exec.inspect(&name).await {
-                    Ok(Some(info)) if info.task_id() == Some(self.task_id.as_str()) => info.id,
-                    Ok(_) => {
-                        return OpResult::Failed(AgentError::Engine {
-                            status: 409,
-                            message: format!(
-                                "Conflict. The container name \"/{name}\" is already in use"
-                            ),
-                        })
-                    }
-                    Err(e) => return OpResult::Failed(e),
-                }
-            }
-            Err(e) => return OpResult::Failed(e),
+            Err(result) => return result,
         };
-        let _ = self.tx.send(OpMsg::Created {
-            task_id: self.task_id.clone(),
-            container: id.clone(),
-        });
         self.progress(TaskState::READY);
         if !self.start || self.cancel.is_cancelled() {
             return if self.cancel.is_cancelled() {
@@ -938,13 +935,100 @@ impl OpCtx {
                 OpResult::Prepared
             };
         }
-        self.start_container(&id).await
+        self.start_permitted(&id).await
+    }
+
+    /// Pulls as swarm does (unless pinned by digest and present) and
+    /// creates the container; returns its ID. The create does not wait for the pull, which mostly
+    /// fails (no registry) or changes nothing: when the image was missing
+    /// the create is tried again after the pull, and when the pull moved
+    /// the tag the container is made again from the new image.
+    async fn pull_and_create(
+        &self,
+        image: &str,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, OpResult> {
+        if spec::pinned(image) {
+            return match self.create(name, body.clone()).await {
+                Err(OpResult::Failed(e)) if e.is_not_found() => {
+                    self.pull(image).await?;
+                    self.create(name, body).await
+                }
+                created => created,
+            };
+        }
+        let (pulled, created) = tokio::join!(self.pull(image), self.create(name, body.clone()));
+        let pulled = pulled?;
+        match created {
+            Ok(id) if pulled != Pulled::Moved => Ok(id),
+            Ok(id) => {
+                if let Err(e) = self.exec.remove(&id).await {
+                    return Err(OpResult::Failed(e));
+                }
+                self.create(name, body).await
+            }
+            // No such image before the pull: now there may be.
+            Err(OpResult::Failed(e)) if e.is_not_found() => self.create(name, body).await,
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<Pulled, OpResult> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(OpResult::Cancelled),
+            pulled = self.puller.pull(self.exec.as_ref(), image) => Ok(pulled),
+        }
+    }
+
+    /// Creates the container under a start permit (not held while the
+    /// pull goes on); tells the agent its ID.
+    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, OpResult> {
+        let _permit = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(OpResult::Cancelled),
+            p = self.start_permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Err(OpResult::Cancelled),
+            },
+        };
+        if self.cancel.is_cancelled() {
+            return Err(OpResult::Cancelled);
+        }
+        let id = match self.exec.create(name, body).await {
+            Ok(id) => id,
+            Err(AgentError::Engine { status: 409, .. }) => {
+                // Already created (by us, before a restart): use it.
+                match self.exec.inspect(name).await {
+                    Ok(Some(info)) if info.task_id() == Some(self.task_id.as_str()) => info.id,
+                    Ok(_) => {
+                        return Err(OpResult::Failed(AgentError::Engine {
+                            status: 409,
+                            message: format!(
+                                "Conflict. The container name \"/{name}\" is already in use"
+                            ),
+                        }))
+                    }
+                    Err(e) => return Err(OpResult::Failed(e)),
+                }
+            }
+            Err(e) => return Err(OpResult::Failed(e)),
+        };
+        let _ = self.tx.send(OpMsg::Created {
+            task_id: self.task_id.clone(),
+            container: id.clone(),
+        });
+        Ok(id)
     }
 
     async fn start(self) -> OpResult {
         let Some(id) = self.container.clone() else {
             return OpResult::Cancelled;
         };
+        self.start_permitted(&id).await
+    }
+
+    /// Starts the container under a start permit.
+    async fn start_permitted(&self, id: &str) -> OpResult {
         let _permit = tokio::select! {
             _ = self.cancel.cancelled() => return OpResult::Cancelled,
             p = self.start_permits.clone().acquire_owned() => match p {
@@ -952,7 +1036,7 @@ impl OpCtx {
                 Err(_) => return OpResult::Cancelled,
             },
         };
-        self.start_container(&id).await
+        self.start_container(id).await
     }
 
     async fn start_container(&self, id: &str) -> OpResult {
@@ -984,7 +1068,8 @@ impl OpCtx {
             .as_deref()
             .map(spec::stop_timeout_secs)
             .unwrap_or(spec::DEFAULT_STOP_GRACE_NANOS / 1_000_000_000);
-        let _permit = self.stop_permits.clone().acquire_owned().await;
+        let permit = self.stop_permits.clone().acquire_owned().await;
+        let stopping = self.stops.begin();
         if let Err(e) = self.exec.stop(&id, timeout).await {
             return OpResult::Failed(e);
         }
@@ -993,9 +1078,15 @@ impl OpCtx {
             Ok(None) => None,
             Err(e) => return OpResult::Failed(e),
         };
+        drop(stopping);
         if self.assignment.is_some() {
             self.progress_exit(TaskState::SHUTDOWN, exit_code);
         }
+        // The permit goes back while waiting, or waiting removals could
+        // hold off the very stops they wait for.
+        drop(permit);
+        self.stops.settled(stops::MAX_DEFER).await;
+        let _permit = self.stop_permits.clone().acquire_owned().await;
         if let Err(e) = self.exec.remove(&id).await {
             return OpResult::Failed(e);
         }

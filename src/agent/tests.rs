@@ -424,6 +424,25 @@ async fn tasks_progress_to_running() {
 }
 
 #[tokio::test]
+async fn a_pull_that_moves_the_tag_makes_the_container_again() {
+    let fake = FakeExecutor::with_images(&["busybox:latest"]);
+    fake.pulls_move("busybox:latest");
+    let mut h = Harness::start(
+        fake,
+        vec![assignment("t1", Some(1), container_spec("busybox"))],
+    );
+    h.wait_until("running", |h| h.has("t1", TaskState::RUNNING))
+        .await;
+    // The container made while the pull ran is gone; the one made after it runs.
+    let calls = h.fake.calls();
+    let creates = calls.iter().filter(|c| c.starts_with("create ")).count();
+    assert_eq!(creates, 2, "{calls:?}");
+    assert_eq!(h.fake.containers().len(), 1, "{calls:?}");
+    assert_eq!(h.fake.containers()[0].starts, 1, "{calls:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn desired_ready_creates_but_does_not_start() {
     let a = with_desired(
         assignment("t1", Some(1), container_spec("busybox")),
@@ -708,8 +727,8 @@ async fn real_engine_runs_and_removes_tasks() {
             return;
         }
     };
-    match exec.image_present("busybox:latest").await {
-        Ok(true) => {}
+    match exec.image_id("busybox:latest").await {
+        Ok(Some(_)) => {}
         other => {
             eprintln!(
                 "skipping: busybox:latest not available ({other:?}); run scripts/make-test-images"

@@ -6,6 +6,7 @@
 //! (the service's UpdateStatus and its tasks), so a restarted leader
 //! carries on where the last one stopped.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use bollard::models::{
@@ -116,7 +117,9 @@ pub fn budget(service: &SwarmService, tasks: &[Task], now: SystemTime) -> Budget
             wake: None,
         };
     }
-    let mut in_flight = 0usize;
+    // Parallelism counts slots being replaced, not tasks: a stop-first
+    // slot has its old task stopping and its new one waiting at once.
+    let mut in_flight: HashSet<SlotKey> = HashSet::new();
     let mut wake: Option<Duration> = None;
     let any_stale = tasks
         .iter()
@@ -140,13 +143,27 @@ pub fn budget(service: &SwarmService, tasks: &[Task], now: SystemTime) -> Budget
             }
         }
         if stopping || fresh_not_running || within_delay {
-            in_flight += 1;
+            in_flight.insert(slot_key(task));
         }
     }
     Budget {
-        slots: config.parallelism.saturating_sub(in_flight),
+        slots: config.parallelism.saturating_sub(in_flight.len()),
         start_first: config.start_first,
         wake,
+    }
+}
+
+/// A replicated task's slot, or a global task's node.
+#[derive(PartialEq, Eq, Hash)]
+enum SlotKey {
+    Slot(i64),
+    Node(String),
+}
+
+fn slot_key(task: &Task) -> SlotKey {
+    match task.slot {
+        Some(slot) if slot > 0 => SlotKey::Slot(slot),
+        _ => SlotKey::Node(task.node_id.clone().unwrap_or_default()),
     }
 }
 
@@ -290,5 +307,67 @@ pub fn status(state: State, message: String) -> ServiceUpdateStatus {
         started_at: Some(tasks::now()),
         completed_at: None,
         message: Some(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{
+        Service, ServiceSpec, ServiceSpecUpdateConfig, TaskSpec, TaskSpecContainerSpec,
+    };
+
+    use super::*;
+
+    fn service(image: &str, parallelism: i64) -> SwarmService {
+        let spec = ServiceSpec {
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some(image.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_config: Some(ServiceSpecUpdateConfig {
+                parallelism: Some(parallelism),
+                order: Some(Order::STOP_FIRST),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        SwarmService {
+            service: Service {
+                spec: Some(spec),
+                update_status: Some(status(State::UPDATING, "update in progress".into())),
+                ..Default::default()
+            },
+            previous_spec: None,
+        }
+    }
+
+    fn task(service: &SwarmService, slot: i64, state: TaskState, desired: TaskState) -> Task {
+        Task {
+            slot: Some(slot),
+            spec: Some(tasks::task_spec(service)),
+            status: Some(tasks::status(state, "", None)),
+            desired_state: Some(desired),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_stop_first_slot_counts_once_against_parallelism() {
+        let old = service("busybox:latest", 1);
+        let new = service("busybox:v2", 2);
+        let tasks = vec![
+            // Slot 1 is being replaced: its old task stops while its new one waits.
+            task(&old, 1, TaskState::RUNNING, TaskState::SHUTDOWN),
+            task(&new, 1, TaskState::READY, TaskState::READY),
+            // Slots 2 and 3 still run the old spec.
+            task(&old, 2, TaskState::RUNNING, TaskState::RUNNING),
+            task(&old, 3, TaskState::RUNNING, TaskState::RUNNING),
+        ];
+        let budget = budget(&new, &tasks, SystemTime::now());
+        assert_eq!(budget.slots, 1);
+        assert!(!budget.start_first);
     }
 }
