@@ -449,6 +449,19 @@ pub async fn backends(engine: &Engine, store: &Store) -> HashMap<String, Vec<Ipv
     out
 }
 
+/// The address the ingress proxy reaches `container` at, for a drain.
+pub async fn container_address(engine: &Engine, container: &str) -> Option<Ipv4Addr> {
+    let cached = engine
+        .addresses
+        .lock()
+        .ok()
+        .and_then(|a| a.get(container).copied());
+    match cached {
+        Some(ip) => Some(ip),
+        None => address_of(engine.client().await.ok()?, container).await,
+    }
+}
+
 /// The container's address on a shoal bridge, else on any network.
 async fn address_of(docker: &Docker, container: &str) -> Option<Ipv4Addr> {
     let inspect = docker.inspect_container(container, None).await.ok()?;

@@ -16,8 +16,12 @@
 //!   the store; VIPs (nftables) come with it.
 //! - Published ports in ingress mode are served by [`ingress`], a userspace
 //!   L4 proxy on this node; host mode uses the engine's port bindings.
+//! - Stops without downtime: the loop in [`run`] publishes the store index
+//!   it has fully applied, and the agent waits for it (and for the task's
+//!   open connections) before it stops a task: [`drain`].
 
 pub mod allocate;
+pub mod drain;
 pub mod ingress;
 pub mod ipam;
 pub mod local;
@@ -25,6 +29,7 @@ pub mod local;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Proposer, Store};
@@ -156,16 +161,29 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
     };
     local::publish_store(Some(store.clone()));
     let mut proxy = ingress::Ingress::new(shutdown.clone());
+    let (applied_tx, applied_rx) = watch::channel(0);
+    drain::publish(Some(Arc::new(drain::DataPlane::new(
+        store.clone(),
+        engine.clone(),
+        applied_rx,
+        proxy.connections(),
+    ))));
     let mut watcher = store.watch_from(store.index());
     loop {
+        // Everything read below is at least this recent.
+        let index = store.index();
         local::reconcile(&engine, &store).await;
         let backends = local::backends(&engine, &store).await;
         proxy.reconcile(ingress::desired(&store), backends).await;
+        // Last: every step above routes by the store at `index` or later,
+        // so stops waiting for it may go on.
+        applied_tx.send_replace(index);
         let wake = tokio::time::Instant::now() + REPAIR_EVERY;
         if !crate::manager::wait_for_change(&store, &mut watcher, &shutdown, Some(wake)).await {
             break;
         }
     }
+    drain::publish(None);
     proxy.stop().await;
     local::publish_store(None);
 }
