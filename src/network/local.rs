@@ -93,6 +93,40 @@ fn current_store() -> Option<Arc<Store>> {
     STORE.read().ok().and_then(|s| s.clone())
 }
 
+/// What the engine's bridges depend on in the store: the cluster, the
+/// swarm networks (ID and version) and the running tasks with more than one
+/// network (connected to the others after their start). While these stay
+/// the same, [`reconcile`] has nothing new to do until the next repair, and
+/// the data plane spares the engine round trips on every task change.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BridgeInputs {
+    cluster: Option<String>,
+    networks: Vec<(String, Option<u64>)>,
+    multi_network_containers: Vec<String>,
+}
+
+pub fn bridge_inputs(store: &Store) -> BridgeInputs {
+    let mut networks: Vec<(String, Option<u64>)> = store
+        .list(Kind::Network)
+        .iter()
+        .map(|n| (n.id().to_string(), n.version()))
+        .collect();
+    networks.sort();
+    let mut multi_network_containers: Vec<String> = store
+        .list(Kind::Task)
+        .iter()
+        .filter_map(as_task)
+        .filter(|t| task_attachments(t).len() >= 2 && tasks::state(t) == TaskState::RUNNING)
+        .filter_map(|t| container_of(&t))
+        .collect();
+    multi_network_containers.sort();
+    BridgeInputs {
+        cluster: crate::cluster::the_cluster(store).and_then(|c| c.id),
+        networks,
+        multi_network_containers,
+    }
+}
+
 /// Engine networks realising swarm networks: swarm ID → engine name.
 /// Only this cluster's: other shoals may share the engine, and their
 /// bridges are not ours to remove.
@@ -411,15 +445,17 @@ pub async fn backends(engine: &Engine, store: &Store) -> HashMap<String, Vec<Ipv
             .iter()
             .filter_map(as_task)
         {
+            let Some(container) = container_of(&task) else {
+                continue;
+            };
+            // Kept while the task exists: a drain looks the address up
+            // after the task has left the backends.
+            seen.insert(container.clone());
             if tasks::state(&task) != TaskState::RUNNING
                 || tasks::desired(&task) != TaskState::RUNNING
             {
                 continue;
             }
-            let Some(container) = container_of(&task) else {
-                continue;
-            };
-            seen.insert(container.clone());
             let cached = engine
                 .addresses
                 .lock()

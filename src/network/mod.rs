@@ -169,15 +169,28 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
         proxy.connections(),
     ))));
     let mut watcher = store.watch_from(store.index());
+    let mut bridges_checked: Option<(local::BridgeInputs, tokio::time::Instant)> = None;
     loop {
         // Everything read below is at least this recent.
         let index = store.index();
-        local::reconcile(&engine, &store).await;
+        let begun = std::time::Instant::now();
+        // The engine round trips only when the bridges' inputs changed or a
+        // repair is due: most changes are task states, and a stop waits for
+        // this loop (see `drain`).
+        let inputs = local::bridge_inputs(&store);
+        let due = bridges_checked
+            .as_ref()
+            .is_none_or(|(last, at)| *last != inputs || at.elapsed() >= REPAIR_EVERY);
+        if due {
+            local::reconcile(&engine, &store).await;
+            bridges_checked = Some((inputs, tokio::time::Instant::now()));
+        }
         let backends = local::backends(&engine, &store).await;
         proxy.reconcile(ingress::desired(&store), backends).await;
         // Last: every step above routes by the store at `index` or later,
         // so stops waiting for it may go on.
         applied_tx.send_replace(index);
+        tracing::debug!(index, took = ?begun.elapsed(), "data plane applied");
         let wake = tokio::time::Instant::now() + REPAIR_EVERY;
         if !crate::manager::wait_for_change(&store, &mut watcher, &shutdown, Some(wake)).await {
             break;
