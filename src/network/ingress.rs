@@ -293,12 +293,13 @@ async fn serve(
             }
         };
         let start = next.fetch_add(1, Ordering::Relaxed);
+        let candidates = forwarding.current();
         let forwarding = forwarding.clone();
         running.spawn(async move {
             let shutdown = forwarding.shutdown.clone();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = forward(client, peer, forwarding, start) => {}
+                _ = forward(client, peer, &forwarding, candidates, start) => {}
             }
         });
     }
@@ -327,10 +328,16 @@ enum FirstReply {
     Abandon,
 }
 
-/// Gives the connection to the first task (round robin from `start`) that
-/// accepts it and answers, then copies both ways until either side closes.
-async fn forward(mut client: TcpStream, peer: SocketAddr, forwarding: Forwarding, start: usize) {
-    let candidates = forwarding.current();
+/// Gives the connection to the first of `candidates` (the tasks listed when
+/// it was accepted; round robin from `start`) that is still listed, accepts
+/// it and answers; then copies both ways until either side closes.
+async fn forward(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    forwarding: &Forwarding,
+    candidates: Vec<SocketAddr>,
+    start: usize,
+) {
     let count = candidates.len();
     let mut pending = Pending::default();
     for i in 0..count {
@@ -446,5 +453,134 @@ async fn relay(
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "ingress connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that reads what it is sent, then answers with `answer` (or
+    /// closes without a byte when `answer` is empty); returns its address
+    /// and what it received on its first connection.
+    async fn task(answer: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut got = vec![0u8; 1024];
+            let n = stream.read(&mut got).await.unwrap_or(0);
+            got.truncate(n);
+            if answer.is_empty() {
+                // A close with unread data pending resets the connection.
+                let _ = stream.set_linger(Some(Duration::ZERO));
+            } else {
+                stream.write_all(answer).await.unwrap();
+            }
+            got
+        });
+        (addr, handle)
+    }
+
+    /// A client connection and the proxy's side of it.
+    async fn client_pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (proxied, peer) = front.accept().await.unwrap();
+        (client, proxied, peer)
+    }
+
+    fn forwarding(backends: Vec<SocketAddr>) -> Forwarding {
+        Forwarding {
+            backends: Arc::new(RwLock::new(backends)),
+            connections: Arc::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// A port nothing listens on.
+    async fn refusing() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_or_a_close_before_any_answer_goes_to_the_next_task() {
+        let refused = refusing().await;
+        let (resetting, reset_got) = task(b"").await;
+        let (answering, answer_got) = task(b"HTTP/1.0 200 OK\r\n\r\nhello").await;
+        let fwd = forwarding(vec![refused, resetting, answering]);
+        let (mut client, proxied, peer) = client_pair().await;
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let candidates = fwd.current();
+        let proxy = tokio::spawn({
+            let fwd = fwd.clone();
+            async move { forward(proxied, peer, &fwd, candidates, 0).await }
+        });
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        drop(client);
+        proxy.await.unwrap();
+        assert_eq!(answer, "HTTP/1.0 200 OK\r\n\r\nhello");
+        // The request reached the resetting task, then was replayed whole.
+        assert_eq!(reset_got.await.unwrap(), b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(answer_got.await.unwrap(), b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(fwd.connections.total(), 0);
+    }
+
+    #[tokio::test]
+    async fn open_connections_are_counted_until_they_end() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fwd = forwarding(vec![addr]);
+        let (mut client, proxied, peer) = client_pair().await;
+        let candidates = fwd.current();
+        let proxy = tokio::spawn({
+            let fwd = fwd.clone();
+            async move { forward(proxied, peer, &fwd, candidates, 0).await }
+        });
+        let (mut upstream, _) = listener.accept().await.unwrap();
+        upstream.write_all(b"hi").await.unwrap();
+        let mut first = [0u8; 2];
+        client.read_exact(&mut first).await.unwrap();
+        assert_eq!(fwd.connections.open_to(addr.ip()), 1);
+        let waiting = tokio::spawn({
+            let connections = fwd.connections.clone();
+            async move { connections.wait_closed(addr.ip()).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(upstream);
+        drop(client);
+        proxy.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(fwd.connections.open_to(addr.ip()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_task_no_longer_listed_gets_no_new_connection() {
+        let (gone, _) = task(b"HTTP/1.0 200 OK\r\n\r\nold").await;
+        let (kept, _) = task(b"HTTP/1.0 200 OK\r\n\r\nnew").await;
+        let fwd = forwarding(vec![gone, kept]);
+        let (mut client, proxied, peer) = client_pair().await;
+        // Accepted while both were listed; `gone` leaves before the connect.
+        let candidates_then = fwd.current();
+        assert_eq!(candidates_then.len(), 2);
+        *fwd.backends.write().unwrap() = vec![kept];
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let proxy = tokio::spawn({
+            let fwd = fwd.clone();
+            async move { forward(proxied, peer, &fwd, candidates_then, 0).await }
+        });
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        drop(client);
+        proxy.await.unwrap();
+        assert!(answer.ends_with("new"), "{answer}");
     }
 }
