@@ -823,3 +823,193 @@ fn udp_through_vip(client: &str, tasks: &[String], vip: &str) {
     let expected: std::collections::BTreeSet<String> = tasks.iter().cloned().collect();
     assert_eq!(answered, expected);
 }
+
+/// HTTP/1.0 GETs (one connection each) against a published port from a
+/// few threads, until dropped: counts answers and failures, with reasons.
+/// Each request is sent in two parts [`REQUEST_PAUSE`] apart, so that
+/// requests are in flight whenever a task is stopped.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failures: std::sync::Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16, clients: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failures = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, answered, failures) = (stop.clone(), answered.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match slow_get(port, "/hostname") {
+                            Ok(_) => {
+                                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(reason) => {
+                                if let Ok(mut f) = failures.lock() {
+                                    f.push(reason);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            answered,
+            failures,
+            threads,
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Lets at least `more` further requests be answered.
+    #[track_caller]
+    fn wait_answered(&self, more: usize) {
+        let want = self.answered() + more;
+        wait_for("answered requests", CONVERGE, || {
+            (self.answered() >= want).then_some(())
+        });
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+const REQUEST_PAUSE: Duration = Duration::from_millis(150);
+
+/// `GET <path>` over HTTP/1.0, the request's last line sent after
+/// [`REQUEST_PAUSE`]: the body of a 200 answer, else why not.
+fn slow_get(port: u16, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\n").map_err(|e| format!("write: {e}"))?;
+    std::thread::sleep(REQUEST_PAUSE);
+    write!(s, "Host: x\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("read: {e}"))?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+        {
+            Ok(body.to_string())
+        }
+        _ => Err(format!("answer: {out:?}")),
+    }
+}
+
+/// The running containers of `service` (engine asked directly).
+fn service_containers(node: &str, service: &str) -> std::collections::BTreeSet<String> {
+    node_containers(
+        node,
+        &[
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={service}"),
+        ],
+    )
+    .into_iter()
+    .collect()
+}
+
+#[test]
+fn a_rolling_update_and_a_scale_down_under_load_drop_no_request() {
+    let _serial = serial();
+    let shoal = Shoal::start();
+    let node = shoal.swarm_init();
+    let web = unique("web");
+    let port = free_port();
+    shoal.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &web,
+        "--replicas",
+        "4",
+        "--publish",
+        &format!("{port}:80"),
+        "--update-parallelism",
+        "1",
+        "--stop-grace-period",
+        "2s",
+        IMAGE,
+        "sh",
+        "-c",
+        // Like most servers, it quits at once on SIGTERM, with whatever
+        // requests it is serving (httpd as PID 1 would ignore SIGTERM).
+        "trap 'exit 0' TERM; httpd -f -p 80 -h /etc & wait",
+    ]);
+    wait_running(&shoal, &web, 4);
+    let before = wait_for("4 task containers", CONVERGE, || {
+        let c = service_containers(&node.id, &web);
+        (c.len() == 4).then_some(c)
+    });
+    let load = Load::start(port, 4);
+    load.wait_answered(20);
+
+    // Every task rolls, one at a time, while the requests go on.
+    shoal.docker_ok(&["service", "update", "--detach", "--image", IMAGE_V2, &web]);
+    wait_for("every task replaced", CONVERGE, || {
+        let now = service_containers(&node.id, &web);
+        let images = shoal.docker_ok(&[
+            "service",
+            "ps",
+            &web,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Image}} {{.CurrentState}}",
+        ]);
+        let all_new = images.lines().count() == 4
+            && images
+                .lines()
+                .all(|l| l.starts_with(IMAGE_V2) && l.contains("Running"));
+        (now.len() == 4 && now.is_disjoint(&before) && all_new).then_some(())
+    });
+    load.wait_answered(20);
+    assert_eq!(
+        load.failures(),
+        Vec::<String>::new(),
+        "requests failed during the rolling update"
+    );
+
+    // Scaling down under load drops nothing either.
+    shoal.docker_ok(&["service", "scale", "--detach", &format!("{web}=1")]);
+    wait_for("one task left", CONVERGE, || {
+        (service_containers(&node.id, &web).len() == 1).then_some(())
+    });
+    wait_running(&shoal, &web, 1);
+    load.wait_answered(20);
+    let failures = load.failures();
+    let answered = load.answered();
+    drop(load);
+    assert_eq!(
+        failures,
+        Vec::<String>::new(),
+        "requests failed during the scale down"
+    );
+    assert!(answered >= 60, "{answered} answered");
+
+    shoal.docker_ok(&["service", "rm", &web]);
+    leave_clean(&node, &shoal);
+}

@@ -84,34 +84,48 @@ fn unversioned_client(addr: &str) -> ExecResult<Docker> {
 }
 
 async fn negotiated_client(addr: &str, cell: &OnceCell<Docker>) -> ExecResult<Docker> {
-    cell.get_or_try_init(|| async {
-        let version = unversioned_client(addr)?.version().await.map_err(map_err)?;
-        let api = version.api_version.unwrap_or_default();
-        let mut parts = api.split('.').map(|p| p.parse::<usize>().unwrap_or(0));
-        let engine = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        let ours = (
-            bollard::API_DEFAULT_VERSION.major_version,
-            bollard::API_DEFAULT_VERSION.minor_version,
-        );
-        let chosen = engine.min(ours).max(MIN_API);
-        let client_version = bollard::ClientVersion {
-            major_version: chosen.0,
-            minor_version: chosen.1,
-        };
-        let docker = if let Some(path) = addr.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, &client_version)
-        } else if addr.starts_with('/') {
-            Docker::connect_with_unix(addr, REQUEST_TIMEOUT_SECS, &client_version)
-        } else {
-            Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, &client_version)
-        };
-        docker.map_err(|e| AgentError::Connect {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })
+    cell.get_or_try_init(|| negotiate(addr)).await.cloned()
+}
+
+/// For the event stream, which the agent may leave unpolled for a while
+/// (it lists the containers right after subscribing): it must never be the
+/// one holding the shared cell's initialisation, or every other call waits
+/// on a future nobody polls. It negotiates on its own instead.
+async fn events_client(addr: &str, cell: &OnceCell<Docker>) -> ExecResult<Docker> {
+    if let Some(docker) = cell.get() {
+        return Ok(docker.clone());
+    }
+    let docker = negotiate(addr).await?;
+    let _ = cell.set(docker.clone());
+    Ok(docker)
+}
+
+/// A client at the highest API version both the engine and bollard speak.
+async fn negotiate(addr: &str) -> ExecResult<Docker> {
+    let version = unversioned_client(addr)?.version().await.map_err(map_err)?;
+    let api = version.api_version.unwrap_or_default();
+    let mut parts = api.split('.').map(|p| p.parse::<usize>().unwrap_or(0));
+    let engine = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let ours = (
+        bollard::API_DEFAULT_VERSION.major_version,
+        bollard::API_DEFAULT_VERSION.minor_version,
+    );
+    let chosen = engine.min(ours).max(MIN_API);
+    let client_version = bollard::ClientVersion {
+        major_version: chosen.0,
+        minor_version: chosen.1,
+    };
+    let docker = if let Some(path) = addr.strip_prefix("unix://") {
+        Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, &client_version)
+    } else if addr.starts_with('/') {
+        Docker::connect_with_unix(addr, REQUEST_TIMEOUT_SECS, &client_version)
+    } else {
+        Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, &client_version)
+    };
+    docker.map_err(|e| AgentError::Connect {
+        addr: addr.to_string(),
+        reason: e.to_string(),
     })
-    .await
-    .cloned()
 }
 
 /// bollard's error → ours, keeping the engine's message for `Status.Err`.
@@ -338,7 +352,7 @@ impl Executor for DockerExecutor {
             ..Default::default()
         };
         let stream = async move {
-            match negotiated_client(&addr, &cell).await {
+            match events_client(&addr, &cell).await {
                 Ok(docker) => docker
                     .events(Some(options))
                     .map(|item| item.map_err(map_err).map(event_of))

@@ -839,6 +839,7 @@ impl Agent {
             container: rt.container.clone(),
             from: rt.reported,
             start: rt.desired() == Some(TaskState::RUNNING),
+            serving: rt.phase == Phase::Running,
             node: self.node.clone(),
             exec: self.exec.clone(),
             tx: self.op_tx.clone(),
@@ -869,6 +870,8 @@ struct OpCtx {
     container: Option<String>,
     from: TaskState,
     start: bool,
+    /// The container runs, so traffic may reach it: drain before a stop.
+    serving: bool,
     node: Arc<NodeInfo>,
     exec: Arc<dyn Executor>,
     tx: mpsc::UnboundedSender<OpMsg>,
@@ -1068,6 +1071,9 @@ impl OpCtx {
             .as_deref()
             .map(spec::stop_timeout_secs)
             .unwrap_or(spec::DEFAULT_STOP_GRACE_NANOS / 1_000_000_000);
+        if self.serving {
+            self.drain(&id).await;
+        }
         let permit = self.stop_permits.clone().acquire_owned().await;
         let stopping = self.stops.begin();
         if let Err(e) = self.exec.stop(&id, timeout).await {
@@ -1091,5 +1097,23 @@ impl OpCtx {
             return OpResult::Failed(e);
         }
         OpResult::Stopped { exit_code }
+    }
+
+    /// Zero downtime: the data plane stops routing to the task, and its
+    /// open connections get the stop grace period, before the stop.
+    async fn drain(&self, container: &str) {
+        let changed_at = self
+            .assignment
+            .as_ref()
+            .and_then(|a| a.task.version.as_ref())
+            .and_then(|v| v.index);
+        let grace =
+            self.assignment
+                .as_deref()
+                .map(spec::stop_grace)
+                .unwrap_or(Duration::from_nanos(
+                    spec::DEFAULT_STOP_GRACE_NANOS.unsigned_abs(),
+                ));
+        crate::network::drain::before_stop(changed_at, container, grace).await;
     }
 }

@@ -127,11 +127,19 @@ pub fn pinned(image: &str) -> bool {
 /// The stop timeout in whole seconds for `POST /containers/{id}/stop`
 /// (Go truncates: 1.5 s → 1 s).
 pub fn stop_timeout_secs(a: &Assignment) -> i64 {
-    let nanos = container_spec(a)
+    stop_grace_nanos(a) / 1_000_000_000
+}
+
+/// The task's stop grace period, to the nanosecond.
+pub fn stop_grace(a: &Assignment) -> std::time::Duration {
+    std::time::Duration::from_nanos(stop_grace_nanos(a).unsigned_abs())
+}
+
+fn stop_grace_nanos(a: &Assignment) -> i64 {
+    container_spec(a)
         .and_then(|c| c.stop_grace_period)
         .filter(|n| *n >= 0)
-        .unwrap_or(DEFAULT_STOP_GRACE_NANOS);
-    nanos / 1_000_000_000
+        .unwrap_or(DEFAULT_STOP_GRACE_NANOS)
 }
 
 // ---------------------------------------------------------------- templates

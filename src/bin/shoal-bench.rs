@@ -8,6 +8,7 @@
 //! cargo run --release --bin shoal-bench -- proxy [--rounds 5] [--requests 2000]
 //! cargo run --release --bin shoal-bench -- services [--skip-real] [--replicas-max 50]
 //! cargo run --release --bin shoal-bench -- raft [--writes 10000] [--log-writes 100000]
+//! cargo run --release --bin shoal-bench -- network [--clients 8] [--replicas 10]
 //! ```
 
 #[path = "shoal_bench/mod.rs"]
@@ -36,6 +37,10 @@ enum Command {
     /// and batched, commit latency, RSS at 10,000 objects, restart time
     /// with a 100,000-entry log.
     Raft(bench::raft::RaftArgs),
+    /// Published ports: requests/s and p50/p99 latency through the ingress
+    /// proxy vs. the container's own address; failed requests during a
+    /// rolling update of 10 replicas under load (goal 0).
+    Network(bench::network::NetworkArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +57,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Proxy(args) => bench::proxy::run(args).await,
                 Command::Services(args) => bench::services::run(args).await,
                 Command::Raft(args) => bench::raft::run(args).await,
+                Command::Network(args) => bench::network::run(args).await,
             }
         };
         // On Ctrl-C the work future is dropped, which stops the shoal it

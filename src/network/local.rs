@@ -94,6 +94,40 @@ fn current_store() -> Option<Arc<Store>> {
     STORE.read().ok().and_then(|s| s.clone())
 }
 
+/// What the engine's bridges depend on in the store: the cluster, the
+/// swarm networks (ID and version) and the running tasks with more than one
+/// network (connected to the others after their start). While these stay
+/// the same, [`reconcile`] has nothing new to do until the next repair, and
+/// the data plane spares the engine round trips on every task change.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BridgeInputs {
+    cluster: Option<String>,
+    networks: Vec<(String, Option<u64>)>,
+    multi_network_containers: Vec<String>,
+}
+
+pub fn bridge_inputs(store: &Store) -> BridgeInputs {
+    let mut networks: Vec<(String, Option<u64>)> = store
+        .list(Kind::Network)
+        .iter()
+        .map(|n| (n.id().to_string(), n.version()))
+        .collect();
+    networks.sort();
+    let mut multi_network_containers: Vec<String> = store
+        .list(Kind::Task)
+        .iter()
+        .filter_map(as_task)
+        .filter(|t| task_attachments(t).len() >= 2 && tasks::state(t) == TaskState::RUNNING)
+        .filter_map(|t| container_of(&t))
+        .collect();
+    multi_network_containers.sort();
+    BridgeInputs {
+        cluster: crate::cluster::the_cluster(store).and_then(|c| c.id),
+        networks,
+        multi_network_containers,
+    }
+}
+
 /// Engine networks realising this cluster's swarm networks. Only this
 /// cluster's: other shoals may share the engine, and their bridges are not
 /// ours to touch.
@@ -488,13 +522,18 @@ pub async fn backends(engine: &Engine, store: &Store) -> Backends {
         let service_id = task.service_id.clone().unwrap_or_default();
         let attached = task_attachments(&task);
         let is_published = published.contains(&service_id);
-        if !serves(&task) || (attached.is_empty() && !is_published) {
+        if attached.is_empty() && !is_published {
             continue;
         }
         let Some(container) = container_of(&task) else {
             continue;
         };
+        // Kept while the task exists: a drain looks the address up after
+        // the task has left the backends.
         seen.insert(container.clone());
+        if !serves(&task) {
+            continue;
+        }
         let wanted: Vec<String> = attached.iter().map(|(id, _)| bridge_name(id)).collect();
         let Some(addresses) = addresses_of(engine, docker, &container, &wanted).await else {
             continue;
@@ -530,6 +569,22 @@ pub async fn backends(engine: &Engine, store: &Store) -> Backends {
     }
     out.tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     out
+}
+
+/// The address the ingress proxy reaches `container` at, for a drain.
+pub async fn container_address(engine: &Engine, container: &str) -> Option<Ipv4Addr> {
+    let cached = engine
+        .addresses
+        .lock()
+        .ok()
+        .and_then(|a| a.get(container).and_then(|c| c.primary));
+    match cached {
+        Some(ip) => Some(ip),
+        None => {
+            let docker = engine.client().await.ok()?;
+            inspect_addresses(docker, container).await?.primary
+        }
+    }
 }
 
 /// A container's addresses, from the cache once it has one on every

@@ -26,17 +26,23 @@
 //!   task whose desired state is no longer running leaves the VIPs, DNS and
 //!   the ingress backends in the same round. At shutdown and `swarm leave`
 //!   the DNS servers stop and the nft table and VIP addresses go.
+//! - Stops without downtime: [`run`] publishes the store index it has fully
+//!   applied, and the agent waits for it (and for the task's open
+//!   connections) before it stops a task: [`drain`].
 
 pub mod allocate;
 pub mod dns;
+pub mod drain;
 pub mod ingress;
 pub mod ipam;
 pub mod local;
 pub mod vip;
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Proposer, Store};
@@ -179,27 +185,61 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
     let mut proxy = ingress::Ingress::new(shutdown.clone());
     let mut vips = vip::Vips::new();
     let mut dns = dns::Dns::new(shutdown.clone());
+    let (applied_tx, applied_rx) = watch::channel(0);
+    drain::publish(Some(Arc::new(drain::DataPlane::new(
+        store.clone(),
+        engine.clone(),
+        applied_rx,
+        proxy.connections(),
+    ))));
     let mut watcher = store.watch_from(store.index());
+    let mut bridges_checked: Option<(local::BridgeInputs, tokio::time::Instant)> = None;
+    let mut bridges: Option<HashMap<String, local::Bridge>> = None;
+    let mut applied_routes: Option<Vec<vip::VipRoute>> = None;
     loop {
-        local::reconcile(&engine, &store).await;
+        // Everything read below is at least this recent.
+        let index = store.index();
+        let begun = std::time::Instant::now();
+        // The engine round trips only when the bridges' inputs changed or a
+        // repair is due: most changes are task states, and a stop waits for
+        // this loop (see `drain`).
+        let inputs = local::bridge_inputs(&store);
+        let due = bridges_checked
+            .as_ref()
+            .is_none_or(|(last, at)| *last != inputs || at.elapsed() >= REPAIR_EVERY);
+        if due {
+            local::reconcile(&engine, &store).await;
+            bridges = local::bridges(&engine, &store).await;
+            bridges_checked = Some((inputs, tokio::time::Instant::now()));
+        }
         let backends = local::backends(&engine, &store).await;
         proxy
             .reconcile(ingress::desired(&store), backends.by_service.clone())
             .await;
-        if let Some(bridges) = local::bridges(&engine, &store).await {
+        if let Some(bridges) = &bridges {
             if let Some(cluster_id) = cluster_of(&store) {
-                let routes = vip::desired(&store, &backends.tasks, &bridges);
-                vips.reconcile(&vip::table_name(&cluster_id), &routes, &bridges)
-                    .await;
+                let routes = vip::desired(&store, &backends.tasks, bridges);
+                // nft and ip run only when the routes or bridges changed,
+                // or to repair: a stop waits for this pass.
+                if due || applied_routes.as_ref() != Some(&routes) {
+                    vips.reconcile(&vip::table_name(&cluster_id), &routes, bridges)
+                        .await;
+                    applied_routes = Some(routes);
+                }
             }
-            dns.reconcile(&bridges, dns::zones(&store, &backends.tasks))
+            dns.reconcile(bridges, dns::zones(&store, &backends.tasks))
                 .await;
         }
+        // Last: every step above routes by the store at `index` or later,
+        // so stops waiting for it may go on.
+        applied_tx.send_replace(index);
+        tracing::debug!(index, took = ?begun.elapsed(), "data plane applied");
         let wake = tokio::time::Instant::now() + REPAIR_EVERY;
         if !crate::manager::wait_for_change(&store, &mut watcher, &shutdown, Some(wake)).await {
             break;
         }
     }
+    drain::publish(None);
     // The VIPs first: the nft table must not outlive shoal even when the
     // rest is cut short by the stop deadline.
     vips.remove().await;

@@ -6,6 +6,8 @@ pub mod client;
 pub mod daemon;
 /// The large local image the throughput benchmark streams.
 pub mod image;
+/// `shoal-bench network`.
+pub mod network;
 /// `shoal-bench proxy`.
 pub mod proxy;
 /// `shoal-bench raft`.

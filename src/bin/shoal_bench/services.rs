@@ -547,7 +547,7 @@ async fn real_side(
     side
 }
 
-async fn swarm_init(api: &mut Api) -> Result<(String, Duration)> {
+pub(super) async fn swarm_init(api: &mut Api) -> Result<(String, Duration)> {
     let body = json!({"ListenAddr": "0.0.0.0:2377", "AdvertiseAddr": "127.0.0.1"});
     let start = Instant::now();
     let node = api
@@ -571,15 +571,15 @@ async fn swarm_init(api: &mut Api) -> Result<(String, Duration)> {
 
 /// A shoal in swarm mode for this run; dropping it leaves the swarm, stops
 /// shoal and removes any container its node left behind.
-struct ShoalSwarm {
-    shoal: Shoal,
-    engine: PathBuf,
-    node_id: Option<String>,
-    left: bool,
+pub(super) struct ShoalSwarm {
+    pub(super) shoal: Shoal,
+    pub(super) engine: PathBuf,
+    pub(super) node_id: Option<String>,
+    pub(super) left: bool,
 }
 
 impl ShoalSwarm {
-    fn leave(&mut self) -> Result<Duration> {
+    pub(super) fn leave(&mut self) -> Result<Duration> {
         let start = Instant::now();
         let (status, body) = blocking_call(
             self.shoal.socket(),
@@ -807,15 +807,24 @@ async fn scenarios(
 
 /// Tasks (from the API under test) and containers (from the engine directly)
 /// of one service.
-struct Checker<'a> {
-    api: &'a mut Api,
-    engine: &'a mut Api,
-    timeout: Duration,
+pub(super) struct Checker<'a> {
+    pub(super) api: &'a mut Api,
+    pub(super) engine: &'a mut Api,
+    pub(super) timeout: Duration,
 }
 
 impl Checker<'_> {
     async fn create(&mut self, name: &str, replicas: u64) -> Result<(String, Duration)> {
-        let body = service_body(name, replicas);
+        self.create_from(&service_body(name, replicas), replicas)
+            .await
+    }
+
+    /// Creates the service `body` describes and waits for its `replicas`.
+    pub(super) async fn create_from(
+        &mut self,
+        body: &Value,
+        replicas: u64,
+    ) -> Result<(String, Duration)> {
         let start = Instant::now();
         let created = self
             .api
@@ -823,7 +832,7 @@ impl Checker<'_> {
                 StatusCode::CREATED,
                 Method::POST,
                 "/v1.41/services/create",
-                Some(&body),
+                Some(body),
             )
             .await?;
         let id = created["ID"]
@@ -834,7 +843,7 @@ impl Checker<'_> {
         Ok((id, start.elapsed()))
     }
 
-    async fn inspect(&mut self, id: &str) -> Result<Value> {
+    pub(super) async fn inspect(&mut self, id: &str) -> Result<Value> {
         self.api
             .expect(
                 StatusCode::OK,
@@ -845,7 +854,11 @@ impl Checker<'_> {
             .await
     }
 
-    async fn update(&mut self, id: &str, edit: impl FnOnce(&mut Value)) -> Result<Instant> {
+    pub(super) async fn update(
+        &mut self,
+        id: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Instant> {
         let service = self.inspect(id).await?;
         let version = service["Version"]["Index"]
             .as_u64()
@@ -864,7 +877,7 @@ impl Checker<'_> {
         Ok(start)
     }
 
-    async fn scale(&mut self, id: &str, replicas: u64) -> Result<Duration> {
+    pub(super) async fn scale(&mut self, id: &str, replicas: u64) -> Result<Duration> {
         let start = self
             .update(id, |spec| {
                 spec["Mode"] = json!({"Replicated": {"Replicas": replicas}});
@@ -921,7 +934,7 @@ impl Checker<'_> {
     /// image starting with `image`, if given) and the engine runs exactly
     /// their containers; for `want == 0`, until no container of the service
     /// runs on the engine.
-    async fn wait_running(
+    pub(super) async fn wait_running(
         &mut self,
         id: &str,
         want: u64,
@@ -1012,7 +1025,7 @@ impl Checker<'_> {
     /// Deletes the service (if it exists) and waits until none of its
     /// containers is left on the engine; force-removes stragglers after
     /// `REMOVE_TIMEOUT`.
-    async fn remove(&mut self, id: &str) -> Result<()> {
+    pub(super) async fn remove(&mut self, id: &str) -> Result<()> {
         let (status, body) = self
             .api
             .call(Method::DELETE, &format!("/v1.41/services/{id}"), None)
