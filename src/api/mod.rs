@@ -19,6 +19,7 @@ mod tasks;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -118,6 +119,7 @@ impl Api {
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let (parts, body) = req.into_parts();
+        let body = query::read_body(body).await?;
         let query = Query::parse(parts.uri.query());
         let (_, path) = split_version(parts.uri.path());
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -142,7 +144,7 @@ impl Api {
         method: &Method,
         segments: &[&str],
         query: &Query,
-        body: Incoming,
+        body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
         let manager = self.cluster.manager().await?;
         match (method, segments) {

@@ -3,8 +3,8 @@
 use std::time::SystemTime;
 
 use bollard::models::{Node, NodeSpec, NodeSpecRoleEnum, NodeState};
+use bytes::Bytes;
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::filters::{label_matches, Filters};
 use super::query::{read_json, Query};
@@ -45,9 +45,9 @@ pub async fn update(
     manager: &Manager,
     reference: &str,
     query: &Query,
-    body: Incoming,
+    body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let raw: serde_json::Value = read_json(body).await?;
+    let raw: serde_json::Value = read_json(&body)?;
     let version = query.version("node")?;
     let mut spec = node_spec(raw)?;
     let store = manager.store();

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
@@ -66,20 +67,27 @@ impl Query {
     }
 }
 
-/// Reads a JSON body into `T`. An empty body and malformed JSON get the
-/// engine's 400s; fields the API does not know are dropped by `T`.
-pub async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
-    let bytes = Limited::new(body, MAX_BODY)
+/// Reads a request body whole (bounded). Every request to shoal's own
+/// endpoints is read before it is answered, as Go's server does: answering
+/// early (e.g. "not a swarm manager") and closing would make the client's
+/// write of its body fail with a broken pipe instead of showing the error.
+pub async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|e| ApiError::BadRequest(format!("error reading request body: {e}")))?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// Parses a JSON body into `T`. An empty body and malformed JSON get the
+/// engine's 400s; fields the API does not know are dropped by `T`.
+pub fn read_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest(
             "got EOF while reading request body".to_string(),
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(go_json_message(&e, &bytes)))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(go_json_message(&e, bytes)))
 }
 
 /// serde_json's error worded like Go's encoding/json, which is what the

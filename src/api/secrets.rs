@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use bollard::models::{Config, ConfigSpec, Secret, SecretSpec};
+use bytes::Bytes;
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::filters::{label_matches, Filters};
 use super::query::{read_json, Query};
@@ -121,17 +121,17 @@ fn spec_of(object: &Object) -> Option<Spec> {
     }
 }
 
-async fn read_spec(flavor: Flavor, body: Incoming) -> Result<Spec, ApiError> {
+async fn read_spec(flavor: Flavor, body: Bytes) -> Result<Spec, ApiError> {
     Ok(match flavor {
-        Flavor::Secret => Spec::from_secret(read_json(body).await?),
-        Flavor::Config => Spec::from_config(read_json(body).await?),
+        Flavor::Secret => Spec::from_secret(read_json(&body)?),
+        Flavor::Config => Spec::from_config(read_json(&body)?),
     })
 }
 
 pub async fn create(
     manager: &Manager,
     flavor: Flavor,
-    body: Incoming,
+    body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let spec = read_spec(flavor, body).await?;
     validate(flavor, &spec)?;
@@ -185,7 +185,7 @@ pub async fn update(
     flavor: Flavor,
     reference: &str,
     query: &Query,
-    body: Incoming,
+    body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let version = query
         .get("version")

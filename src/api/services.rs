@@ -13,8 +13,8 @@ use bollard::models::{
     TaskSpecContainerSpecDnsConfig, TaskSpecContainerSpecIsolationEnum, TaskSpecPlacement,
     TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
+use bytes::Bytes;
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::filters::{label_matches, Filters};
 use super::query::{read_json, Query};
@@ -29,8 +29,8 @@ use crate::types::{new_id, Kind, Object, SwarmService, Timestamp};
 const FILTERS: [&str; 5] = ["id", "label", "mode", "name", "runtime"];
 const SECOND: i64 = 1_000_000_000;
 
-pub async fn create(manager: &Manager, body: Incoming) -> Result<Response<Body>, ApiError> {
-    let mut spec: ServiceSpec = read_json(body).await?;
+pub async fn create(manager: &Manager, body: Bytes) -> Result<Response<Body>, ApiError> {
+    let mut spec: ServiceSpec = read_json(&body)?;
     check_runtime(&spec)?;
     let store = manager.store();
     // StdRng is Send: it lives across the await below.
@@ -103,10 +103,10 @@ pub async fn update(
     manager: &Manager,
     reference: &str,
     query: &Query,
-    body: Incoming,
+    body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let version = query.version("service")?;
-    let mut spec: ServiceSpec = read_json(body).await?;
+    let mut spec: ServiceSpec = read_json(&body)?;
     check_runtime(&spec)?;
     match query.get("registryAuthFrom") {
         None | Some("") | Some("spec") | Some("previous-spec") => {}

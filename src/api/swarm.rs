@@ -7,8 +7,8 @@ use bollard::models::{
     SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration, SwarmSpecRaft,
     SwarmSpecTaskDefaults,
 };
+use bytes::Bytes;
 use http::Response;
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::query::{read_json, Query};
@@ -41,9 +41,9 @@ struct InitBody {
 pub async fn init(
     cluster: &Cluster,
     proxy: &Proxy,
-    body: Incoming,
+    body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let body: InitBody = read_json(body).await?;
+    let body: InitBody = read_json(&body)?;
     if cluster.is_active().await {
         return Err(cluster::ClusterError::AlreadyInSwarm.into());
     }
@@ -103,8 +103,8 @@ pub async fn init(
 
 /// Joining needs the cluster transport; until then an active node answers
 /// as the engine does and an inactive one is told plainly.
-pub async fn join(cluster: &Cluster, body: Incoming) -> Result<Response<Body>, ApiError> {
-    let _: serde_json::Value = read_json(body).await?;
+pub async fn join(cluster: &Cluster, body: Bytes) -> Result<Response<Body>, ApiError> {
+    let _: serde_json::Value = read_json(&body)?;
     if cluster.is_active().await {
         return Err(cluster::ClusterError::AlreadyInSwarm.into());
     }
@@ -135,13 +135,13 @@ pub async fn inspect(cluster: &Cluster) -> Result<Response<Body>, ApiError> {
 pub async fn update(
     cluster: &Cluster,
     query: &Query,
-    body: Incoming,
+    body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let version = query.version("swarm")?;
     let rotate_worker = query.strict_bool("rotateWorkerToken")?;
     let rotate_manager = query.strict_bool("rotateManagerToken")?;
     let rotate_unlock = query.strict_bool("rotateManagerUnlockKey")?;
-    let spec: SwarmSpec = read_json(body).await?;
+    let spec: SwarmSpec = read_json(&body)?;
     check_spec_name(&spec)?;
     validate_update(&spec)?;
     let manager = cluster.manager().await?;
@@ -191,8 +191,8 @@ struct UnlockBody {
 
 /// `swarm unlock`: 409 unless locked, 400 for a malformed key, 401 for the
 /// wrong one; the key never reaches a log.
-pub async fn unlock(cluster: &Cluster, body: Incoming) -> Result<Response<Body>, ApiError> {
-    let body: UnlockBody = read_json(body).await?;
+pub async fn unlock(cluster: &Cluster, body: Bytes) -> Result<Response<Body>, ApiError> {
+    let body: UnlockBody = read_json(&body)?;
     match cluster.unlock(&body.unlock_key).await {
         Ok(()) => Ok(super::empty_ok()),
         Err(cluster::ClusterError::NotLocked) => {
