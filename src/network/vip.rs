@@ -311,6 +311,17 @@ impl Vips {
     }
 
     async fn reconcile_table(&mut self, table: &str, routes: &[VipRoute]) -> Result<(), VipError> {
+        if routes.is_empty() {
+            // No VIP to route: no table, so a swarm without VIPs leaves
+            // nothing in the host's nftables even if it is killed.
+            if self.applied.take().is_some() {
+                match remove_table(table).await {
+                    Ok(()) | Err(VipError::Missing(_)) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            return Ok(());
+        }
         let script = ruleset(table, routes);
         let present = run(NFT, &["list", "table", "ip", table], None)
             .await
