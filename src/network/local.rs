@@ -244,7 +244,7 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
         }
     }
     remove_stale_bridges(docker, &cluster_id).await;
-    attach_extra(engine, docker, store).await;
+    attach_extra(docker, store).await;
 }
 
 /// Bridges of other swarms with no container left (a shoal that died or
@@ -366,8 +366,7 @@ fn task_attachments(task: &Task) -> Vec<(String, Vec<String>)> {
 
 /// The engine (API 1.41) takes one network at create; a task's further
 /// networks are connected once its container exists.
-async fn attach_extra(engine: &Engine, docker: &Docker, store: &Store) {
-    let _ = engine;
+async fn attach_extra(docker: &Docker, store: &Store) {
     for task in store.list(Kind::Task).iter().filter_map(as_task) {
         let networks = task_attachments(&task);
         if networks.len() < 2 || tasks::state(&task) != TaskState::RUNNING {
