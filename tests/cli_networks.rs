@@ -76,6 +76,25 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 #[track_caller]
+/// A service whose task only sleeps on `network`: the place requests are
+/// made from (`docker exec` into its container).
+fn create_client(shoal: &Shoal, name: &str, network: &str) {
+    shoal.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+}
+
 fn leave_clean(node: &SwarmNode, shoal: &Shoal) {
     node.leave(shoal);
     wait_for(
@@ -148,20 +167,7 @@ fn services_reach_each_other_by_name_and_through_a_published_port() {
         "-h",
         "/etc",
     ]);
-    shoal.docker_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        &client,
-        "--network",
-        &net,
-        "--stop-grace-period",
-        "1s",
-        IMAGE,
-        "sleep",
-        "3600",
-    ]);
+    create_client(&shoal, &client, &net);
     wait_running(&shoal, &web, 3);
     wait_running(&shoal, &client, 1);
 
@@ -588,20 +594,7 @@ fn vips_balance_and_shoals_dns_answers_names_until_leave_and_shutdown() {
     };
     httpd(&web, "3", "vip");
     httpd(&rr, "2", "dnsrr");
-    shoal.docker_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        &client,
-        "--network",
-        &net,
-        "--stop-grace-period",
-        "1s",
-        IMAGE,
-        "sleep",
-        "3600",
-    ]);
+    create_client(&shoal, &client, &net);
     wait_running(&shoal, &web, 3);
     wait_running(&shoal, &rr, 2);
     wait_running(&shoal, &client, 1);
