@@ -17,6 +17,7 @@ use super::ApiError;
 use crate::body::{Body, BoxError};
 use crate::cluster::Manager;
 use crate::manager::orchestrator::as_task;
+use crate::manager::tasks::container_id;
 use crate::proxy::Proxy;
 use crate::store::{Store, WatchItem};
 use crate::types::{Kind, Object};
@@ -115,7 +116,7 @@ fn stream_logs(
     let options = Arc::new(options);
     let mut started = std::collections::HashSet::new();
     for task in tasks {
-        if let Some(container) = container_of(&task) {
+        if let Some(container) = container_id(&task) {
             started.insert(task.id.clone().unwrap_or_default());
             tokio::spawn(pump(
                 proxy.clone(),
@@ -163,7 +164,7 @@ async fn follow_new_tasks(
             let started_running = crate::manager::tasks::rank(crate::manager::tasks::state(&task))
                 >= crate::manager::tasks::rank(bollard::models::TaskState::RUNNING);
             let container =
-                container_of(&task).filter(|_| started_running && !started.contains(&id));
+                container_id(&task).filter(|_| started_running && !started.contains(&id));
             if let Some(container) = container {
                 started.insert(id);
                 tokio::spawn(pump(
@@ -187,16 +188,6 @@ async fn follow_new_tasks(
             },
         }
     }
-}
-
-fn container_of(task: &Task) -> Option<String> {
-    task.status
-        .as_ref()?
-        .container_status
-        .as_ref()?
-        .container_id
-        .clone()
-        .filter(|c| !c.is_empty())
 }
 
 /// Copies one container's log frames, adding the task's details to each line.

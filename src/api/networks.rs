@@ -8,12 +8,12 @@ use std::net::Ipv4Addr;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::filters::{label_matches, Filters};
-use super::query::Query;
+use super::query::{read_body, Query};
 use super::{json, split_version, ApiError};
 use crate::body::Body;
 use crate::cluster::{Cluster, Manager};
@@ -23,16 +23,7 @@ use crate::proxy::Proxy;
 use crate::store::Transaction;
 use crate::types::{Kind, Object, SwarmNetwork, Timestamp};
 
-const MAX_BODY: usize = 16 << 20;
 const FILTERS: [&str; 7] = ["dangling", "driver", "id", "label", "name", "scope", "type"];
-
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
-    Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::BadRequest(format!("error reading request body: {e}")))
-}
 
 /// Everything under `/networks`.
 pub async fn handle(

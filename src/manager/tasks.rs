@@ -39,6 +39,17 @@ pub fn name(service: &str, task: &Task) -> String {
     format!("{service}.{middle}.{}", task.id.as_deref().unwrap_or(""))
 }
 
+/// The engine container the agent reported running the task, if any.
+pub fn container_id(task: &Task) -> Option<String> {
+    task.status
+        .as_ref()?
+        .container_status
+        .as_ref()?
+        .container_id
+        .clone()
+        .filter(|c| !c.is_empty())
+}
+
 pub fn now() -> String {
     Timestamp::from_system(SystemTime::now()).to_rfc3339()
 }

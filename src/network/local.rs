@@ -118,7 +118,7 @@ pub fn bridge_inputs(store: &Store) -> BridgeInputs {
         .iter()
         .filter_map(as_task)
         .filter(|t| task_attachments(t).len() >= 2 && tasks::state(t) == TaskState::RUNNING)
-        .filter_map(|t| container_of(&t))
+        .filter_map(|t| tasks::container_id(&t))
         .collect();
     multi_network_containers.sort();
     BridgeInputs {
@@ -372,7 +372,7 @@ async fn attach_extra(docker: &Docker, store: &Store) {
         if networks.len() < 2 || tasks::state(&task) != TaskState::RUNNING {
             continue;
         }
-        let Some(container) = container_of(&task) else {
+        let Some(container) = tasks::container_id(&task) else {
             continue;
         };
         let Ok(inspect) = docker.inspect_container(&container, None).await else {
@@ -397,16 +397,6 @@ async fn attach_extra(docker: &Docker, store: &Store) {
             }
         }
     }
-}
-
-fn container_of(task: &Task) -> Option<String> {
-    task.status
-        .as_ref()?
-        .container_status
-        .as_ref()?
-        .container_id
-        .clone()
-        .filter(|c| !c.is_empty())
 }
 
 fn service_name(store: &Store, task: &Task) -> String {
@@ -524,7 +514,7 @@ pub async fn backends(engine: &Engine, store: &Store) -> Backends {
         if attached.is_empty() && !is_published {
             continue;
         }
-        let Some(container) = container_of(&task) else {
+        let Some(container) = tasks::container_id(&task) else {
             continue;
         };
         // Kept while the task exists: a drain looks the address up after
