@@ -1066,17 +1066,17 @@ impl OpCtx {
         let Some(id) = self.container.clone() else {
             return OpResult::Stopped { exit_code: None };
         };
-        let timeout = self
+        let grace = self
             .assignment
             .as_deref()
-            .map(spec::stop_timeout_secs)
-            .unwrap_or(spec::DEFAULT_STOP_GRACE_NANOS / 1_000_000_000);
+            .map(spec::stop_grace)
+            .unwrap_or(spec::DEFAULT_STOP_GRACE);
         if self.serving {
-            self.drain(&id).await;
+            self.drain(&id, grace).await;
         }
         let permit = self.stop_permits.clone().acquire_owned().await;
         let stopping = self.stops.begin();
-        if let Err(e) = self.exec.stop(&id, timeout).await {
+        if let Err(e) = self.exec.stop(&id, spec::whole_seconds(grace)).await {
             return OpResult::Failed(e);
         }
         let exit_code = match self.exec.inspect(&id).await {
@@ -1101,19 +1101,12 @@ impl OpCtx {
 
     /// Zero downtime: the data plane stops routing to the task, and its
     /// open connections get the stop grace period, before the stop.
-    async fn drain(&self, container: &str) {
+    async fn drain(&self, container: &str, grace: Duration) {
         let changed_at = self
             .assignment
             .as_ref()
             .and_then(|a| a.task.version.as_ref())
             .and_then(|v| v.index);
-        let grace =
-            self.assignment
-                .as_deref()
-                .map(spec::stop_grace)
-                .unwrap_or(Duration::from_nanos(
-                    spec::DEFAULT_STOP_GRACE_NANOS.unsigned_abs(),
-                ));
         crate::network::drain::before_stop(changed_at, container, grace).await;
     }
 }

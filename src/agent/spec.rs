@@ -127,8 +127,18 @@ pub fn pinned(image: &str) -> bool {
 /// The stop timeout in whole seconds for `POST /containers/{id}/stop`
 /// (Go truncates: 1.5 s → 1 s).
 pub fn stop_timeout_secs(a: &Assignment) -> i64 {
-    stop_grace_nanos(a) / 1_000_000_000
+    whole_seconds(stop_grace(a))
 }
+
+/// A grace period as the stop endpoint's whole seconds (truncated, as Go).
+pub fn whole_seconds(grace: std::time::Duration) -> i64 {
+    i64::try_from(grace.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The engine's grace period when a task has none (and for containers
+/// the agent stops without their assignment, e.g. adopted ones).
+pub const DEFAULT_STOP_GRACE: std::time::Duration =
+    std::time::Duration::from_nanos(DEFAULT_STOP_GRACE_NANOS.unsigned_abs());
 
 /// The task's stop grace period, to the nanosecond.
 pub fn stop_grace(a: &Assignment) -> std::time::Duration {
