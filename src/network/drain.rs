@@ -7,6 +7,11 @@
 //! data plane has applied the write that changed the task's desired state,
 //! no new connection reaches the task; then the connections the ingress
 //! proxy still has open to it get the task's stop grace period to finish.
+//!
+//! Docker's swarm also takes a task out of its load balancer before the
+//! stop, but does not wait for open connections: the signal cuts requests
+//! in flight. Waiting for them is shoal's zero-downtime promise; a stop is
+//! then delayed by at most the grace period (plus the data plane's catch-up).
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};

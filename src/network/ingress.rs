@@ -6,6 +6,11 @@
 //! accepting when its port is no longer published (service removed, port
 //! removed); its open connections run on until they end or shoal stops.
 //!
+//! Different from Docker's routing mesh (IPVS), which neither retries nor
+//! replays: without it, a connection that reaches a task as it stops fails,
+//! and no request may fail during an update. The cost: a request a task
+//! handled but closed without answering is sent again to another task.
+//!
 //! Every forwarded connection is counted against its task's address
 //! ([`OpenConnections`]), so the agent can let them finish before it stops
 //! a task (see [`super::drain`]).
