@@ -4,15 +4,26 @@
 //! sled locks its directory until every handle (including its trees) is
 //! dropped, and openraft drops the storage in its own tasks after
 //! shutdown. Reopening the same directory in one process (tests, a later
-//! `swarm leave`/`init`) waits on [`Closed`] instead of guessing.
+//! `swarm leave`/`init`) waits on [`Closed`] instead of guessing. Holders of
+//! an `Arc<Db>` declare it after their trees, so the trees go first.
+//!
+//! Even then sled's own I/O threads can hold its file for a moment after
+//! the last handle is gone, so [`Db::open`] waits (briefly) for the lock.
 
 use crate::raft::RaftError;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// sled's page cache; its default (1 GiB) is far more than the store needs.
 pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long `open` waits for another holder of the directory to let go.
+/// Long enough for sled's threads to finish; short enough that a second
+/// shoal on the same data dir fails promptly with sled's "could not acquire
+/// lock" error.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Db {
     pub sled: sled::Db,
@@ -34,7 +45,8 @@ impl Closed {
 }
 
 impl Db {
-    pub fn open(dir: &Path) -> Result<(Arc<Db>, Closed), RaftError> {
+    pub async fn open(dir: &Path) -> Result<(Arc<Db>, Closed), RaftError> {
+        wait_for_lock(&dir.join("db"), LOCK_WAIT).await;
         let sled = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
@@ -63,5 +75,25 @@ impl Db {
             .await
             .map_err(|e| RaftError::Io(std::io::Error::other(e)))??;
         Ok(())
+    }
+}
+
+/// Wait until nobody holds sled's lock on `file` (the same `flock` sled
+/// takes), or until `limit`; sled's own open then reports any holder left.
+async fn wait_for_lock(file: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let Ok(probe) = std::fs::File::open(file) else {
+            return; // a fresh directory: nothing to wait for
+        };
+        // The probe's lock is released when it is dropped, before sled's open.
+        if !matches!(probe.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+            return;
+        }
+        drop(probe);
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -30,7 +30,6 @@ pub struct LogStore {
 }
 
 struct Inner {
-    db: Arc<Db>,
     /// index (big-endian u64) → encoded entry
     log: sled::Tree,
     /// vote, committed, last_purged as JSON
@@ -38,6 +37,8 @@ struct Inner {
     codec: Arc<dyn Codec>,
     flusher: mpsc::UnboundedSender<Flushed>,
     flushes: Arc<AtomicU64>,
+    /// Last, so the trees above are dropped before it (see `db`).
+    db: Arc<Db>,
 }
 
 fn key(index: u64) -> [u8; 8] {

@@ -72,7 +72,7 @@ impl RaftNode {
     /// its whole log, so the store holds every acknowledged write.
     pub async fn open(data_dir: &Path, id: u64, opts: NodeOptions) -> Result<RaftNode, RaftError> {
         let t0 = std::time::Instant::now();
-        let (db, closed) = Db::open(&data_dir.join("raft"))?;
+        let (db, closed) = Db::open(&data_dir.join("raft")).await?;
         let store = Store::with_codec(opts.codec.clone());
         let log = LogStore::open(db.clone(), opts.codec.clone())?;
         let sm = StateMachine::open(db, store.clone())?;

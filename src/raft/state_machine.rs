@@ -25,13 +25,14 @@ type Meta = SnapshotMeta<u64, BasicNode>;
 
 pub struct StateMachine {
     store: Arc<Store>,
-    db: Arc<Db>,
     /// SNAP_META (JSON) and SNAP_DATA (see `disk`), written together.
     snap: sled::Tree,
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
     /// Makes snapshot IDs unique even when two share a last log id.
     builds: Arc<AtomicU64>,
+    /// Last, so `snap` is dropped before it (see `db`).
+    db: Arc<Db>,
 }
 
 impl StateMachine {
@@ -113,12 +114,13 @@ async fn save_snapshot(
 /// Captures the store at one applied index; builds and saves its snapshot.
 pub struct SnapshotBuilder {
     store: Arc<Store>,
-    db: Arc<Db>,
     snap: sled::Tree,
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
     objects: Vec<Arc<Object>>,
     build: u64,
+    /// Last, so `snap` is dropped before it (see `db`).
+    db: Arc<Db>,
 }
 
 impl SnapshotBuilder {

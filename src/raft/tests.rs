@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, (TempDir, super::db::Close
         &self,
     ) -> Result<((TempDir, super::db::Closed), LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().unwrap();
-        let (db, closed) = Db::open(&dir.path().join("raft")).unwrap();
+        let (db, closed) = Db::open(&dir.path().join("raft")).await.unwrap();
         let log = LogStore::open(db.clone(), Arc::new(Identity)).unwrap();
         let sm = StateMachine::open(db, crate::store::Store::new()).unwrap();
         Ok(((dir, closed), log, sm))
