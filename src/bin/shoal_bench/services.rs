@@ -214,8 +214,8 @@ struct Floor {
     create_max: Option<f64>,
     /// create + start of `max - 10` more.
     scale_up: Option<f64>,
-    /// force-remove of `max`.
-    remove_max: Option<f64>,
+    /// stop of `max` with the 1 s grace period (see [`stop_all`]).
+    stop_max: Option<f64>,
     /// replace `max` (stop with 1 s grace, remove, create, start) with
     /// `UPDATE_PARALLELISM` workers.
     replace_max: Option<f64>,
@@ -229,10 +229,10 @@ impl Floor {
             Scenario::Create10 => self.create10,
             Scenario::CreateMax => self.create_max,
             Scenario::ScaleUp => self.scale_up,
-            // The waits the spec itself imposes on any orchestrator: the
-            // 1 s StopGracePeriod (`sleep` ignores SIGTERM) and the default
-            // 5 s UpdateConfig.Monitor before an update counts as completed.
-            Scenario::ScaleDown => self.remove_max.map(|s| s + STOP_GRACE_S),
+            // The stop includes the 1 s StopGracePeriod (`sleep` ignores
+            // SIGTERM); "completed" the default 5 s UpdateConfig.Monitor,
+            // the waits the spec itself imposes on any orchestrator.
+            Scenario::ScaleDown => self.stop_max,
             Scenario::UpdateRunning => self.replace_max,
             Scenario::UpdateCompleted => self.replace_max.map(|s| s + MONITOR_S),
             Scenario::Init | Scenario::Leave => None,
@@ -1149,8 +1149,9 @@ async fn floor_steps(floor: &mut Floor, engine: &Path, max: u64, run_id: &str) -
         create_start(engine, run_id, &counter, max - 10, IMAGE_OLD, FLOOR_WORKERS).await?;
     floor.scale_up = say(&format!("create + start {} more", max - 10), took);
     ids.extend(more);
-    let took = force_remove(engine, ids, FLOOR_WORKERS).await?;
-    floor.remove_max = say(&format!("force-remove {max}"), took);
+    let took = stop_all(engine, &ids, FLOOR_WORKERS).await?;
+    floor.stop_max = say(&format!("stop {max} (1 s grace)"), took);
+    force_remove(engine, ids, FLOOR_WORKERS).await?;
 
     let (ids, took) = create_start(engine, run_id, &counter, max, IMAGE_OLD, FLOOR_WORKERS).await?;
     floor.create_max = say(&format!("create + start {max}"), took);
@@ -1260,6 +1261,69 @@ async fn force_remove(engine: &Path, ids: Vec<String>, workers: usize) -> Result
         handle.await.context("floor worker")??;
     }
     Ok(start.elapsed())
+}
+
+/// Stops `ids` as fast as the engine allows, with the service's grace
+/// period: SIGTERM to all at once, the grace period, then SIGKILL and a
+/// wait for the exit with `workers` at a time. (On this 2-core machine
+/// that beats 50 concurrent `POST /stop?t=1` — 4.3 s against 5.2 s — since
+/// the engine tears exited containers down faster a few at a time.)
+async fn stop_all(engine: &Path, ids: &[String], workers: usize) -> Result<Duration> {
+    let start = Instant::now();
+    let signals: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (engine, id) = (engine.to_path_buf(), id.clone());
+            tokio::spawn(async move {
+                let mut api = Api::new(&engine);
+                kill(&mut api, &id, "TERM").await
+            })
+        })
+        .collect();
+    for signal in signals {
+        signal.await.context("floor worker")??;
+    }
+    tokio::time::sleep(Duration::from_secs_f64(STOP_GRACE_S)).await;
+    let queue = Arc::new(std::sync::Mutex::new(ids.to_vec()));
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (engine, queue) = (engine.to_path_buf(), queue.clone());
+        handles.push(tokio::spawn(async move {
+            let mut api = Api::new(&engine);
+            loop {
+                let next = queue.lock().map_err(|_| anyhow!("queue poisoned"))?.pop();
+                let Some(id) = next else { break };
+                kill(&mut api, &id, "KILL").await?;
+                api.expect(
+                    StatusCode::OK,
+                    Method::POST,
+                    &format!("/v1.41/containers/{id}/wait?condition=not-running"),
+                    None,
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for handle in handles {
+        handle.await.context("floor worker")??;
+    }
+    Ok(start.elapsed())
+}
+
+/// Sends `signal` to container `id`; one that no longer runs is fine.
+async fn kill(api: &mut Api, id: &str, signal: &str) -> Result<()> {
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1.41/containers/{id}/kill?signal={signal}"),
+            None,
+        )
+        .await?;
+    if status != StatusCode::NO_CONTENT && status != StatusCode::CONFLICT {
+        bail!("POST /containers/{id}/kill: {status}: {}", message(&body));
+    }
+    Ok(())
 }
 
 /// What a stop-first rolling update does, straight on the engine: for each
@@ -1427,8 +1491,8 @@ impl Report {
         let _ = writeln!(
             out,
             "\n  goal = max(0.5 × real swarm, 1.2 × floor). floor, straight on the engine: create + start with \
-             {FLOOR_WORKERS} workers (scale up: the {} extra ones); scale → 0: force-remove with {FLOOR_WORKERS} \
-             workers + the {STOP_GRACE_S:.0} s StopGracePeriod; update: {UPDATE_PARALLELISM} workers each \
+             {FLOOR_WORKERS} workers (scale up: the {} extra ones); scale → 0: SIGTERM to all, the {STOP_GRACE_S:.0} s \
+             StopGracePeriod, then SIGKILL and wait with {FLOOR_WORKERS} workers; update: {UPDATE_PARALLELISM} workers each \
              stopping (1 s grace), removing, creating and starting a replacement, + the default \
              {MONITOR_S:.0} s Monitor for \"completed\".",
             max - 10
