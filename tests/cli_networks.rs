@@ -1005,3 +1005,92 @@ fn a_rolling_update_and_a_scale_down_under_load_drop_no_request() {
     shoal.docker_ok(&["service", "rm", &web]);
     leave_clean(&node, &shoal);
 }
+
+/// The nft table of the swarm `shoal` runs.
+fn vip_table_of(shoal: &Shoal) -> String {
+    let cluster = shoal.docker_ok(&["info", "--format", "{{.Swarm.Cluster.ID}}"]);
+    format!("shoal_{}", &cluster.trim()[..12])
+}
+
+/// A shoal killed with SIGKILL leaves its VIP table and bridges behind;
+/// another shoal on the host cleans them up, while a live swarm's bridge,
+/// even with no container left on it, is never touched.
+#[test]
+fn a_killed_swarms_leftovers_go_and_a_live_swarms_stay() {
+    let _serial = serial();
+    // The live swarm: an attachable network realised by a task, then empty.
+    let live = Shoal::start();
+    let live_node = live.swarm_init();
+    let live_net = unique("livenet");
+    let live_svc = unique("livesvc");
+    // Subnets of their own: the swarms share the engine's address space.
+    live.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--attachable",
+        "--subnet",
+        "10.231.1.0/24",
+        &live_net,
+    ]);
+    create_client(&live, &live_svc, &live_net);
+    wait_running(&live, &live_svc, 1);
+    let live_bridges = realising_networks();
+    assert_eq!(live_bridges.len(), 1, "{live_bridges:?}");
+    live.docker_ok(&["service", "rm", &live_svc]);
+    wait_for("the live swarm's task gone", CONVERGE, || {
+        node_containers(&live_node.id, &["-a"])
+            .is_empty()
+            .then_some(())
+    });
+
+    // The swarm that dies: a service with a VIP on its own network.
+    let mut doomed = Shoal::start();
+    let doomed_node = doomed.swarm_init();
+    let net = unique("net");
+    let svc = unique("svc");
+    doomed.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.231.2.0/24",
+        &net,
+    ]);
+    create_client(&doomed, &svc, &net);
+    wait_running(&doomed, &svc, 1);
+    let table = vip_table_of(&doomed);
+    wait_for("the doomed swarm's VIP table", CONVERGE, || {
+        has_vip_table(&table).then_some(())
+    });
+    let with_doomed = realising_networks();
+    assert_eq!(with_doomed.len(), 2, "{with_doomed:?}");
+    doomed.kill();
+    // What a killed shoal leaves running, removed by hand (as an operator
+    // would, or as the engine's restart would have stopped it).
+    for container in node_containers(&doomed_node.id, &["-a"]) {
+        ok(&engine_docker(&["rm", "-f", &container]));
+    }
+    drop(doomed_node);
+    assert!(has_vip_table(&table), "the table outlived its shoal");
+
+    // Another shoal's data plane removes both leftovers.
+    let cleaner = Shoal::start();
+    let cleaner_node = cleaner.swarm_init();
+    wait_for(
+        "the dead swarm's table and bridge removed",
+        CONVERGE,
+        || (!has_vip_table(&table) && realising_networks() == live_bridges).then_some(()),
+    );
+    // ... and, a few repair rounds later, the live swarm's empty bridge is
+    // still there, and still works.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(realising_networks(), live_bridges);
+    create_client(&live, &live_svc, &live_net);
+    wait_running(&live, &live_svc, 1);
+
+    cleaner_node.leave(&cleaner);
+    leave_clean(&live_node, &live);
+}

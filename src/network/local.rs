@@ -247,10 +247,10 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
     attach_extra(docker, store).await;
 }
 
-/// Bridges of other swarms with no container left (a shoal that died or
-/// was killed before leaving) would hold their subnets on this engine
-/// forever; they go. A live swarm's empty bridge that goes too is made
-/// again by its own shoal's next reconcile.
+/// Bridges of other swarms with no container left whose shoal is gone from
+/// this host (died or was killed before leaving; see `owners`) would hold
+/// their subnets on this engine forever; they go. A live swarm's bridges
+/// stay, empty or not.
 async fn remove_stale_bridges(docker: &Docker, cluster_id: &str) {
     let options = ListNetworksOptions {
         filters: Some(HashMap::from([(
@@ -266,7 +266,7 @@ async fn remove_stale_bridges(docker: &Docker, cluster_id: &str) {
             .labels
             .as_ref()
             .and_then(|l| l.get(LABEL_CLUSTER_ID));
-        if owner.map(String::as_str) == Some(cluster_id) {
+        if owner.is_some_and(|o| o == cluster_id || super::owners::is_alive(o)) {
             continue;
         }
         let Some(name) = network.name else { continue };

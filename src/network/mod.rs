@@ -36,6 +36,7 @@ pub mod drain;
 pub mod ingress;
 pub mod ipam;
 pub mod local;
+pub mod owners;
 pub mod vip;
 
 use std::collections::HashMap;
@@ -196,7 +197,16 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
     let mut bridges_checked: Option<(local::BridgeInputs, tokio::time::Instant)> = None;
     let mut bridges: Option<HashMap<String, local::Bridge>> = None;
     let mut applied_routes: Option<Vec<vip::VipRoute>> = None;
+    // Marks this swarm alive on this host while the data plane runs (the
+    // cluster it was tried for, and the claim if it was taken).
+    let mut claim: Option<(String, Option<owners::Claim>)> = None;
     loop {
+        if let Some(cluster_id) = cluster_of(&store) {
+            if claim.as_ref().map(|(id, _)| id) != Some(&cluster_id) {
+                claim = Some((cluster_id.clone(), owners::claim(&cluster_id)));
+                vip::remove_dead_tables().await;
+            }
+        }
         // Everything read below is at least this recent.
         let index = store.index();
         let begun = std::time::Instant::now();

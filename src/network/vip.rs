@@ -63,12 +63,34 @@ pub struct VipRoute {
 /// This node's nft table: one per swarm and node, since several shoals may
 /// share this host's kernel. The cluster ID is random per swarm.
 pub fn table_name(cluster_id: &str) -> String {
-    let short: String = cluster_id
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(12)
-        .collect();
-    format!("shoal_{short}")
+    format!("{TABLE_PREFIX}{}", super::owners::short_id(cluster_id))
+}
+
+const TABLE_PREFIX: &str = "shoal_";
+
+/// Removes the tables of swarms whose shoal is gone from this host (killed
+/// before it could remove its own; see `owners`).
+pub async fn remove_dead_tables() {
+    let Ok(text) = run(NFT, &["list", "tables", "ip"], None).await else {
+        return;
+    };
+    for table in dead_tables(&text, super::owners::is_alive) {
+        match remove_table(&table).await {
+            Ok(()) => tracing::info!(table, "VIP table of a swarm gone from this host removed"),
+            Err(error) => tracing::debug!(table, %error, "cannot remove a dead swarm's table"),
+        }
+    }
+}
+
+/// The shoal tables in `nft list tables` output whose swarm `alive` denies.
+fn dead_tables(listing: &str, alive: impl Fn(&str) -> bool) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("table ip "))
+        .filter_map(|name| Some((name, name.strip_prefix(TABLE_PREFIX)?)))
+        .filter(|(_, short)| !alive(short))
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 /// The VIPs the store's services have on the realised bridges, with their
@@ -415,6 +437,16 @@ mod tests {
         ));
         assert!(!text.contains("daddr 10.0.1.3 dnat"), "{text}");
         assert!(text.contains("ct original ip daddr { 10.0.1.2, 10.0.1.3 } masquerade"));
+    }
+
+    #[test]
+    fn dead_tables_are_shoal_tables_of_gone_swarms() {
+        let listing =
+            "table ip nat\ntable ip shoal_alive123\ntable ip shoal_gone456\ntable ip filter\n";
+        assert_eq!(
+            dead_tables(listing, |short| short == "alive123"),
+            vec!["shoal_gone456".to_string()]
+        );
     }
 
     #[test]
