@@ -787,3 +787,66 @@ fn service_logs_follow_picks_up_new_tasks() {
 
     node.leave(&shoal);
 }
+
+/// The exit code a replaced task's container left, once it has shut down.
+fn shutdown_exit_code(shoal: &Shoal, service: &str) -> i64 {
+    wait_for(&format!("{service}'s old task shut down"), CONVERGE, || {
+        let ids = shoal.docker_ok(&[
+            "service",
+            "ps",
+            "-q",
+            "--filter",
+            "desired-state=shutdown",
+            service,
+        ]);
+        let task = ids.split_whitespace().next()?.to_string();
+        let out = shoal.docker_ok(&[
+            "inspect",
+            "--format",
+            "{{.Status.State}} {{.Status.ContainerStatus.ExitCode}}",
+            &task,
+        ]);
+        let (state, code) = out.trim().split_once(' ')?;
+        (state == "shutdown").then(|| code.parse().ok())?
+    })
+}
+
+/// A task is stopped with its service's stop signal; one that ignores it
+/// is killed when the grace period is over.
+#[test]
+fn tasks_stop_with_their_stop_signal_then_sigkill_after_the_grace_period() {
+    let shoal = Shoal::start();
+    let node = shoal.swarm_init();
+    shoal.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "usr1",
+        "--stop-signal",
+        "SIGUSR1",
+        "--stop-grace-period",
+        "60s",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 3' USR1; while :; do sleep 0.1; done",
+    ]);
+    create(&shoal, &["--name", "stubborn", IMAGE, "sleep", "1d"]);
+    wait_replicas(&shoal, "usr1", "1/1");
+    wait_replicas(&shoal, "stubborn", "1/1");
+
+    // Replaced tasks stay in the history, with their exit codes.
+    for service in ["usr1", "stubborn"] {
+        shoal.docker_ok(&["service", "update", "--detach", "--force", service]);
+    }
+    // The trap's exit code: SIGUSR1 arrived (SIGTERM would give 143, the
+    // SIGKILL after 60 s 137).
+    assert_eq!(shutdown_exit_code(&shoal, "usr1"), 3);
+    // `sleep` ignores SIGTERM: killed after its 1 s.
+    assert_eq!(shutdown_exit_code(&shoal, "stubborn"), 137);
+    wait_replicas(&shoal, "usr1", "1/1");
+    wait_replicas(&shoal, "stubborn", "1/1");
+
+    node.leave(&shoal);
+}

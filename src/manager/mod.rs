@@ -123,20 +123,18 @@ pub async fn wait_for_change(
         },
         _ = sleep => {}
     }
-    // Coalesce: take whatever else is already queued without waiting.
-    let burst = tokio::time::sleep(Duration::from_millis(2));
-    tokio::pin!(burst);
+    // Coalesce: take whatever else is already queued (one raft apply
+    // publishes all its changes at once), but do not wait for more: every
+    // millisecond here is on the path from `service create` to a container.
+    tokio::task::yield_now().await;
     loop {
-        tokio::select! {
-            biased;
-            item = watcher.next() => match item {
-                Some(WatchItem::Event(_)) => continue,
-                Some(WatchItem::Resync) | None => {
-                    *watcher = store.watch_from(store.index());
-                    break;
-                }
-            },
-            _ = &mut burst => break,
+        match watcher.next().now_or_never() {
+            Some(Some(WatchItem::Event(_))) => continue,
+            Some(Some(WatchItem::Resync) | None) => {
+                *watcher = store.watch_from(store.index());
+                break;
+            }
+            None => break,
         }
     }
     !shutdown.is_cancelled()
