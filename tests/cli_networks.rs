@@ -719,8 +719,7 @@ fn vips_balance_and_shoals_dns_answers_names_until_leave_and_shutdown() {
 
     // The VIP lives in this swarm's nft table and on the bridge until
     // shoal stops; a restart puts them back.
-    let cluster = shoal.docker_ok(&["info", "--format", "{{.Swarm.Cluster.ID}}"]);
-    let table = format!("shoal_{}", &cluster.trim()[..12]);
+    let table = vip_table_of(&shoal);
     assert!(has_vip_table(&table), "{table} missing");
     assert!(has_host_address(&vip), "{vip} not on the bridge");
     shoal.stop();
