@@ -203,8 +203,9 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
     loop {
         if let Some(cluster_id) = cluster_of(&store) {
             if claim.as_ref().map(|(id, _)| id) != Some(&cluster_id) {
-                claim = Some((cluster_id.clone(), owners::claim(&cluster_id)));
+                claim = Some((cluster_id.clone(), owners::claim(&cluster_id).await));
                 vip::remove_dead_tables().await;
+                owners::remove_dead_claims();
             }
         }
         // Everything read below is at least this recent.
