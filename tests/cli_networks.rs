@@ -1083,10 +1083,8 @@ fn a_killed_swarms_leftovers_go_and_a_live_swarms_stay() {
         CONVERGE,
         || (!has_vip_table(&table) && realising_networks() == live_bridges).then_some(()),
     );
-    // ... and, a few repair rounds later, the live swarm's empty bridge is
-    // still there, and still works.
-    std::thread::sleep(Duration::from_secs(7));
-    assert_eq!(realising_networks(), live_bridges);
+    // The same pass kept the live swarm's empty bridge (the very same
+    // network: one made again would have another ID), and it still works.
     create_client(&live, &live_svc, &live_net);
     wait_running(&live, &live_svc, 1);
 
