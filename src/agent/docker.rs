@@ -36,6 +36,8 @@ const MIN_API: (usize, usize) = (1, 41);
 /// with a 1 s grace: 4.3 s against 4.2-5.2 s for 50 concurrent
 /// `POST /stop?t=1`, and far steadier).
 const KILL_CONCURRENCY: usize = 8;
+/// How long one SIGKILLed container may hold a [`KILL_CONCURRENCY`] slot.
+const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs task containers on a Docker engine through bollard.
 pub struct DockerExecutor {
@@ -300,7 +302,7 @@ impl Executor for DockerExecutor {
             if let Ok(exited) = tokio::time::timeout(grace, wait_not_running(&docker, id)).await {
                 return exited;
             }
-            let _permit = self
+            let permit = self
                 .kill_permits
                 .acquire()
                 .await
@@ -308,6 +310,13 @@ impl Executor for DockerExecutor {
             if !send_signal(&docker, id, "SIGKILL").await? {
                 return Ok(());
             }
+            // A container that will not die (a process stuck in the kernel)
+            // must not hold up the other stops: its permit goes back.
+            if let Ok(exited) = tokio::time::timeout(KILL_WAIT, wait_not_running(&docker, id)).await
+            {
+                return exited;
+            }
+            drop(permit);
             wait_not_running(&docker, id).await
         }
         .boxed()
