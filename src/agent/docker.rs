@@ -288,7 +288,10 @@ impl Executor for DockerExecutor {
     }
 
     /// What the engine's own stop does (the container's stop signal, the
-    /// grace period, SIGKILL), done here so the SIGKILLs can be paced.
+    /// grace period, SIGKILL), done here so the SIGKILLs can be paced. The
+    /// one visible difference: the engine's event stream shows the `kill`
+    /// and `die` events of a stop but not the `stop` event its own stop
+    /// endpoint adds.
     fn stop<'a>(&'a self, id: &'a str, timeout_secs: i64) -> ExecFuture<'a, ()> {
         async move {
             let docker = self.client().await?;
