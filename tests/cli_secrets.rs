@@ -194,11 +194,32 @@ fn bad_secret_and_config_requests_get_the_engines_answers() {
         &json!({"Name": "d", "Data": "eA==", "Driver": {"Name": "vault"}}),
     );
     assert!(resp.status >= 400, "{}", resp.text());
+    // Templated configs are refused with a 400 that says so.
+    let out = shoal.docker_stdin(
+        &[
+            "config",
+            "create",
+            "--template-driver",
+            "golang",
+            "tpl",
+            "-",
+        ],
+        b"name={{.Service.Name}}",
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "templating (\"golang\") is not supported by shoal: create the config with its final content"
+        ),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         shoal.docker_ok(&["secret", "ls", "-q"]).trim(),
         "",
         "nothing was half-written"
     );
+    assert_eq!(shoal.docker_ok(&["config", "ls", "-q"]).trim(), "");
     assert_error(
         &shoal.http("GET", "/v1.41/secrets/nosuchid"),
         404,
