@@ -39,6 +39,9 @@ const KILL_CONCURRENCY: usize = 8;
 /// How far past the grace period the engine's own stop would SIGKILL; the
 /// SIGKILL is sent from here before that (see `stop`).
 const ENGINE_STOP_MARGIN_SECS: u64 = 60;
+/// How long a stop waits for the engine's `kill` event before it times the
+/// grace period from the moment it gave up (a stream that says nothing).
+const SIGNAL_WAIT: Duration = Duration::from_secs(10);
 /// How long one SIGKILLed container may hold a [`KILL_CONCURRENCY`] slot.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -163,6 +166,26 @@ fn map_err(e: BollardError) -> AgentError {
     }
 }
 
+/// Resolves at the first `kill` event of container `id` from now on (the
+/// events API replays from `since`, so one sent before the stream is
+/// connected counts), or when the stream ends or fails.
+async fn first_kill_event(docker: &Docker, id: &str) {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+        .unwrap_or_default();
+    let options = EventsOptions {
+        since: Some(since),
+        filters: Some(HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("container".to_string(), vec![id.to_string()]),
+            ("event".to_string(), vec!["kill".to_string()]),
+        ])),
+        ..Default::default()
+    };
+    let _ = docker.events(Some(options)).next().await;
+}
+
 /// `POST /containers/{id}/stop?t=<secs>`; a container that is gone or
 /// already stopped is fine.
 async fn engine_stop(docker: &Docker, id: &str, secs: u64) -> ExecResult<()> {
@@ -272,12 +295,24 @@ impl Executor for DockerExecutor {
     /// period is over, the SIGKILLs are sent from here, a few at a time,
     /// and the engine's stop returns when the container is gone. Should
     /// shoal die meanwhile, the engine kills the container itself later.
+    /// The grace period counts from the engine's `kill` event, as the
+    /// engine's own timer does: the engine may get to a stop request late
+    /// when many arrive at once.
     fn stop<'a>(&'a self, id: &'a str, timeout_secs: i64) -> ExecFuture<'a, ()> {
         async move {
             let docker = self.client().await?;
             let grace = u64::try_from(timeout_secs).unwrap_or(0);
+            let mut signalled = Box::pin(first_kill_event(&docker, id));
             let engine_stop = engine_stop(&docker, id, grace + ENGINE_STOP_MARGIN_SECS);
             tokio::pin!(engine_stop);
+            tokio::select! {
+                stopped = &mut engine_stop => return stopped,
+                () = &mut signalled => {}
+                () = tokio::time::sleep(SIGNAL_WAIT) => {
+                    tracing::debug!(container = id, "no kill event seen; timing the grace period from now");
+                }
+            }
+            drop(signalled); // its events stream, if still open
             if let Ok(stopped) =
                 tokio::time::timeout(Duration::from_secs(grace), &mut engine_stop).await
             {
