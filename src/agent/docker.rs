@@ -193,16 +193,8 @@ async fn engine_stop(docker: &Docker, id: &str, secs: u64) -> ExecResult<()> {
         t: Some(i32::try_from(secs).unwrap_or(i32::MAX)),
         ..Default::default()
     };
-    match docker
-        .stop_container(id, Some(options))
-        .await
-        .map_err(map_err)
-    {
-        Err(AgentError::Engine {
-            status: 304 | 404, ..
-        }) => Ok(()),
-        other => other,
-    }
+    let stopped = docker.stop_container(id, Some(options)).await;
+    done_already(stopped.map_err(map_err), &[304, 404])
 }
 
 /// SIGKILL; a container that is gone or no longer runs is fine.
@@ -210,14 +202,15 @@ async fn send_sigkill(docker: &Docker, id: &str) -> ExecResult<()> {
     let options = KillContainerOptions {
         signal: "SIGKILL".to_string(),
     };
-    match docker
-        .kill_container(id, Some(options))
-        .await
-        .map_err(map_err)
-    {
-        Err(AgentError::Engine {
-            status: 404 | 409, ..
-        }) => Ok(()),
+    let killed = docker.kill_container(id, Some(options)).await;
+    done_already(killed.map_err(map_err), &[404, 409])
+}
+
+/// `result`, with the engine's answers in `statuses` (gone, not running,
+/// already in progress: what the call was for is done) as success.
+fn done_already(result: ExecResult<()>, statuses: &[u16]) -> ExecResult<()> {
+    match result {
+        Err(AgentError::Engine { status, .. }) if statuses.contains(&status) => Ok(()),
         other => other,
     }
 }
@@ -343,16 +336,9 @@ impl Executor for DockerExecutor {
                 v: true,
                 ..Default::default()
             };
-            match docker
-                .remove_container(id, Some(options))
-                .await
-                .map_err(map_err)
-            {
-                Err(e) if e.is_not_found() => Ok(()),
-                // "removal of container … is already in progress"
-                Err(AgentError::Engine { status: 409, .. }) => Ok(()),
-                other => other,
-            }
+            let removed = docker.remove_container(id, Some(options)).await;
+            // 409: "removal of container … is already in progress"
+            done_already(removed.map_err(map_err), &[404, 409])
         }
         .boxed()
     }
