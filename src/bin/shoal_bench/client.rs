@@ -224,8 +224,20 @@ impl Api {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value> {
+        self.expect_one_of(&[want], method, path, body).await
+    }
+
+    /// Like [`Api::expect`], for requests with more than one fine answer
+    /// (say 204, or 404 for what is gone already).
+    pub async fn expect_one_of(
+        &mut self,
+        wanted: &[StatusCode],
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
         let (status, value) = self.call(method.clone(), path, body).await?;
-        if status != want {
+        if !wanted.contains(&status) {
             bail!(
                 "{method} {path} on {}: {status}: {}",
                 self.socket.display(),

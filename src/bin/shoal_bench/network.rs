@@ -324,26 +324,19 @@ async fn compare(args: &NetworkArgs, direct: SocketAddr, published: SocketAddr) 
     let round = Duration::from_secs(args.seconds);
     let (mut via_direct, mut via_published) = (Sample::default(), Sample::default());
     let never = Arc::new(AtomicBool::new(false));
+    let timed = |addr| {
+        load(
+            addr,
+            args.clients,
+            Some(Instant::now() + round),
+            never.clone(),
+            None,
+        )
+    };
     for r in 0..args.rounds {
         eprintln!("  round {}/{}", r + 1, args.rounds);
-        let s = load(
-            direct,
-            args.clients,
-            Some(Instant::now() + round),
-            never.clone(),
-            None,
-        )
-        .await;
-        via_direct.absorb(s);
-        let s = load(
-            published,
-            args.clients,
-            Some(Instant::now() + round),
-            never.clone(),
-            None,
-        )
-        .await;
-        via_published.absorb(s);
+        via_direct.absorb(timed(direct).await);
+        via_published.absorb(timed(published).await);
     }
     let rps = (via_direct.per_second(), via_published.per_second());
     let p50 = (

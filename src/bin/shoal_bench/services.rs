@@ -1069,13 +1069,14 @@ impl Checker<'_> {
     /// containers is left on the engine; force-removes stragglers after
     /// `REMOVE_TIMEOUT`.
     pub(super) async fn remove(&mut self, id: &str) -> Result<()> {
-        let (status, body) = self
-            .api
-            .call(Method::DELETE, &format!("/v1.41/services/{id}"), None)
+        self.api
+            .expect_one_of(
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+                Method::DELETE,
+                &format!("/v1.41/services/{id}"),
+                None,
+            )
             .await?;
-        if status != StatusCode::OK && status != StatusCode::NOT_FOUND {
-            bail!("DELETE /services/{id}: {status}: {}", message(&body));
-        }
         let path = format!(
             "/v1.41/containers/json?all=1&filters={}",
             encode_query(&json!({ "label": [format!("{SERVICE_LABEL}={id}")] }).to_string())
@@ -1312,16 +1313,13 @@ where
 async fn force_remove(engine: &Path, ids: Vec<String>, workers: usize) -> Result<Duration> {
     let start = Instant::now();
     on_each(engine, ids, workers, |mut api, id| async move {
-        let (status, body) = api
-            .call(
-                Method::DELETE,
-                &format!("/v1.41/containers/{id}?force=1"),
-                None,
-            )
-            .await?;
-        if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_FOUND {
-            bail!("DELETE /containers/{id}: {status}: {}", message(&body));
-        }
+        api.expect_one_of(
+            &[StatusCode::NO_CONTENT, StatusCode::NOT_FOUND],
+            Method::DELETE,
+            &format!("/v1.41/containers/{id}?force=1"),
+            None,
+        )
+        .await?;
         Ok((api, ()))
     })
     .await?;
@@ -1358,16 +1356,13 @@ async fn stop_all(engine: &Path, ids: &[String], workers: usize) -> Result<Durat
 
 /// Sends `signal` to container `id`; one that no longer runs is fine.
 async fn kill(api: &mut Api, id: &str, signal: &str) -> Result<()> {
-    let (status, body) = api
-        .call(
-            Method::POST,
-            &format!("/v1.41/containers/{id}/kill?signal={signal}"),
-            None,
-        )
-        .await?;
-    if status != StatusCode::NO_CONTENT && status != StatusCode::CONFLICT {
-        bail!("POST /containers/{id}/kill: {status}: {}", message(&body));
-    }
+    api.expect_one_of(
+        &[StatusCode::NO_CONTENT, StatusCode::CONFLICT],
+        Method::POST,
+        &format!("/v1.41/containers/{id}/kill?signal={signal}"),
+        None,
+    )
+    .await?;
     Ok(())
 }
 
@@ -1386,16 +1381,13 @@ async fn replace(
     let new_ids = on_each(engine, ids, workers, move |mut api, id| {
         let (run_id, counter) = (run_id.clone(), counter.clone());
         async move {
-            let (status, body) = api
-                .call(
-                    Method::POST,
-                    &format!("/v1.41/containers/{id}/stop?t=1"),
-                    None,
-                )
-                .await?;
-            if !status.is_success() && status != StatusCode::NOT_MODIFIED {
-                bail!("POST /containers/{id}/stop: {status}: {}", message(&body));
-            }
+            api.expect_one_of(
+                &[StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED],
+                Method::POST,
+                &format!("/v1.41/containers/{id}/stop?t=1"),
+                None,
+            )
+            .await?;
             api.expect(
                 StatusCode::NO_CONTENT,
                 Method::DELETE,
