@@ -75,9 +75,9 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.").then(|| body.to_string())
 }
 
-#[track_caller]
 /// A service whose task only sleeps on `network`: the place requests are
 /// made from (`docker exec` into its container).
+#[track_caller]
 fn create_client(shoal: &Shoal, name: &str, network: &str) {
     shoal.docker_ok(&[
         "service",
@@ -93,6 +93,26 @@ fn create_client(shoal: &Shoal, name: &str, network: &str) {
         "sleep",
         "3600",
     ]);
+}
+
+/// A service of busybox `httpd` serving `/etc` on port 80 on `network`,
+/// with `extra` `service create` flags (replicas, ports, endpoint mode).
+#[track_caller]
+fn create_httpd(shoal: &Shoal, name: &str, network: &str, extra: &[&str]) {
+    let mut args = vec![
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--stop-grace-period",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[IMAGE, "httpd", "-f", "-p", "80", "-h", "/etc"]);
+    shoal.docker_ok(&args);
 }
 
 fn leave_clean(node: &SwarmNode, shoal: &Shoal) {
@@ -145,28 +165,12 @@ fn services_reach_each_other_by_name_and_through_a_published_port() {
         "local networks stay: {all}"
     );
 
-    shoal.docker_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
+    create_httpd(
+        &shoal,
         &web,
-        "--replicas",
-        "3",
-        "--network",
         &net,
-        "--publish",
-        &format!("{port}:80"),
-        "--stop-grace-period",
-        "1s",
-        IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/etc",
-    ]);
+        &["--replicas", "3", "--publish", &format!("{port}:80")],
+    );
     create_client(&shoal, &client, &net);
     wait_running(&shoal, &web, 3);
     wait_running(&shoal, &client, 1);
@@ -568,32 +572,18 @@ fn vips_balance_and_shoals_dns_answers_names_until_leave_and_shutdown() {
         &net,
     ]);
     let net_id = net_id.trim();
-    let httpd = |name: &str, replicas: &str, mode: &str| {
-        shoal.docker_ok(&[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            name,
-            "--replicas",
-            replicas,
-            "--endpoint-mode",
-            mode,
-            "--network",
-            &net,
-            "--stop-grace-period",
-            "1s",
-            IMAGE,
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/etc",
-        ]);
-    };
-    httpd(&web, "3", "vip");
-    httpd(&rr, "2", "dnsrr");
+    create_httpd(
+        &shoal,
+        &web,
+        &net,
+        &["--replicas", "3", "--endpoint-mode", "vip"],
+    );
+    create_httpd(
+        &shoal,
+        &rr,
+        &net,
+        &["--replicas", "2", "--endpoint-mode", "dnsrr"],
+    );
     create_client(&shoal, &client, &net);
     wait_running(&shoal, &web, 3);
     wait_running(&shoal, &rr, 2);

@@ -507,6 +507,18 @@ mod tests {
         }
     }
 
+    /// The proxy's half of a connection, forwarded in a task of its own
+    /// over `candidates` from the first.
+    fn spawn_forward(
+        fwd: &Forwarding,
+        proxied: TcpStream,
+        peer: SocketAddr,
+        candidates: Vec<SocketAddr>,
+    ) -> tokio::task::JoinHandle<()> {
+        let fwd = fwd.clone();
+        tokio::spawn(async move { forward(proxied, peer, &fwd, candidates, 0).await })
+    }
+
     /// A port nothing listens on.
     async fn refusing() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -522,10 +534,7 @@ mod tests {
         let (mut client, proxied, peer) = client_pair().await;
         client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
         let candidates = fwd.current();
-        let proxy = tokio::spawn({
-            let fwd = fwd.clone();
-            async move { forward(proxied, peer, &fwd, candidates, 0).await }
-        });
+        let proxy = spawn_forward(&fwd, proxied, peer, candidates);
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
         drop(client);
@@ -544,10 +553,7 @@ mod tests {
         let fwd = forwarding(vec![addr]);
         let (mut client, proxied, peer) = client_pair().await;
         let candidates = fwd.current();
-        let proxy = tokio::spawn({
-            let fwd = fwd.clone();
-            async move { forward(proxied, peer, &fwd, candidates, 0).await }
-        });
+        let proxy = spawn_forward(&fwd, proxied, peer, candidates);
         let (mut upstream, _) = listener.accept().await.unwrap();
         upstream.write_all(b"hi").await.unwrap();
         let mut first = [0u8; 2];
@@ -580,10 +586,7 @@ mod tests {
         assert_eq!(candidates_then.len(), 2);
         *fwd.backends.write().unwrap() = vec![kept];
         client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-        let proxy = tokio::spawn({
-            let fwd = fwd.clone();
-            async move { forward(proxied, peer, &fwd, candidates_then, 0).await }
-        });
+        let proxy = spawn_forward(&fwd, proxied, peer, candidates_then);
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
         drop(client);
