@@ -63,16 +63,13 @@ pub fn task_name(a: &Assignment, node_id: &str) -> String {
     if let Some(name) = a.task.name.as_deref().filter(|n| !n.is_empty()) {
         return name.to_string();
     }
-    let slot = match a.task.slot {
-        Some(s) if s != 0 => s.to_string(),
-        _ => a
-            .task
-            .node_id
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| node_id.to_string()),
-    };
-    format!("{}.{}.{}", a.service_name, slot, task_id(a))
+    let node = a
+        .task
+        .node_id
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(node_id);
+    crate::manager::tasks::name_on(&a.service_name, &a.task, node)
 }
 
 /// Labels of the task container: ContainerSpec.Labels, then the task's own

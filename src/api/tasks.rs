@@ -72,7 +72,9 @@ pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError
                         .is_some_and(|s| service_ids.contains(s)))
                 && filters.any("id", |f| id.starts_with(f))
                 && filters.any("desired-state", |f| f == desired)
-                && filters.any("name", |f| task_name(&store, task).starts_with(f))
+                && filters.any("name", |f| {
+                    crate::manager::tasks::name_in(&store, task).starts_with(f)
+                })
                 && (!filters.contains("label")
                     || filters
                         .values("label")
@@ -96,17 +98,6 @@ fn resolve_all(store: &Store, kind: Kind, references: &[String]) -> Result<Vec<S
         .iter()
         .map(|r| Ok(store.find(kind, r)?.id().to_string()))
         .collect()
-}
-
-/// `service.slot.taskid`, or `service.nodeid.taskid` for global tasks.
-fn task_name(store: &Store, task: &Task) -> String {
-    let service = task
-        .service_id
-        .as_deref()
-        .and_then(|id| store.get(Kind::Service, id))
-        .and_then(|o| o.name().map(str::to_string))
-        .unwrap_or_default();
-    crate::manager::tasks::name(&service, task)
 }
 
 /// A task `label` filter matches the labels of its service, not its own.

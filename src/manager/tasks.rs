@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use bollard::models::{Service, Task, TaskSpec, TaskState, TaskStatus};
 
-use crate::types::{new_id, Timestamp};
+use crate::store::Store;
+use crate::types::{new_id, Kind, Timestamp};
 
 pub use crate::types::task_state_rank as rank;
 
@@ -32,11 +33,29 @@ pub fn is_live(task: &Task) -> bool {
 /// swarmkit's task name: `<service>.<slot>.<taskid>`, the node ID in place
 /// of the slot for global tasks.
 pub fn name(service: &str, task: &Task) -> String {
+    name_on(service, task, task.node_id.as_deref().unwrap_or(""))
+}
+
+/// [`name`], with `node_id` standing in for the slot of a global task (the
+/// agent's own ID, for a task that does not carry it).
+pub fn name_on(service: &str, task: &Task, node_id: &str) -> String {
     let middle = match task.slot {
         Some(slot) if slot > 0 => slot.to_string(),
-        _ => task.node_id.clone().unwrap_or_default(),
+        _ => node_id.to_string(),
     };
     format!("{service}.{middle}.{}", task.id.as_deref().unwrap_or(""))
+}
+
+/// [`name`], the service's name looked up in `store` (empty when the
+/// service is gone).
+pub fn name_in(store: &Store, task: &Task) -> String {
+    let service = task
+        .service_id
+        .as_deref()
+        .and_then(|id| store.get(Kind::Service, id))
+        .and_then(|o| o.name().map(str::to_string))
+        .unwrap_or_default();
+    name(&service, task)
 }
 
 /// The engine container the agent reported running the task, if any.

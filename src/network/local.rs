@@ -399,14 +399,6 @@ async fn attach_extra(docker: &Docker, store: &Store) {
     }
 }
 
-fn service_name(store: &Store, task: &Task) -> String {
-    task.service_id
-        .as_deref()
-        .and_then(|id| store.get(Kind::Service, id))
-        .and_then(|s| s.name().map(str::to_string))
-        .unwrap_or_default()
-}
-
 /// A realised swarm network's bridge on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bridge {
@@ -544,7 +536,7 @@ pub async fn backends(engine: &Engine, store: &Store) -> Backends {
                 .collect();
             out.tasks.push(TaskEndpoint {
                 task_id: task.id.clone().unwrap_or_default(),
-                name: tasks::name(&service_name(store, &task), &task),
+                name: tasks::name_in(store, &task),
                 service_id,
                 networks,
             });
