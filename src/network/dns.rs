@@ -37,6 +37,9 @@ use crate::store::Store;
 use crate::types::Kind;
 
 /// Answers are short-lived: a task that stops must leave them quickly.
+/// Docker's embedded DNS says 600 s for the same records; a cache that
+/// honours that keeps dialling a stopped task's address for ten minutes
+/// (dnsrr, `tasks.`), which shoal's zero-downtime stops cannot allow.
 const TTL: u32 = 1;
 /// How long a TCP client may keep a connection open between queries.
 const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
