@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, Issuer, KeyPair,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyPair,
     KeyUsagePurpose, PublicKeyData, PKCS_ECDSA_P256_SHA256,
 };
 use serde::{Deserialize, Serialize};
@@ -109,34 +109,6 @@ impl RootCa {
         })
     }
 
-    /// A node certificate for `node_id` in role `ou` (swarm-manager or
-    /// swarm-worker), signed by this root; returns (cert PEM, key PEM).
-    pub fn issue_node_cert(
-        &self,
-        node_id: &str,
-        ou: &str,
-        org: &str,
-        expiry: std::time::Duration,
-    ) -> Result<(String, String), CaError> {
-        let ca_key = KeyPair::from_pem(&self.key_pem)?;
-        let issuer = Issuer::new(ca_params(), ca_key);
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::new(vec![ou.to_string(), node_id.to_string()])?;
-        params.distinguished_name.push(DnType::CommonName, node_id);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, ou);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, org);
-        let now = time_now();
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after =
-            now + time::Duration::try_from(expiry).unwrap_or(time::Duration::days(90));
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
-
     /// The digest part of every join token of this swarm.
     pub fn token_digest(&self) -> String {
         let digest = ring::digest::digest(&ring::digest::SHA256, self.cert_pem.as_bytes());
@@ -217,18 +189,8 @@ mod tests {
     }
 
     #[test]
-    fn issues_node_certificates() {
+    fn tls_info_shows_the_issuer_key() {
         let ca = RootCa::generate().unwrap();
-        let (cert, key) = ca
-            .issue_node_cert(
-                "abc",
-                "swarm-manager",
-                "org",
-                std::time::Duration::from_secs(3600),
-            )
-            .unwrap();
-        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(key.contains("PRIVATE KEY"));
         let info = ca.tls_info().unwrap();
         assert!(!info.cert_issuer_public_key.is_empty());
     }

@@ -79,6 +79,13 @@ pub struct Config {
     /// Key of --engine-tlscert.
     #[arg(long, value_name = "FILE", requires = "engine_tlscert")]
     pub engine_tlskey: Option<PathBuf>,
+
+    /// Where the cluster port listens, whatever `swarm init`/`join`
+    /// `--listen-addr` asks (their default is 0.0.0.0:2377). For several
+    /// shoals on one host, e.g. tests: `127.0.0.1:0` picks a free port,
+    /// which is then also the advertised port.
+    #[arg(long, value_name = "ADDR", env = "SHOAL_CLUSTER_LISTEN_ADDR")]
+    pub cluster_listen_addr: Option<String>,
 }
 
 impl Config {

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::{AgentError, DockerExecutor};
 use crate::api::Api;
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::config::{expand_home, Config};
 use crate::listen::{ListenAddr, ListenError, Listener};
 use crate::proxy::engine::{EngineAddr, EngineAddrError};
@@ -50,7 +50,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     let executor = Arc::new(DockerExecutor::connect(&config.engine)?);
     crate::network::set_engine(&config.engine);
-    let cluster = Arc::new(Cluster::open(&config.data_dir, executor).await?);
+    let options = ClusterOptions {
+        listen_override: config.cluster_listen_addr.clone(),
+        proxy: Some(proxy.clone()),
+    };
+    let cluster = Cluster::open(&config.data_dir, executor, options).await?;
     let api = Api::new(proxy, cluster.clone());
 
     let listeners = bind_all(&config).await?;

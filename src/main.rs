@@ -18,6 +18,7 @@ mod raft;
 mod secrets;
 mod store;
 mod tls;
+mod transport;
 mod types;
 
 use anyhow::Context;

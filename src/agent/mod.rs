@@ -33,7 +33,7 @@ pub use spec::unsupported_fields;
 /// One task assigned to this node, with the name of its service (container
 /// names and templates need it) and the payloads of the secrets and configs
 /// its spec refers to — only those, so a node learns no other secret.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Assignment {
     pub task: Task,
     pub service_name: String,
@@ -41,11 +41,29 @@ pub struct Assignment {
     pub configs: Vec<Payload>,
 }
 
-/// The decoded data of one secret or config, by its ID.
-#[derive(Clone, PartialEq)]
+/// The decoded data of one secret or config, by its ID (base64 on the
+/// cluster port).
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Payload {
     pub id: String,
+    #[serde(with = "base64_bytes")]
     pub data: Vec<u8>,
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Never prints the data: assignments show up in debug logs.
@@ -59,7 +77,7 @@ impl std::fmt::Debug for Payload {
 }
 
 /// What the agent tells the dispatcher about a task.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StatusReport {
     pub task_id: String,
     pub status: TaskStatus,

@@ -45,6 +45,7 @@ pub async fn info(
     info["Swarm"] = match &state {
         cluster::LocalState::Active(manager) => swarm_info(manager),
         cluster::LocalState::Locked(local) => locked_info(local),
+        cluster::LocalState::Worker(worker) => worker_info(worker),
         cluster::LocalState::Inactive => json!({
             "NodeID": "",
             "NodeAddr": "",
@@ -82,10 +83,43 @@ fn swarm_info(manager: &Manager) -> Value {
         "LocalNodeState": "active",
         "ControlAvailable": true,
         "Error": "",
-        "RemoteManagers": [{ "NodeID": manager.node_id(), "Addr": manager.local.advertise_addr }],
+        "RemoteManagers": remote_managers(&store),
         "Nodes": nodes.len(),
         "Managers": managers,
         "Cluster": cluster,
+    })
+}
+
+/// Every manager's node ID and cluster address, sorted by ID as the engine.
+fn remote_managers(store: &crate::store::Store) -> Value {
+    let mut managers: Vec<(String, String)> = super::nodes::all_nodes(store)
+        .into_iter()
+        .filter_map(|node| {
+            let addr = node.manager_status.as_ref()?.addr.clone()?;
+            Some((node.id.clone().unwrap_or_default(), addr))
+        })
+        .collect();
+    managers.sort();
+    managers
+        .into_iter()
+        .map(|(id, addr)| json!({ "NodeID": id, "Addr": addr }))
+        .collect()
+}
+
+/// A worker knows itself and the managers' addresses; no cluster state.
+fn worker_info(worker: &cluster::Worker) -> Value {
+    let managers: Vec<Value> = worker
+        .managers()
+        .into_iter()
+        .map(|addr| json!({ "NodeID": "", "Addr": addr }))
+        .collect();
+    json!({
+        "NodeID": worker.node_id(),
+        "NodeAddr": worker.local.advertise_ip(),
+        "LocalNodeState": "active",
+        "ControlAvailable": false,
+        "Error": "",
+        "RemoteManagers": managers,
     })
 }
 
@@ -117,6 +151,7 @@ pub async fn ping(
     if speaks_swarm_header {
         let state = match cluster.state().await {
             cluster::LocalState::Active(_) => "active/manager",
+            cluster::LocalState::Worker(_) => "active/worker",
             cluster::LocalState::Locked(_) => "locked",
             cluster::LocalState::Inactive => "inactive",
         };

@@ -123,11 +123,11 @@ impl Api {
         let query = Query::parse(parts.uri.query());
         let (_, path) = split_version(parts.uri.path());
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let cluster = &*self.cluster;
+        let cluster = &self.cluster;
         let method = &parts.method;
         match (method, segments.as_slice()) {
             (&Method::POST, ["swarm", "init"]) => swarm::init(cluster, &self.proxy, body).await,
-            (&Method::POST, ["swarm", "join"]) => swarm::join(cluster, body).await,
+            (&Method::POST, ["swarm", "join"]) => swarm::join(cluster, &self.proxy, body).await,
             (&Method::POST, ["swarm", "leave"]) => swarm::leave(cluster, &query).await,
             (&Method::POST, ["swarm", "unlock"]) => swarm::unlock(cluster, body).await,
             (&Method::GET, ["swarm"]) => swarm::inspect(cluster).await,

@@ -1,5 +1,6 @@
 //! `/swarm`: init, join, leave, inspect, update, and the unlock endpoints.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bollard::models::{
@@ -39,7 +40,7 @@ struct InitBody {
 }
 
 pub async fn init(
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
     proxy: &Proxy,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
@@ -101,16 +102,80 @@ pub async fn init(
     Ok(json(http::StatusCode::OK, &node_id))
 }
 
-/// Joining needs the cluster transport; until then an active node answers
-/// as the engine does and an inactive one is told plainly.
-pub async fn join(cluster: &Cluster, body: Bytes) -> Result<Response<Body>, ApiError> {
-    let _: serde_json::Value = read_json(&body)?;
+/// `POST /swarm/join` body (the API's JoinRequest).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct JoinBody {
+    listen_addr: String,
+    advertise_addr: String,
+    remote_addrs: Vec<String>,
+    join_token: String,
+    availability: String,
+}
+
+/// Joins the swarm of the manager at the first remote address, as a
+/// worker or a manager as the token says.
+pub async fn join(
+    cluster: &Arc<Cluster>,
+    proxy: &Proxy,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let body: JoinBody = read_json(&body)?;
     if cluster.is_active().await {
         return Err(cluster::ClusterError::AlreadyInSwarm.into());
     }
-    Err(ApiError::NotSupported(
-        "joining another node's swarm (swarm join)",
-    ))
+    let remote = match body.remote_addrs.first() {
+        Some(remote) => remote_addr(remote)?,
+        None => {
+            return Err(ApiError::BadRequest(
+                "at least 1 RemoteAddr is required to join".to_string(),
+            ))
+        }
+    };
+    let listen = listen_addr(if body.listen_addr.is_empty() {
+        "0.0.0.0:2377"
+    } else {
+        &body.listen_addr
+    })?;
+    let advertise = match body.advertise_addr.as_str() {
+        "" => String::new(),
+        given => advertise_addr(given, &listen)?,
+    };
+    match body.availability.as_str() {
+        "" | "active" | "pause" | "drain" => {}
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid Availability: {other:?}"
+            )))
+        }
+    }
+    let mut description = cluster::describe_node(&proxy.get_json("/info").await?);
+    if description.hostname.is_none() {
+        description.hostname = Some("localhost".to_string());
+    }
+    cluster
+        .join(cluster::JoinParams {
+            remote,
+            token: body.join_token,
+            listen_addr: listen,
+            advertise_addr: advertise,
+            availability: body.availability,
+            description,
+        })
+        .await?;
+    Ok(super::empty_ok())
+}
+
+/// A remote manager's address, `host:port` (port 2377 when not given).
+fn remote_addr(given: &str) -> Result<String, ApiError> {
+    let (host, port) = split_host_port(given.trim(), DEFAULT_LISTEN_PORT)
+        .map_err(|e| ApiError::BadRequest(format!("invalid remoteAddr {given:?}: {e}")))?;
+    if host.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "invalid remoteAddr {given:?}: missing address"
+        )));
+    }
+    Ok(join_host_port(&host, port))
 }
 
 pub async fn leave(cluster: &Cluster, query: &Query) -> Result<Response<Body>, ApiError> {
@@ -191,7 +256,7 @@ struct UnlockBody {
 
 /// `swarm unlock`: 409 unless locked, 400 for a malformed key, 401 for the
 /// wrong one; the key never reaches a log.
-pub async fn unlock(cluster: &Cluster, body: Bytes) -> Result<Response<Body>, ApiError> {
+pub async fn unlock(cluster: &Arc<Cluster>, body: Bytes) -> Result<Response<Body>, ApiError> {
     let body: UnlockBody = read_json(&body)?;
     match cluster.unlock(&body.unlock_key).await {
         Ok(()) => Ok(super::empty_ok()),

@@ -24,32 +24,27 @@ use crate::store::{Proposer, Store, Transaction, WatchItem, Watcher};
 /// Reports the agent may queue before it waits for the dispatcher.
 const REPORT_QUEUE: usize = 4096;
 
-/// Starts every loop of a manager that leads, and this node's agent; all
-/// end when `shutdown` fires.
-pub fn start(
+/// Starts what every manager runs, leader or not: the data plane, this
+/// node's own session (its assignments read from the local store, its
+/// reports committed through the proposer, which forwards to the leader)
+/// and its agent. All end when `shutdown` fires. Returns where status
+/// reports go, so reports of workers' agents can join the same batches.
+pub fn start_node(
     node_id: String,
     store: Arc<Store>,
     proposer: Arc<dyn Proposer>,
     executor: Arc<dyn Executor>,
     shutdown: CancellationToken,
     running: &TaskTracker,
-) {
+) -> mpsc::Sender<agent::StatusReport> {
     let (assignments_tx, assignments_rx) = watch::channel(Arc::new(Vec::new()));
     let (reports_tx, reports_rx) = mpsc::channel(REPORT_QUEUE);
     let spawn = |name: &'static str, task: BoxFuture<'static, ()>| {
         running.spawn(bounded_by_shutdown(name, task, shutdown.clone()));
     };
     spawn(
-        "orchestrator",
-        orchestrator::run(store.clone(), proposer.clone(), shutdown.clone()).boxed(),
-    );
-    spawn(
-        "scheduler",
-        scheduler::run(store.clone(), proposer.clone(), shutdown.clone()).boxed(),
-    );
-    spawn(
         "network",
-        crate::network::run(store.clone(), proposer.clone(), shutdown.clone()).boxed(),
+        crate::network::run(store.clone(), shutdown.clone()).boxed(),
     );
     spawn(
         "dispatcher (assignments)",
@@ -71,10 +66,37 @@ pub fn start(
             node_id,
             executor,
             assignments_rx,
-            reports_tx,
+            reports_tx.clone(),
             shutdown.clone(),
         )
         .boxed(),
+    );
+    reports_tx
+}
+
+/// Starts the loops only the leader runs: orchestrator, scheduler, and the
+/// allocation of the ingress network. They end when `term` fires (this node
+/// stopped leading, or stops).
+pub fn start_leader(
+    store: Arc<Store>,
+    proposer: Arc<dyn Proposer>,
+    term: CancellationToken,
+    running: &TaskTracker,
+) {
+    let spawn = |name: &'static str, task: BoxFuture<'static, ()>| {
+        running.spawn(bounded_by_shutdown(name, task, term.clone()));
+    };
+    spawn(
+        "orchestrator",
+        orchestrator::run(store.clone(), proposer.clone(), term.clone()).boxed(),
+    );
+    spawn(
+        "scheduler",
+        scheduler::run(store.clone(), proposer.clone(), term.clone()).boxed(),
+    );
+    spawn(
+        "ingress",
+        crate::network::allocate::keep_ingress(store, proposer, term.clone()).boxed(),
     );
 }
 

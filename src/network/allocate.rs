@@ -211,6 +211,18 @@ pub fn new_network(
     })
 }
 
+/// The leader's side of [`ensure_ingress`]: once per term, as swarmkit's
+/// allocator does when it starts.
+pub async fn keep_ingress(
+    store: Arc<Store>,
+    proposer: Arc<dyn Proposer>,
+    _term: tokio_util::sync::CancellationToken,
+) {
+    if let Err(error) = ensure_ingress(&store, &proposer).await {
+        tracing::warn!(%error, "cannot create the ingress network");
+    }
+}
+
 /// `swarm init` leaves an `ingress` network (10.0.0.0/24, VXLAN 4096); as
 /// in swarmkit, the leader creates it when the store has none.
 pub async fn ensure_ingress(store: &Store, proposer: &Arc<dyn Proposer>) -> Result<(), String> {

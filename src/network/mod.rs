@@ -46,7 +46,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Proposer, Store};
+use crate::store::Store;
 
 /// Label on the engine networks that realise swarm networks: the swarm ID.
 pub const LABEL_NETWORK_ID: &str = "io.shoal.network.id";
@@ -175,10 +175,7 @@ const REPAIR_EVERY: Duration = Duration::from_secs(3);
 /// This node's data plane: the ingress network object, the engine bridges,
 /// the ingress listeners, the VIPs and the DNS servers. Ends when
 /// `shutdown` fires, closing every listener and removing the VIPs.
-pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: CancellationToken) {
-    if let Err(error) = allocate::ensure_ingress(&store, &proposer).await {
-        tracing::warn!(%error, "cannot create the ingress network");
-    }
+pub async fn run(store: Arc<Store>, shutdown: CancellationToken) {
     let Some(engine) = ENGINE.get().cloned() else {
         return;
     };

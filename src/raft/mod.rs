@@ -18,8 +18,8 @@ mod state_machine;
 
 pub use error::RaftError;
 pub use log_store::LogStore;
-pub use network::NoNetwork;
-pub use node::{NodeOptions, RaftNode};
+pub use network::{NoNetwork, APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+pub use node::{Forwarded, NodeOptions, RaftNode, PROPOSE_PATH};
 pub use state_machine::StateMachine;
 
 use crate::store::{ApplyOutcome, Transaction};

@@ -1,67 +1,127 @@
-//! Placeholder raft network: this node is the only voter until the
-//! transport (mutual-TLS cluster port) carries raft RPCs to peers. Every
-//! RPC fails as Unreachable, which openraft treats as "retry later".
+//! Raft RPCs between managers, over the cluster port ([`Peers`]). A node
+//! without peers (a one-manager swarm opened before its transport, unit
+//! tests) answers every RPC as Unreachable, which openraft retries later.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::raft::TypeConfig;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use crate::transport::tls::MANAGER_NAME;
+use crate::transport::{Peers, TransportError};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoNetwork;
+/// The cluster-port paths raft uses.
+pub const APPEND_PATH: &str = "/raft/append";
+pub const VOTE_PATH: &str = "/raft/vote";
+pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
-#[derive(Debug, Clone, Copy)]
-pub struct NoPeer {
+/// Used when openraft gives no deadline (it always does today).
+const DEFAULT_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Default)]
+pub struct ClusterNetwork {
+    peers: Option<Arc<Peers>>,
+}
+
+impl ClusterNetwork {
+    pub fn new(peers: Option<Arc<Peers>>) -> ClusterNetwork {
+        ClusterNetwork { peers }
+    }
+}
+
+/// The placeholder a node without a transport uses.
+pub type NoNetwork = ClusterNetwork;
+
+pub struct PeerClient {
     target: u64,
+    addr: String,
+    peers: Option<Arc<Peers>>,
 }
 
-impl NoPeer {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<u64, BasicNode, E> {
-        let why = std::io::Error::new(
-            std::io::ErrorKind::NotConnected,
-            format!("no raft transport yet (peer {})", self.target),
-        );
-        RPCError::Unreachable(Unreachable::new(&why))
+impl RaftNetworkFactory<TypeConfig> for ClusterNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+        }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoNetwork {
-    type Network = NoPeer;
-
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> NoPeer {
-        NoPeer { target }
+impl PeerClient {
+    /// One RPC: the answer is the remote raft's own `Result`, so a remote
+    /// refusal comes back as openraft's RemoteError.
+    async fn rpc<Q, R, E>(
+        &self,
+        path: &str,
+        request: &Q,
+        option: &RPCOption,
+    ) -> Result<R, RPCError<u64, BasicNode, E>>
+    where
+        Q: Serialize,
+        R: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(peers) = &self.peers else {
+            let why = std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("no cluster transport (peer {})", self.target),
+            );
+            return Err(RPCError::Unreachable(Unreachable::new(&why)));
+        };
+        let ttl = option.hard_ttl();
+        let ttl = if ttl.is_zero() { DEFAULT_TTL } else { ttl };
+        let answer: Result<Result<R, E>, TransportError> = peers
+            .call(&self.addr, MANAGER_NAME, path, request, ttl)
+            .await;
+        match answer {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(error) if error.is_unreachable() => {
+                Err(RPCError::Unreachable(Unreachable::new(&error)))
+            }
+            Err(error) => Err(RPCError::Network(NetworkError::new(&error))),
+        }
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeer {
+impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(self.unreachable())
+        self.rpc(APPEND_PATH, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        self.rpc(SNAPSHOT_PATH, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(self.unreachable())
+        self.rpc(VOTE_PATH, &rpc, &option).await
     }
 }

@@ -4,10 +4,12 @@
 
 use crate::raft::db::{Closed, Db};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::NoNetwork;
+use crate::raft::network::ClusterNetwork;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Batch, RaftError, TypeConfig};
 use crate::store::{ApplyOutcome, Codec, Identity, ProposeError, Proposer, Store, Transaction};
+use crate::transport::tls::MANAGER_NAME;
+use crate::transport::{Peers, TransportError};
 use futures_util::future::BoxFuture;
 use openraft::error::{ClientWriteError, RaftError as OpenRaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
@@ -39,8 +41,14 @@ pub struct NodeOptions {
     pub keep_after_snapshot: u64,
     /// How objects are encoded on disk.
     pub codec: Arc<dyn Codec>,
-    /// How long `open` waits to become leader and catch up.
+    /// How long `open` waits for a leader and to catch up.
     pub ready_timeout: Duration,
+    /// The other managers, over the cluster port; `None` without a
+    /// transport (every RPC is then Unreachable).
+    pub peers: Option<Arc<Peers>>,
+    /// A node joining an existing cluster: its raft starts empty and is
+    /// neither initialised nor waited for; the leader adds it.
+    pub joining: bool,
 }
 
 impl Default for NodeOptions {
@@ -51,6 +59,8 @@ impl Default for NodeOptions {
             keep_after_snapshot: 500,
             codec: Arc::new(Identity),
             ready_timeout: Duration::from_secs(10),
+            peers: None,
+            joining: false,
         }
     }
 }
@@ -88,11 +98,16 @@ impl RaftNode {
                 .validate()
                 .map_err(|e| RaftError::Config(e.to_string()))?,
         );
-        let raft = Raft::new(id, config, NoNetwork, log.clone(), sm)
+        let network = ClusterNetwork::new(opts.peers.clone());
+        let raft = Raft::new(id, config, network, log.clone(), sm)
             .await
             .map_err(|e| RaftError::Raft(e.to_string()))?;
         let (proposals, queue) = mpsc::channel(QUEUE);
-        let batcher = tokio::spawn(batch_loop(raft.clone(), queue));
+        let forward = Forward {
+            peers: opts.peers.clone(),
+            store: store.clone(),
+        };
+        let batcher = tokio::spawn(batch_loop(raft.clone(), forward, queue));
         let node = RaftNode {
             id,
             raft,
@@ -102,8 +117,19 @@ impl RaftNode {
             proposals,
             batcher,
         };
+        if opts.joining {
+            return Ok(node);
+        }
         node.initialize_if_fresh(&opts.addr).await?;
-        node.wait_ready(opts.ready_timeout).await?;
+        match node.wait_ready(opts.ready_timeout).await {
+            Ok(()) => {}
+            // One of several managers, restarted while the others are away:
+            // it serves reads and says there is no leader until they return.
+            Err(error) if node.voters() > 1 => {
+                tracing::warn!(%error, "no raft leader yet; going on as a follower")
+            }
+            Err(error) => return Err(error),
+        }
         tracing::info!(took = ?t0.elapsed(), index = node.store.index(), "raft node ready");
         Ok(node)
     }
@@ -124,18 +150,29 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Leader of our own one-voter cluster, with every log entry applied.
+    /// The voters of the membership this node knows.
+    pub fn voters(&self) -> usize {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+    }
+
+    /// A leader is known (this node, in a one-voter cluster), and every
+    /// log entry this node has is applied.
     async fn wait_ready(&self, timeout: Duration) -> Result<(), RaftError> {
-        let id = self.id;
         self.raft
             .wait(Some(timeout))
             .metrics(
                 |m| {
-                    m.current_leader == Some(id)
+                    m.current_leader.is_some()
                         && m.last_log_index.is_some()
                         && m.last_applied.map(|l| l.index) == m.last_log_index
                 },
-                "leader with log applied",
+                "leader known with log applied",
             )
             .await
             .map_err(|e| RaftError::NotReady(e.to_string()))?;
@@ -193,7 +230,11 @@ impl RaftNode {
 
 /// Group commit: whatever proposals queued up while earlier entries were
 /// being written go into the next entry together.
-async fn batch_loop(raft: Raft<TypeConfig>, mut queue: mpsc::Receiver<(Transaction, Reply)>) {
+async fn batch_loop(
+    raft: Raft<TypeConfig>,
+    forward: Forward,
+    mut queue: mpsc::Receiver<(Transaction, Reply)>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut pending = Vec::new();
     loop {
@@ -206,8 +247,9 @@ async fn batch_loop(raft: Raft<TypeConfig>, mut queue: mpsc::Receiver<(Transacti
         }
         let (txs, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut pending).into_iter().unzip();
         let raft = raft.clone();
+        let forward = forward.clone();
         tokio::spawn(async move {
-            commit(&raft, txs, replies).await;
+            commit(&raft, &forward, txs, replies).await;
             drop(slot);
         });
     }
@@ -215,31 +257,111 @@ async fn batch_loop(raft: Raft<TypeConfig>, mut queue: mpsc::Receiver<(Transacti
     let _ = slots.acquire_many(IN_FLIGHT as u32).await;
 }
 
-async fn commit(raft: &Raft<TypeConfig>, txs: Vec<Transaction>, replies: Vec<Reply>) {
+async fn commit(
+    raft: &Raft<TypeConfig>,
+    forward: &Forward,
+    txs: Vec<Transaction>,
+    replies: Vec<Reply>,
+) {
     let count = txs.len();
-    let outcomes: Vec<Result<ApplyOutcome, ProposeError>> =
-        match raft.client_write(Batch(txs)).await {
-            Ok(resp) if resp.data.len() == count => resp.data.into_iter().map(Ok).collect(),
-            Ok(resp) => {
-                let e = ProposeError::Raft(format!(
-                    "{} outcomes for {count} transactions",
-                    resp.data.len()
-                ));
-                vec![Err(e); count]
+    let outcomes = match raft.client_write(Batch(txs.clone())).await {
+        Ok(resp) => resp.data,
+        Err(OpenRaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+            match to.leader_node {
+                Some(leader) => match forward.to_leader(raft, &leader.addr, txs).await {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => return reply_all(replies, Err(e)),
+                },
+                None => return reply_all(replies, Err(ProposeError::NoLeader)),
             }
-            Err(e) => vec![Err(propose_error(e)); count],
-        };
+        }
+        Err(e) => return reply_all(replies, Err(propose_error(e))),
+    };
+    if outcomes.len() != count {
+        let e = ProposeError::Raft(format!(
+            "{} outcomes for {count} transactions",
+            outcomes.len()
+        ));
+        return reply_all(replies, Err(e));
+    }
+    let outcomes: Vec<Result<ApplyOutcome, ProposeError>> = outcomes.into_iter().map(Ok).collect();
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // The proposer may have given up waiting; nothing to do then.
         let _ = reply.send(outcome);
     }
 }
 
+fn reply_all(replies: Vec<Reply>, outcome: Result<ApplyOutcome, ProposeError>) {
+    for reply in replies {
+        let _ = reply.send(outcome.clone());
+    }
+}
+
+/// The cluster-port path a follower forwards writes to.
+pub const PROPOSE_PATH: &str = "/raft/propose";
+/// How long a forwarded write may take, commit and apply included.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the leader answers a forwarded batch with: the store's verdict on
+/// each transaction, and an index its store had applied them by.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Forwarded {
+    pub outcomes: Vec<ApplyOutcome>,
+    pub applied: u64,
+}
+
+/// Writes on a follower go to the leader over the cluster port; the
+/// answer waits until this node's own store has applied them too, so a
+/// client reads its own writes through any manager.
+#[derive(Clone)]
+struct Forward {
+    peers: Option<Arc<Peers>>,
+    store: Arc<Store>,
+}
+
+impl Forward {
+    async fn to_leader(
+        &self,
+        raft: &Raft<TypeConfig>,
+        leader: &str,
+        txs: Vec<Transaction>,
+    ) -> Result<Vec<ApplyOutcome>, ProposeError> {
+        let Some(peers) = &self.peers else {
+            return Err(ProposeError::NoLeader);
+        };
+        let answer: Result<Forwarded, TransportError> = peers
+            .call(
+                leader,
+                MANAGER_NAME,
+                PROPOSE_PATH,
+                &Batch(txs),
+                FORWARD_TIMEOUT,
+            )
+            .await;
+        let forwarded = match answer {
+            Ok(forwarded) => forwarded,
+            Err(TransportError::Refused { message, .. }) => {
+                return Err(ProposeError::Raft(message))
+            }
+            Err(e) if e.is_unreachable() => return Err(ProposeError::NoLeader),
+            Err(e) => return Err(ProposeError::Raft(e.to_string())),
+        };
+        if self.store.index() < forwarded.applied {
+            let waited = raft
+                .wait(Some(FORWARD_TIMEOUT))
+                .applied_index_at_least(Some(forwarded.applied), "forwarded write applied")
+                .await;
+            if let Err(e) = waited {
+                tracing::warn!(error = %e, "a forwarded write is not applied here yet");
+            }
+        }
+        Ok(forwarded.outcomes)
+    }
+}
+
 fn propose_error(e: OpenRaftError<u64, ClientWriteError<u64, BasicNode>>) -> ProposeError {
     match e {
-        OpenRaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
-            leader: f.leader_id,
-        },
+        OpenRaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ProposeError::NoLeader,
         OpenRaftError::APIError(e) => ProposeError::Raft(e.to_string()),
         OpenRaftError::Fatal(openraft::error::Fatal::Stopped) => ProposeError::ShuttingDown,
         OpenRaftError::Fatal(e) => ProposeError::Raft(e.to_string()),

@@ -86,6 +86,25 @@ impl KeyStore {
         Ok(store)
     }
 
+    /// A manager that joins takes the swarm's data key (sent by a manager
+    /// over mutual TLS), kept in clear under `dir` until autolock says otherwise.
+    pub fn adopt(dir: &Path, dek: [u8; 32]) -> Result<KeyStore, SecretsError> {
+        let store = KeyStore {
+            path: dir.join(FILE_NAME),
+            dek,
+            unlock_key: Mutex::new(None),
+        };
+        let key = store.lock_key();
+        store.write(&key)?;
+        drop(key);
+        Ok(store)
+    }
+
+    /// The data key in base64, for a manager that joins.
+    pub fn data_key_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.dek)
+    }
+
     /// Reads the key file under `dir`; `None` when there is none.
     pub fn load(dir: &Path) -> Result<Option<KeyFile>, SecretsError> {
         let path = dir.join(FILE_NAME);

@@ -51,6 +51,9 @@ pub enum ProposeError {
     /// with the transport).
     #[error("this node is not the raft leader (leader: {leader:?})")]
     NotLeader { leader: Option<u64> },
+    /// No leader is known, or it cannot be reached: the engine's text.
+    #[error("rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.")]
+    NoLeader,
     #[error("raft is shutting down")]
     ShuttingDown,
     #[error("raft failed: {0}")]

@@ -17,13 +17,24 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::Executor;
+use crate::agent::{Executor, StatusReport};
 use crate::ca::{self, CaError, RootCa};
 use crate::events::EventLog;
+use crate::proxy::Proxy;
 use crate::raft::{NodeOptions, RaftError, RaftNode};
 use crate::secrets::{KeyFile, KeyStore, LockedKey, SecretsError};
 use crate::store::{Proposer, Store, Transaction};
+use crate::transport::{Identity, Peers, Role, TransportError};
 use crate::types::{new_id, Kind, Object, Timestamp};
+
+mod identity;
+mod join;
+pub mod port;
+mod wire;
+mod worker;
+
+pub use join::JoinParams;
+pub use worker::Worker;
 
 /// How long after the first sweep of task containers at leave the second
 /// one runs (an engine create in flight when the agent stopped).
@@ -68,6 +79,24 @@ pub enum ClusterError {
     NotLocked,
     #[error(transparent)]
     Keys(#[from] SecretsError),
+    #[error("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.")]
+    WorkerNotManager,
+    #[error("rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster")]
+    InvalidToken,
+    #[error("invalid join token")]
+    MalformedToken,
+    #[error("remote CA does not match fingerprint. Expected: {0}")]
+    CaMismatch(String),
+    #[error("{0}")]
+    JoinRefused(String),
+    #[error("Timeout was reached before node joined. The attempt to join the swarm will continue in the background. Use the \"docker info\" command to see the current swarm status of your node.")]
+    JoinTimeout,
+    #[error("listen tcp {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("You are attempting to leave the swarm on a node that is participating as a manager. Removing this node leaves {left} managers out of {total}. Without a Raft quorum your swarm will be inaccessible. The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.")]
+    LeaveLosesQuorum { left: usize, total: usize },
 }
 
 /// What this node keeps about itself beside the raft log.
@@ -86,6 +115,17 @@ pub struct LocalNode {
     /// cluster object can be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_interval: Option<u64>,
+    /// Manager or worker (files written before joins existed: manager).
+    #[serde(default = "manager_role")]
+    pub role: Role,
+    /// The managers' cluster addresses this node last heard of: where a
+    /// restarted worker opens its session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
+}
+
+fn manager_role() -> Role {
+    Role::Manager
 }
 
 impl LocalNode {
@@ -104,6 +144,9 @@ pub struct Manager {
     running: TaskTracker,
     events: Arc<EventLog>,
     keys: Arc<KeyStore>,
+    peers: Option<Arc<Peers>>,
+    /// Where task status goes, this node's agent's and workers' alike.
+    reports: tokio::sync::mpsc::Sender<StatusReport>,
 }
 
 impl Manager {
@@ -112,6 +155,7 @@ impl Manager {
         raft: RaftNode,
         keys: Arc<KeyStore>,
         executor: Arc<dyn Executor>,
+        peers: Option<Arc<Peers>>,
     ) -> Manager {
         let raft = Arc::new(raft);
         let loops = CancellationToken::new();
@@ -123,14 +167,15 @@ impl Manager {
             events.clone(),
             loops.clone(),
         ));
-        crate::manager::start(
+        let reports = crate::manager::start_node(
             local.node_id.clone(),
             raft.store(),
-            proposer,
+            proposer.clone(),
             executor,
             loops.clone(),
             &running,
         );
+        running.spawn(lead_while_leader(raft.clone(), proposer, loops.clone()));
         running.close();
         Manager {
             local,
@@ -139,7 +184,56 @@ impl Manager {
             running,
             events,
             keys,
+            peers,
+            reports,
         }
+    }
+
+    pub fn raft_node(&self) -> &RaftNode {
+        &self.raft
+    }
+
+    pub fn peers(&self) -> Option<&Arc<Peers>> {
+        self.peers.as_ref()
+    }
+
+    pub fn reports(&self) -> &tokio::sync::mpsc::Sender<StatusReport> {
+        &self.reports
+    }
+
+    /// Fires when this manager stops.
+    pub fn loops(&self) -> &CancellationToken {
+        &self.loops
+    }
+
+    pub fn proposer_arc(&self) -> Arc<dyn Proposer> {
+        self.raft.clone()
+    }
+
+    /// Whether this node is raft's leader now.
+    pub fn leads(&self) -> bool {
+        self.raft.raft().metrics().borrow().current_leader == Some(self.raft.id())
+    }
+
+    /// The leader's cluster address, when one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let metrics = self.raft.raft().metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Raft's voters now: (raft ID, cluster address).
+    pub fn voters(&self) -> Vec<(u64, String)> {
+        let metrics = self.raft.raft().metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+            .collect()
     }
 
     /// Stops the loops, then raft. Requests still holding the manager
@@ -207,8 +301,54 @@ impl Manager {
     }
 }
 
+/// Runs the leader-only loops while this node leads: they start when it
+/// becomes leader and stop when it no longer is, one cancellation per term.
+async fn lead_while_leader(
+    raft: Arc<RaftNode>,
+    proposer: Arc<dyn Proposer>,
+    stop: CancellationToken,
+) {
+    let mut metrics = raft.raft().metrics();
+    let mut term: Option<(CancellationToken, TaskTracker)> = None;
+    loop {
+        let leads = metrics.borrow_and_update().current_leader == Some(raft.id());
+        match (leads, term.is_some()) {
+            (true, false) => {
+                tracing::info!("this node leads the swarm: starting the leader's loops");
+                let token = stop.child_token();
+                let running = TaskTracker::new();
+                crate::manager::start_leader(
+                    raft.store(),
+                    proposer.clone(),
+                    token.clone(),
+                    &running,
+                );
+                running.close();
+                term = Some((token, running));
+            }
+            (false, true) => {
+                tracing::info!("this node no longer leads: stopping the leader's loops");
+                if let Some((token, running)) = term.take() {
+                    token.cancel();
+                    running.wait().await;
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = metrics.changed() => if changed.is_err() { break },
+        }
+    }
+    if let Some((token, running)) = term.take() {
+        token.cancel();
+        running.wait().await;
+    }
+}
+
 enum Membership {
     Inactive,
+    Worker(Arc<Worker>),
     /// Autolock on after a restart: raft stays closed until the data key
     /// is unwrapped by `swarm unlock`.
     Locked {
@@ -223,6 +363,7 @@ pub enum LocalState {
     Inactive,
     Locked(LocalNode),
     Active(Arc<Manager>),
+    Worker(Arc<Worker>),
 }
 
 /// Everything `swarm init` needs beyond the request's defaults.
@@ -242,43 +383,112 @@ pub struct InitParams {
     pub snapshot_interval: Option<u64>,
 }
 
+/// What the daemon hands the cluster beside its data dir.
+#[derive(Clone, Default)]
+pub struct ClusterOptions {
+    /// `--cluster-listen-addr`: where the cluster port listens, whatever
+    /// init or join ask.
+    pub listen_override: Option<String>,
+    /// The local engine, for logs other managers ask this node for.
+    pub proxy: Option<Proxy>,
+}
+
 pub struct Cluster {
     dir: PathBuf,
     membership: RwLock<Membership>,
     executor: Arc<dyn Executor>,
+    options: ClusterOptions,
+    proxy: Option<Proxy>,
+    /// Stops the cluster port's server.
+    port: std::sync::Mutex<Option<CancellationToken>>,
 }
 
 impl Cluster {
-    /// Opens the swarm state under `data_dir`, rejoining raft when this
-    /// node was a manager before the restart.
+    /// Opens the swarm state under `data_dir`, rejoining as the manager or
+    /// worker this node was before the restart (a manager's raft catches up
+    /// from its log and the leader; no token is needed).
     pub async fn open(
         data_dir: &Path,
         executor: Arc<dyn Executor>,
-    ) -> Result<Cluster, ClusterError> {
+        options: ClusterOptions,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let dir = data_dir.join("swarm");
-        let membership = match read_local(&dir)? {
-            None => Membership::Inactive,
-            Some(local) => match KeyStore::load(&dir)? {
-                Some(KeyFile::Locked(key)) => {
-                    tracing::warn!(node = %local.node_id, "swarm is locked; waiting for docker swarm unlock");
-                    Membership::Locked { local, key }
-                }
-                Some(KeyFile::Open(keys)) => {
-                    open_manager(&dir, local, keys, executor.clone()).await?
-                }
-                // A swarm made before secrets were encrypted: give it a key
-                // now; its secrets are sealed from the next write on.
-                None => {
-                    let keys = KeyStore::create(&dir, false)?;
-                    open_manager(&dir, local, keys, executor.clone()).await?
-                }
-            },
-        };
-        Ok(Cluster {
+        let cluster = Arc::new(Cluster {
             dir,
-            membership: RwLock::new(membership),
+            membership: RwLock::new(Membership::Inactive),
             executor,
-        })
+            proxy: options.proxy.clone(),
+            options,
+            port: std::sync::Mutex::new(None),
+        });
+        let Some(local) = read_local(&cluster.dir)? else {
+            return Ok(cluster);
+        };
+        let membership = cluster.restore(local).await?;
+        *cluster.membership.write().await = membership;
+        Ok(cluster)
+    }
+
+    async fn restore(self: &Arc<Self>, local: LocalNode) -> Result<Membership, ClusterError> {
+        let dir = &self.dir;
+        if local.role == Role::Worker {
+            let identity = identity::load(dir)?;
+            self.start_port(self.rebind(&local).await?, &identity)?;
+            let peers = Arc::new(Peers::new(crate::transport::tls::client_config(&identity)?));
+            tracing::info!(node = %local.node_id, "rejoined the swarm as a worker");
+            return Ok(Membership::Worker(Arc::new(Worker::start(
+                local,
+                peers,
+                self.executor.clone(),
+            ))));
+        }
+        let keys = match KeyStore::load(dir)? {
+            Some(KeyFile::Locked(key)) => {
+                tracing::warn!(node = %local.node_id, "swarm is locked; waiting for docker swarm unlock");
+                return Ok(Membership::Locked { local, key });
+            }
+            Some(KeyFile::Open(keys)) => keys,
+            // A swarm made before secrets were encrypted: give it a key
+            // now; its secrets are sealed from the next write on.
+            None => KeyStore::create(dir, false)?,
+        };
+        self.open_manager(local, keys).await
+    }
+
+    /// Opens raft with the unlocked data key, the cluster port, and starts
+    /// the manager's loops.
+    async fn open_manager(
+        self: &Arc<Self>,
+        local: LocalNode,
+        keys: KeyStore,
+    ) -> Result<Membership, ClusterError> {
+        let identity = identity::load(&self.dir).ok();
+        let listener = match &identity {
+            Some(_) => Some(self.rebind(&local).await?),
+            None => None,
+        };
+        let peers = match &identity {
+            Some(identity) => Some(Arc::new(Peers::new(crate::transport::tls::client_config(
+                identity,
+            )?))),
+            None => None,
+        };
+        let keys = Arc::new(keys);
+        let mut options = raft_options(&local);
+        options.codec = keys.codec()?;
+        options.peers = peers.clone();
+        // The port answers raft before raft is open: a restarted follower
+        // is caught up by the leader while it waits for a leader.
+        if let (Some(listener), Some(identity)) = (listener, &identity) {
+            self.start_port(listener, identity)?;
+        }
+        let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
+        tracing::info!(node = %local.node_id, "rejoined the swarm as a manager");
+        let manager = Manager::start(local, raft, keys, self.executor.clone(), peers);
+        if let Err(error) = manager.sync_autolock() {
+            tracing::warn!(%error, "cannot bring the key file in line with the autolock setting");
+        }
+        Ok(Membership::Manager(Arc::new(manager)))
     }
 
     /// The manager, or the engine's "not a swarm manager" / "locked" refusal.
@@ -286,6 +496,7 @@ impl Cluster {
         match &*self.membership.read().await {
             Membership::Manager(manager) => Ok(manager.clone()),
             Membership::Locked { .. } => Err(ClusterError::Locked),
+            Membership::Worker(_) => Err(ClusterError::WorkerNotManager),
             Membership::Inactive => Err(ClusterError::NotManager),
         }
     }
@@ -294,21 +505,22 @@ impl Cluster {
         match &*self.membership.read().await {
             Membership::Manager(manager) => LocalState::Active(manager.clone()),
             Membership::Locked { local, .. } => LocalState::Locked(local.clone()),
+            Membership::Worker(worker) => LocalState::Worker(worker.clone()),
             Membership::Inactive => LocalState::Inactive,
         }
     }
 
     /// `swarm unlock`: unwraps the data key with `unlock_key`, opens raft
     /// and starts the manager. Only a locked node can be unlocked.
-    pub async fn unlock(&self, unlock_key: &str) -> Result<(), ClusterError> {
+    pub async fn unlock(self: &Arc<Self>, unlock_key: &str) -> Result<(), ClusterError> {
         let mut membership = self.membership.write().await;
         let (local, key) = match &*membership {
             Membership::Locked { local, key } => (local.clone(), key),
-            Membership::Manager(_) => return Err(ClusterError::NotLocked),
+            Membership::Manager(_) | Membership::Worker(_) => return Err(ClusterError::NotLocked),
             Membership::Inactive => return Err(ClusterError::NotManager),
         };
         let keys = key.unlock(unlock_key)?;
-        let opened = open_manager(&self.dir, local, keys, self.executor.clone()).await?;
+        let opened = self.open_manager(local, keys).await?;
         *membership = opened;
         tracing::info!("swarm unlocked");
         Ok(())
@@ -324,8 +536,8 @@ impl Cluster {
         !matches!(&*self.membership.read().await, Membership::Inactive)
     }
 
-    /// The root CA of the swarm this node manages (kept beside the raft log
-    /// until managers replicate it).
+    /// The root CA of the swarm this node manages (every manager keeps it
+    /// beside its raft log; it came with the join).
     pub fn root_ca(&self) -> Result<RootCa, ClusterError> {
         let path = self.dir.join("ca.json");
         let bytes = std::fs::read(&path).map_err(|source| ClusterError::Disk {
@@ -338,33 +550,136 @@ impl Cluster {
         })
     }
 
+    /// Binds the cluster port: where `--cluster-listen-addr` says, else
+    /// where init or join asked.
+    async fn bind(&self, requested: &str) -> Result<tokio::net::TcpListener, ClusterError> {
+        let addr = self
+            .options
+            .listen_override
+            .clone()
+            .unwrap_or_else(|| requested.to_string());
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| ClusterError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// After a restart: the port this node advertised before, even when
+    /// `--cluster-listen-addr` lets the system pick one (the other nodes
+    /// know this node by that address).
+    async fn rebind(&self, local: &LocalNode) -> Result<tokio::net::TcpListener, ClusterError> {
+        let picks_port = self
+            .options
+            .listen_override
+            .as_deref()
+            .is_some_and(|addr| addr.ends_with(":0"));
+        let advertised_port = local
+            .advertise_addr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        match (picks_port, advertised_port, &self.options.listen_override) {
+            (true, Some(port), Some(addr)) => {
+                let addr = format!("{}:{port}", &addr[..addr.len() - 2]);
+                tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .map_err(|e| ClusterError::Listen {
+                        addr: addr.clone(),
+                        reason: e.to_string(),
+                    })
+            }
+            _ => self.bind(&local.listen_addr).await,
+        }
+    }
+
+    /// The advertised address with the port actually bound when
+    /// `--cluster-listen-addr` chose it (port 0 picks a free one).
+    fn advertised(&self, advertise_addr: &str, listener: &tokio::net::TcpListener) -> String {
+        match (&self.options.listen_override, listener.local_addr()) {
+            (Some(_), Ok(bound)) => join_host_port(host_of(advertise_addr), bound.port()),
+            _ => advertise_addr.to_string(),
+        }
+    }
+
+    fn start_port(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        identity: &Identity,
+    ) -> Result<(), ClusterError> {
+        let config = Arc::new(crate::transport::tls::server_config(identity)?);
+        let stop = CancellationToken::new();
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!(address = %local, "cluster port listening");
+        }
+        let handler = Arc::new(port::Port {
+            cluster: self.clone(),
+        });
+        tokio::spawn(crate::transport::serve(
+            listener,
+            config,
+            handler,
+            stop.clone(),
+        ));
+        if let Ok(mut port) = self.port.lock() {
+            if let Some(old) = port.replace(stop) {
+                old.cancel();
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_port(&self) {
+        if let Ok(mut port) = self.port.lock() {
+            if let Some(stop) = port.take() {
+                stop.cancel();
+            }
+        }
+    }
+
     /// Makes this node the first manager of a new swarm; returns its node ID.
-    pub async fn init(&self, params: InitParams) -> Result<String, ClusterError> {
+    pub async fn init(self: &Arc<Self>, params: InitParams) -> Result<String, ClusterError> {
         let mut membership = self.membership.write().await;
         if !matches!(&*membership, Membership::Inactive) {
             return Err(ClusterError::AlreadyInSwarm);
         }
+        let listener = self.bind(&params.listen_addr).await?;
         // StdRng is Send: the rng lives across the awaits below.
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let local = LocalNode {
             node_id: new_id(&mut rng),
             listen_addr: params.listen_addr.clone(),
-            advertise_addr: params.advertise_addr.clone(),
+            advertise_addr: self.advertised(&params.advertise_addr, &listener),
             raft_id: FIRST_RAFT_ID,
             snapshot_interval: params.snapshot_interval,
+            role: Role::Manager,
+            managers: Vec::new(),
         };
         // Start from nothing: a half-made swarm from a crash is not resumed.
         remove_dir(&self.dir)?;
+        let cluster_id = new_id(&mut rng);
+        let root = RootCa::generate()?;
+        let expiry = spec_cert_expiry(&params.spec);
+        let identity =
+            identity::issue_own(&root, &local.node_id, Role::Manager, &cluster_id, expiry)?;
+        write_private(
+            &self.dir.join("ca.json"),
+            &serde_json::to_vec(&root).unwrap_or_default(),
+        )?;
+        identity::save(&self.dir, &identity)?;
+        let peers = Arc::new(Peers::new(crate::transport::tls::client_config(&identity)?));
         // The data key comes first: raft seals secrets with it from entry one.
         let keys = Arc::new(KeyStore::create(&self.dir, params.autolock)?);
         let mut options = raft_options(&local);
         options.codec = keys.codec()?;
+        options.peers = Some(peers.clone());
         let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
-        if let Err(error) = bootstrap(&raft, &local, params, &self.dir, &mut rng).await {
+        if let Err(error) = bootstrap(&raft, &local, params, &root, cluster_id).await {
             let _ = raft.shutdown().await;
             let _ = remove_dir(&self.dir);
             return Err(error);
         }
+        self.start_port(listener, &identity)?;
         // Written last: its presence is what makes a restart rejoin.
         write_local(&self.dir, &local)?;
         let node_id = local.node_id.clone();
@@ -373,6 +688,7 @@ impl Cluster {
             raft,
             keys,
             self.executor.clone(),
+            Some(peers),
         )));
         tracing::info!(node = %node_id, "swarm initialised");
         Ok(node_id)
@@ -380,18 +696,22 @@ impl Cluster {
 
     /// Stops the loops and raft at daemon shutdown (the log is durable either way).
     pub async fn shutdown(&self) {
+        self.stop_port();
         let mut membership = self.membership.write().await;
-        if let Membership::Manager(manager) =
-            std::mem::replace(&mut *membership, Membership::Inactive)
-        {
-            if let Err(error) = manager.stop().await {
-                tracing::warn!(%error, "raft did not shut down cleanly");
+        match std::mem::replace(&mut *membership, Membership::Inactive) {
+            Membership::Manager(manager) => {
+                if let Err(error) = manager.stop().await {
+                    tracing::warn!(%error, "raft did not shut down cleanly");
+                }
             }
+            Membership::Worker(worker) => worker.stop().await,
+            _ => {}
         }
     }
 
-    /// Leaves the swarm: a manager only with `force` (it is always the last
-    /// one until nodes can join). Erases the swarm state on disk.
+    /// Leaves the swarm and erases the swarm state on disk. A worker
+    /// leaves freely; a manager only with `force` when it is the last one
+    /// or its leaving would cost the others their quorum, as the engine.
     pub async fn leave(&self, force: bool) -> Result<(), ClusterError> {
         let mut membership = self.membership.write().await;
         let manager = match &*membership {
@@ -399,9 +719,37 @@ impl Cluster {
             Membership::Locked { .. } if !force => return Err(ClusterError::LockedLeave),
             Membership::Locked { .. } => None,
             Membership::Manager(manager) => Some(manager.clone()),
+            Membership::Worker(worker) => {
+                let worker = worker.clone();
+                *membership = Membership::Inactive;
+                return self.leave_as_worker(&worker).await;
+            }
         };
+        let others = manager
+            .as_ref()
+            .map(|m| m.voters().len().saturating_sub(1))
+            .unwrap_or(0);
         if !force {
-            return Err(ClusterError::LastManager);
+            if others == 0 {
+                return Err(ClusterError::LastManager);
+            }
+            // The engine refuses when the managers left could not form a
+            // quorum: with every manager reachable, that is two or fewer.
+            let total = others + 1;
+            if total <= 2 {
+                return Err(ClusterError::LeaveLosesQuorum {
+                    left: others,
+                    total,
+                });
+            }
+        }
+        if let (Some(manager), true) = (&manager, others > 0) {
+            // Out of raft first, so the others' quorum no longer counts us.
+            let raft_id = manager.raft_node().id();
+            if let Err(error) = port::remove_voter(manager, raft_id).await {
+                tracing::warn!(%error, "could not leave raft's membership cleanly");
+            }
+            let _ = self.goodbye(manager).await;
         }
         let node_id = match std::mem::replace(&mut *membership, Membership::Inactive) {
             Membership::Locked { local, .. } => local.node_id,
@@ -410,6 +758,7 @@ impl Cluster {
                 None => String::new(),
             },
         };
+        self.stop_port();
         let networks = manager
             .as_ref()
             .map(|m| crate::network::realised_ids(&m.store()))
@@ -420,20 +769,7 @@ impl Cluster {
         if let Some(manager) = manager {
             manager.stop().await?;
         }
-        // As the engine does on leave: its task containers go too. A create
-        // the agent sent just before it stopped may still land on the
-        // engine after the first sweep, so a second one follows shortly.
-        for sweep in 0..2 {
-            if sweep > 0 {
-                tokio::time::sleep(LATE_CREATE_GRACE).await;
-            }
-            match crate::agent::remove_all_own(&*self.executor, &node_id).await {
-                Ok(removed) => tracing::info!(removed, "removed this node's task containers"),
-                Err(error) => {
-                    tracing::warn!(%error, "could not remove this node's task containers")
-                }
-            }
-        }
+        self.remove_own_containers(&node_id).await;
         // Then the bridges that realised the swarm's networks.
         crate::network::leave(&networks, cluster_id.as_deref()).await;
         // The task files' tmpfs goes once no container can need it.
@@ -442,6 +778,89 @@ impl Cluster {
         tracing::info!("left the swarm");
         Ok(())
     }
+
+    /// A manager that leaves marks itself down, as a worker does.
+    async fn goodbye(&self, manager: &Manager) -> Result<(), String> {
+        let proposer = manager.proposer_arc();
+        let store = manager.store();
+        let node_id = manager.node_id().to_string();
+        crate::manager::propose_fresh(&proposer, || {
+            let object = store.get(Kind::Node, &node_id)?;
+            let Object::Node(node) = &*object else {
+                return None;
+            };
+            let mut node = (**node).clone();
+            let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+            let status = node.status.get_or_insert_with(NodeStatus::default);
+            status.state = Some(NodeState::DOWN);
+            if let Some(ms) = node.manager_status.as_mut() {
+                ms.reachability = Some(Reachability::UNREACHABLE);
+                ms.leader = Some(false);
+            }
+            Some(
+                Transaction::new(Timestamp::from_system(SystemTime::now()))
+                    .update(Object::Node(Box::new(node)), version),
+            )
+        })
+        .await
+    }
+
+    async fn leave_as_worker(&self, worker: &Worker) -> Result<(), ClusterError> {
+        worker.say_goodbye().await;
+        worker.stop().await;
+        self.stop_port();
+        let node_id = worker.node_id().to_string();
+        self.remove_own_containers(&node_id).await;
+        crate::agent::release_node_files(&node_id);
+        remove_dir(&self.dir)?;
+        tracing::info!("left the swarm");
+        Ok(())
+    }
+
+    /// As the engine does on leave: its task containers go too. A create
+    /// the agent sent just before it stopped may still land on the engine
+    /// after the first sweep, so a second one follows shortly.
+    async fn remove_own_containers(&self, node_id: &str) {
+        for sweep in 0..2 {
+            if sweep > 0 {
+                tokio::time::sleep(LATE_CREATE_GRACE).await;
+            }
+            match crate::agent::remove_all_own(&*self.executor, node_id).await {
+                Ok(removed) => tracing::info!(removed, "removed this node's task containers"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not remove this node's task containers")
+                }
+            }
+        }
+    }
+}
+
+/// `host:port`, with brackets for an IPv6 host.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// How long node certificates live: the cluster's `NodeCertExpiry`.
+pub fn cert_expiry(swarm: &Swarm) -> std::time::Duration {
+    swarm
+        .spec
+        .as_ref()
+        .map(spec_cert_expiry)
+        .unwrap_or(spec_cert_expiry(&SwarmSpec::default()))
+}
+
+fn spec_cert_expiry(spec: &SwarmSpec) -> std::time::Duration {
+    let nanos = spec
+        .ca_config
+        .as_ref()
+        .and_then(|c| c.node_cert_expiry)
+        .filter(|&n| n > 0)
+        .unwrap_or(90 * 24 * 3600 * 1_000_000_000);
+    std::time::Duration::from_nanos(nanos as u64)
 }
 
 fn raft_options(local: &LocalNode) -> NodeOptions {
@@ -456,51 +875,16 @@ fn raft_options(local: &LocalNode) -> NodeOptions {
     }
 }
 
-/// Opens raft with the unlocked data key and starts the manager's loops.
-async fn open_manager(
-    dir: &Path,
-    local: LocalNode,
-    keys: KeyStore,
-    executor: Arc<dyn Executor>,
-) -> Result<Membership, ClusterError> {
-    let keys = Arc::new(keys);
-    let mut options = raft_options(&local);
-    options.codec = keys.codec()?;
-    let raft = RaftNode::open(dir, local.raft_id, options).await?;
-    tracing::info!(node = %local.node_id, "rejoined the swarm as a manager");
-    let manager = Manager::start(local, raft, keys, executor);
-    if let Err(error) = manager.sync_autolock() {
-        tracing::warn!(%error, "cannot bring the key file in line with the autolock setting");
-    }
-    Ok(Membership::Manager(Arc::new(manager)))
-}
-
-/// Commits the cluster object and this node in one transaction, and keeps
-/// the CA key beside the raft log.
+/// Commits the cluster object and this node in one transaction.
 async fn bootstrap(
     raft: &RaftNode,
     local: &LocalNode,
     params: InitParams,
-    dir: &Path,
-    rng: &mut impl rand::RngCore,
+    root: &RootCa,
+    cluster_id: String,
 ) -> Result<(), ClusterError> {
     let availability = params.availability;
-    let cluster_id = new_id(rng);
-    let root = RootCa::generate()?;
-    write_private(
-        &dir.join("ca.json"),
-        &serde_json::to_vec(&root).unwrap_or_default(),
-    )?;
-    // This node's identity on the cluster port (used by the transport).
-    let (cert, key) = root.issue_node_cert(
-        &local.node_id,
-        "swarm-manager",
-        &cluster_id,
-        std::time::Duration::from_secs(90 * 24 * 3600),
-    )?;
-    write_private(&dir.join("node.crt"), cert.as_bytes())?;
-    write_private(&dir.join("node.key"), key.as_bytes())?;
-    let tls = tls_info(&root)?;
+    let tls = tls_info(root)?;
     let cluster = Swarm {
         id: Some(cluster_id),
         spec: Some(params.spec),
@@ -510,8 +894,8 @@ async fn bootstrap(
         default_addr_pool: params.default_addr_pool,
         subnet_size: Some(params.subnet_size),
         join_tokens: Some(JoinTokens {
-            worker: Some(ca::new_join_token(&root)?),
-            manager: Some(ca::new_join_token(&root)?),
+            worker: Some(ca::new_join_token(root)?),
+            manager: Some(ca::new_join_token(root)?),
         }),
         ..Swarm::default()
     };

@@ -1,0 +1,545 @@
+//! The cluster port's answers: joins, raft RPCs and forwarded writes
+//! between managers, node sessions and task status, logs. Who may call
+//! what is decided here from the peer's certificate alone.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bollard::models::{
+    ManagerStatus, Node, NodeDescription, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum,
+    NodeState, NodeStatus, Reachability,
+};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use openraft::{BasicNode, ChangeMembers};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::*;
+use super::{the_cluster, Cluster, ClusterError, Manager};
+use crate::agent::StatusReport;
+use crate::body::{full, Body, BoxError};
+use crate::raft::{Batch, Forwarded, APPEND_PATH, PROPOSE_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::transport::tls::MANAGER_NAME;
+use crate::transport::{Handler, Peer, Role};
+use crate::types::{new_id, Kind, Object, Timestamp};
+
+/// Largest request body the cluster port reads (raft entries, snapshots
+/// in chunks).
+const MAX_BODY: usize = 64 << 20;
+/// A session sends at least this often, so a node notices a dead manager.
+const SESSION_HEARTBEAT: Duration = Duration::from_secs(2);
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such path {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl PortError {
+    fn status(&self) -> StatusCode {
+        match self {
+            PortError::Forbidden(_) => StatusCode::FORBIDDEN,
+            PortError::BadRequest(_) | PortError::Cluster(ClusterError::JoinRefused(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            PortError::NotFound(_) => StatusCode::NOT_FOUND,
+            PortError::Cluster(_) | PortError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Answers the cluster port for one node.
+pub struct Port {
+    pub(super) cluster: Arc<Cluster>,
+}
+
+impl Handler for Port {
+    fn handle(
+        self: Arc<Self>,
+        peer: Option<Peer>,
+        request: Request<Incoming>,
+    ) -> BoxFuture<'static, Response<Body>> {
+        Box::pin(async move {
+            let path = request.uri().path().to_string();
+            match self.route(peer.as_ref(), &path, request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::info!(%path, peer = ?peer.map(|p| p.addr), %error, "cluster port refused a call");
+                    let body = serde_json::json!({ "message": error.to_string() });
+                    let mut response = Response::new(full(body.to_string()));
+                    *response.status_mut() = error.status();
+                    response
+                }
+            }
+        })
+    }
+}
+
+fn answer<T: Serialize>(value: &T) -> Result<Response<Body>, PortError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| PortError::BadRequest(e.to_string()))?;
+    Ok(Response::new(full(bytes)))
+}
+
+async fn read<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, PortError> {
+    let bytes = http_body_util::Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| PortError::BadRequest(format!("cannot read the request: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| PortError::BadRequest(e.to_string()))
+}
+
+fn member(peer: Option<&Peer>) -> Result<&Peer, PortError> {
+    peer.ok_or_else(|| {
+        PortError::Forbidden("a node certificate of this swarm is required".to_string())
+    })
+}
+
+fn manager_peer(peer: Option<&Peer>) -> Result<&Peer, PortError> {
+    let peer = member(peer)?;
+    if peer.role != Role::Manager {
+        return Err(PortError::Forbidden(format!(
+            "node {} is not a manager: this call is for managers only",
+            peer.node_id
+        )));
+    }
+    Ok(peer)
+}
+
+impl Port {
+    async fn route(
+        &self,
+        peer: Option<&Peer>,
+        path: &str,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, PortError> {
+        match path {
+            CA_PATH => {
+                let root = self.cluster.root_ca()?;
+                answer(&CaAnswer {
+                    ca_pem: root.cert_pem,
+                })
+            }
+            JOIN_PATH => {
+                let manager = self.cluster.manager().await?;
+                let join: JoinRequest = read(request).await?;
+                answer(&admit(&self.cluster, &manager, join).await?)
+            }
+            APPEND_PATH | VOTE_PATH | SNAPSHOT_PATH | PROPOSE_PATH | ADD_VOTER_PATH
+            | REMOVE_VOTER_PATH | LOGS_PATH => {
+                manager_peer(peer)?;
+                self.manager_call(path, request).await
+            }
+            SESSION_PATH => {
+                let peer = member(peer)?;
+                let manager = self.cluster.manager().await?;
+                Ok(session(&manager, &peer.node_id))
+            }
+            STATUS_PATH => {
+                let peer = member(peer)?;
+                let manager = self.cluster.manager().await?;
+                let batch: StatusBatch = read(request).await?;
+                accept_reports(&manager, &peer.node_id, batch).await?;
+                answer(&Empty {})
+            }
+            LEAVE_PATH => {
+                let peer = member(peer)?;
+                let manager = self.cluster.manager().await?;
+                mark_left(&manager, &peer.node_id).await?;
+                answer(&Empty {})
+            }
+            other => Err(PortError::NotFound(other.to_string())),
+        }
+    }
+
+    /// Calls only managers make to managers.
+    async fn manager_call(
+        &self,
+        path: &str,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, PortError> {
+        if path == LOGS_PATH {
+            let logs: LogsRequest = read(request).await?;
+            return self.logs(logs).await;
+        }
+        let manager = self.cluster.manager().await?;
+        let raft = manager.raft_node().raft();
+        match path {
+            APPEND_PATH => answer(&raft.append_entries(read(request).await?).await),
+            VOTE_PATH => answer(&raft.vote(read(request).await?).await),
+            SNAPSHOT_PATH => answer(&raft.install_snapshot(read(request).await?).await),
+            PROPOSE_PATH => {
+                let batch: Batch = read(request).await?;
+                answer(&propose_forwarded(&manager, batch).await?)
+            }
+            ADD_VOTER_PATH => {
+                let add: AddVoter = read(request).await?;
+                add_voter(&manager, add).await?;
+                answer(&Empty {})
+            }
+            REMOVE_VOTER_PATH => {
+                let remove: RemoveVoter = read(request).await?;
+                remove_voter(&manager, remove.raft_id).await?;
+                answer(&Empty {})
+            }
+            other => Err(PortError::NotFound(other.to_string())),
+        }
+    }
+
+    /// A container's logs from this node's engine, streamed as the engine
+    /// sends them (managers gather `service logs` this way).
+    async fn logs(&self, logs: LogsRequest) -> Result<Response<Body>, PortError> {
+        let proxy = self
+            .cluster
+            .proxy
+            .as_ref()
+            .ok_or_else(|| PortError::Unavailable("no engine".to_string()))?;
+        let path = format!("/containers/{}/logs?{}", logs.container, logs.query);
+        let response = proxy
+            .get(&path)
+            .await
+            .map_err(|e| PortError::Unavailable(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        ))
+    }
+}
+
+/// The leader's side of a forwarded write: through its own proposer, so
+/// forwarded and local writes share group commits.
+async fn propose_forwarded(manager: &Manager, batch: Batch) -> Result<Forwarded, PortError> {
+    let proposer = manager.proposer();
+    let pending = batch.0.into_iter().map(|tx| proposer.propose(tx));
+    let mut outcomes = Vec::new();
+    for result in futures_util::future::join_all(pending).await {
+        outcomes.push(result.map_err(|e| PortError::Unavailable(e.to_string()))?);
+    }
+    Ok(Forwarded {
+        outcomes,
+        applied: manager.store().index(),
+    })
+}
+
+/// Checks the token, names the node, signs its certificate and commits
+/// its node object; a manager also gets what it needs to join raft.
+async fn admit(
+    cluster: &Cluster,
+    manager: &Manager,
+    join: JoinRequest,
+) -> Result<JoinAnswer, PortError> {
+    let store = manager.store();
+    let swarm = the_cluster(&store).ok_or(ClusterError::NotManager)?;
+    let tokens = swarm.join_tokens.clone().unwrap_or_default();
+    let role = if Some(&join.token) == tokens.manager.as_ref() {
+        Role::Manager
+    } else if Some(&join.token) == tokens.worker.as_ref() {
+        Role::Worker
+    } else {
+        return Err(ClusterError::InvalidToken.into());
+    };
+    let availability = match join.availability.as_str() {
+        "" | "active" => NodeSpecAvailabilityEnum::ACTIVE,
+        "pause" => NodeSpecAvailabilityEnum::PAUSE,
+        "drain" => NodeSpecAvailabilityEnum::DRAIN,
+        other => {
+            return Err(PortError::BadRequest(format!(
+                "invalid Availability: {other:?}"
+            )))
+        }
+    };
+    let cluster_id = swarm.id.clone().unwrap_or_default();
+    let node_id = new_id(&mut rand::thread_rng());
+    let root = cluster.root_ca()?;
+    let expiry = super::cert_expiry(&swarm);
+    let cert_pem =
+        super::identity::sign_request(&root, &join.csr_pem, &node_id, role, &cluster_id, expiry)?;
+    let raft_id = (role == Role::Manager).then(|| rand::random::<u64>().max(2));
+    let node = new_node(&node_id, role, availability, &join, &swarm);
+    let tx = crate::store::Transaction::new(Timestamp::from_system(SystemTime::now()))
+        .create(Object::Node(Box::new(node)));
+    manager
+        .proposer()
+        .propose(tx)
+        .await
+        .map_err(|e| PortError::Unavailable(e.to_string()))?
+        .map_err(|e| PortError::Unavailable(e.to_string()))?;
+    tracing::info!(node = %node_id, ?role, addr = %join.advertise_addr, "node joined");
+    let manager_kit = match raft_id {
+        Some(raft_id) => Some(ManagerKit {
+            raft_id,
+            root_ca: root,
+            data_key: manager.keys().data_key_base64(),
+        }),
+        None => None,
+    };
+    Ok(JoinAnswer {
+        node_id,
+        role,
+        cert_pem,
+        cluster_id,
+        managers: manager_addrs(manager),
+        manager: manager_kit,
+    })
+}
+
+fn new_node(
+    node_id: &str,
+    role: Role,
+    availability: NodeSpecAvailabilityEnum,
+    join: &JoinRequest,
+    swarm: &bollard::models::Swarm,
+) -> Node {
+    let mut description: NodeDescription = join.description.clone();
+    description.tls_info = swarm.tls_info.clone();
+    Node {
+        id: Some(node_id.to_string()),
+        spec: Some(NodeSpec {
+            labels: Some(Default::default()),
+            role: Some(match role {
+                Role::Manager => NodeSpecRoleEnum::MANAGER,
+                Role::Worker => NodeSpecRoleEnum::WORKER,
+            }),
+            availability: Some(availability),
+            ..NodeSpec::default()
+        }),
+        description: Some(description),
+        status: Some(NodeStatus {
+            state: Some(NodeState::READY),
+            addr: Some(super::host_of(&join.advertise_addr).to_string()),
+            ..NodeStatus::default()
+        }),
+        manager_status: (role == Role::Manager).then(|| ManagerStatus {
+            leader: Some(false),
+            reachability: Some(Reachability::REACHABLE),
+            addr: Some(join.advertise_addr.clone()),
+        }),
+        ..Node::default()
+    }
+}
+
+/// The cluster addresses of raft's current members.
+pub fn manager_addrs(manager: &Manager) -> Vec<String> {
+    let metrics = manager.raft_node().raft().metrics().borrow().clone();
+    let mut addrs: Vec<String> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(_, node)| node.addr.clone())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+/// The leader adds a manager to raft's voters: first as a learner that
+/// catches up, then as a voter. A follower passes the call on.
+async fn add_voter(manager: &Manager, add: AddVoter) -> Result<(), PortError> {
+    let raft = manager.raft_node().raft();
+    if !manager.leads() {
+        return forward_to_leader(manager, ADD_VOTER_PATH, &add).await;
+    }
+    let node = BasicNode::new(&add.addr);
+    retry_membership(|| raft.add_learner(add.raft_id, node.clone(), true)).await?;
+    let voters = std::collections::BTreeSet::from([add.raft_id]);
+    retry_membership(|| raft.change_membership(ChangeMembers::AddVoterIds(voters.clone()), false))
+        .await?;
+    tracing::info!(raft_id = add.raft_id, addr = %add.addr, "manager added to raft");
+    Ok(())
+}
+
+/// The leader removes a manager from raft (it left, or was demoted).
+pub async fn remove_voter(manager: &Manager, raft_id: u64) -> Result<(), PortError> {
+    if !manager.leads() {
+        return forward_to_leader(manager, REMOVE_VOTER_PATH, &RemoveVoter { raft_id }).await;
+    }
+    let raft = manager.raft_node().raft();
+    let ids = std::collections::BTreeSet::from([raft_id]);
+    retry_membership(|| raft.change_membership(ChangeMembers::RemoveVoters(ids.clone()), false))
+        .await?;
+    let nodes = std::collections::BTreeSet::from([raft_id]);
+    retry_membership(|| raft.change_membership(ChangeMembers::RemoveNodes(nodes.clone()), false))
+        .await?;
+    tracing::info!(raft_id, "manager removed from raft");
+    Ok(())
+}
+
+/// Membership changes one at a time: one still in progress is waited out.
+async fn retry_membership<F, Fut, T, E>(mut change: F) -> Result<T, PortError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+    loop {
+        match change().await {
+            Ok(done) => return Ok(done),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%error, "membership change refused; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(PortError::Unavailable(error.to_string())),
+        }
+    }
+}
+
+async fn forward_to_leader<T: Serialize>(
+    manager: &Manager,
+    path: &str,
+    body: &T,
+) -> Result<(), PortError> {
+    let leader = manager
+        .leader_addr()
+        .ok_or_else(|| PortError::Unavailable(crate::store::ProposeError::NoLeader.to_string()))?;
+    let peers = manager
+        .peers()
+        .ok_or_else(|| PortError::Unavailable("no cluster transport".to_string()))?;
+    let _: Empty = peers
+        .call(&leader, MANAGER_NAME, path, body, MEMBERSHIP_TIMEOUT)
+        .await
+        .map_err(|e| PortError::Unavailable(e.to_string()))?;
+    Ok(())
+}
+
+/// A node's session: its assignment set now, then each time it changes,
+/// with heartbeats between; it ends when the node goes away (the body is
+/// dropped) or this manager stops.
+fn session(manager: &Manager, node_id: &str) -> Response<Body> {
+    let (sets_tx, sets_rx) = watch::channel(Arc::new(Vec::new()));
+    let ended = manager.loops().child_token();
+    tokio::spawn(crate::manager::dispatcher::publish_assignments(
+        node_id.to_string(),
+        manager.store(),
+        sets_tx,
+        ended.clone(),
+    ));
+    let state = SessionStream {
+        sets: sets_rx,
+        ended: ended.clone().drop_guard(),
+        cancelled: ended,
+        store: manager.store(),
+        node_id: node_id.to_string(),
+        managers: manager_addrs(manager),
+    };
+    tracing::info!(node = %node_id, "node session opened");
+    let stream = futures_util::stream::unfold(state, |mut state| async move {
+        let line = state.next_line().await?;
+        Some((Ok::<_, BoxError>(Frame::data(line)), state))
+    });
+    Response::new(StreamBody::new(stream).boxed_unsync())
+}
+
+struct SessionStream {
+    sets: watch::Receiver<Arc<Vec<crate::agent::Assignment>>>,
+    /// Stops the publisher when the stream is dropped.
+    #[allow(dead_code)]
+    ended: tokio_util::sync::DropGuard,
+    cancelled: CancellationToken,
+    store: Arc<crate::store::Store>,
+    node_id: String,
+    managers: Vec<String>,
+}
+
+impl SessionStream {
+    async fn next_line(&mut self) -> Option<Bytes> {
+        let assignments = tokio::select! {
+            _ = self.cancelled.cancelled() => return None,
+            changed = self.sets.changed() => {
+                changed.ok()?;
+                Some(self.sets.borrow_and_update().as_ref().clone())
+            }
+            _ = tokio::time::sleep(SESSION_HEARTBEAT) => None,
+        };
+        let message = SessionMessage {
+            assignments,
+            managers: self.managers.clone(),
+            role: spec_role(&self.store, &self.node_id),
+        };
+        let mut line = serde_json::to_vec(&message).ok()?;
+        line.push(b'\n');
+        Some(Bytes::from(line))
+    }
+}
+
+fn spec_role(store: &crate::store::Store, node_id: &str) -> Role {
+    let role = store.get(Kind::Node, node_id).and_then(|o| match &*o {
+        Object::Node(node) => node.spec.as_ref().and_then(|s| s.role),
+        _ => None,
+    });
+    match role {
+        Some(NodeSpecRoleEnum::MANAGER) => Role::Manager,
+        _ => Role::Worker,
+    }
+}
+
+/// A node may report only on tasks assigned to it; other reports are
+/// dropped (and logged), the rest go to this manager's status batches.
+async fn accept_reports(
+    manager: &Manager,
+    node_id: &str,
+    batch: StatusBatch,
+) -> Result<(), PortError> {
+    let store = manager.store();
+    for (task_id, status) in batch.reports {
+        let owner = store.get(Kind::Task, &task_id).and_then(|o| match &*o {
+            Object::Task(task) => task.node_id.clone(),
+            _ => None,
+        });
+        if owner.as_deref() != Some(node_id) {
+            tracing::warn!(node = %node_id, task = %task_id, "status for a task not assigned to the node; ignored");
+            continue;
+        }
+        manager
+            .reports()
+            .send(StatusReport { task_id, status })
+            .await
+            .map_err(|_| PortError::Unavailable("the manager is stopping".to_string()))?;
+    }
+    Ok(())
+}
+
+/// A node that leaves is shown down at once (the engine waits for its
+/// heartbeats to stop).
+async fn mark_left(manager: &Manager, node_id: &str) -> Result<(), PortError> {
+    let proposer: Arc<dyn crate::store::Proposer> = manager.proposer_arc();
+    let store = manager.store();
+    crate::manager::propose_fresh(&proposer, || {
+        let object = store.get(Kind::Node, node_id)?;
+        let Object::Node(node) = &*object else {
+            return None;
+        };
+        let mut node = (**node).clone();
+        let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+        let status = node.status.get_or_insert_with(NodeStatus::default);
+        status.state = Some(NodeState::DOWN);
+        status.message = Some("node left the swarm".to_string());
+        if let Some(manager_status) = node.manager_status.as_mut() {
+            manager_status.reachability = Some(Reachability::UNREACHABLE);
+            manager_status.leader = Some(false);
+        }
+        Some(
+            crate::store::Transaction::new(Timestamp::from_system(SystemTime::now()))
+                .update(Object::Node(Box::new(node)), version),
+        )
+    })
+    .await
+    .map_err(PortError::Unavailable)
+}

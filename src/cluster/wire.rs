@@ -1,0 +1,101 @@
+//! What nodes send each other on the cluster port, and the paths.
+
+use bollard::models::{NodeDescription, TaskStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Assignment;
+use crate::ca::RootCa;
+use crate::transport::Role;
+
+/// Anyone: the root CA certificate (a joining node checks it against the
+/// digest in its token before it trusts it).
+pub const CA_PATH: &str = "/ca";
+/// Anyone with a valid join token.
+pub const JOIN_PATH: &str = "/join";
+/// Managers: add the calling manager to raft's voters.
+pub const ADD_VOTER_PATH: &str = "/raft/add-voter";
+/// Managers: remove a manager from raft's voters.
+pub const REMOVE_VOTER_PATH: &str = "/raft/remove-voter";
+/// Any node: its session (assignment sets as they change).
+pub const SESSION_PATH: &str = "/session";
+/// Any node: status of its own tasks.
+pub const STATUS_PATH: &str = "/status";
+/// Any node: it is leaving the swarm.
+pub const LEAVE_PATH: &str = "/leave";
+/// Managers: a container's logs from the engine of the node called.
+pub const LOGS_PATH: &str = "/logs";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CaAnswer {
+    pub ca_pem: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    pub csr_pem: String,
+    /// `ip:port` the other nodes reach the joining one at.
+    pub advertise_addr: String,
+    pub availability: String,
+    pub description: NodeDescription,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct JoinAnswer {
+    pub node_id: String,
+    pub role: Role,
+    pub cert_pem: String,
+    pub cluster_id: String,
+    /// Managers' cluster addresses, for a worker's sessions.
+    pub managers: Vec<String>,
+    /// Only for a node joining as a manager.
+    pub manager: Option<ManagerKit>,
+}
+
+/// What a new manager needs to be one: its raft ID, the CA key (so it can
+/// sign certificates too) and the data key secrets are sealed with in the
+/// raft log. Sent only to a manager, over mutual TLS.
+#[derive(Serialize, Deserialize)]
+pub struct ManagerKit {
+    pub raft_id: u64,
+    pub root_ca: RootCa,
+    /// base64 of the 32-byte data key.
+    pub data_key: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AddVoter {
+    pub raft_id: u64,
+    pub addr: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoveVoter {
+    pub raft_id: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// One line of a node's session stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionMessage {
+    /// The node's complete assignment set; `None` in a heartbeat.
+    pub assignments: Option<Vec<Assignment>>,
+    /// Managers' cluster addresses, so the node can move to another one.
+    pub managers: Vec<String>,
+    /// The role the node's spec asks for (promote/demote).
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusBatch {
+    pub reports: Vec<(String, TaskStatus)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub container: String,
+    /// The engine's `/containers/{id}/logs` query string.
+    pub query: String,
+}
