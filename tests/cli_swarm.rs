@@ -87,7 +87,9 @@ fn init_makes_a_one_node_swarm_and_a_second_init_is_refused() {
                 .starts_with("docker swarm join --token SWMTKN-1-")
         })
         .unwrap_or_else(|| panic!("no join command in:\n{out}"));
-    assert!(join.trim_end().ends_with(" 127.0.0.1:2377"), "{join}");
+    let addr = shoal.cluster_addr();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert!(join.trim_end().ends_with(&format!(" {addr}")), "{join}");
     assert!(
         out.contains(
             "To add a manager to this swarm, run 'docker swarm join-token manager' and follow the instructions."
@@ -130,7 +132,7 @@ fn info_shows_the_swarm_section_of_an_active_manager() {
         "Expiry Duration: 3 months".into(),
         "Autolock Managers: false".into(),
         "Node Address: 127.0.0.1".into(),
-        "127.0.0.1:2377".into(),
+        shoal.cluster_addr(),
     ] {
         assert_line(&info, &line);
     }
@@ -143,7 +145,7 @@ fn info_shows_the_swarm_section_of_an_active_manager() {
     assert_eq!(swarm["ControlAvailable"], true);
     assert_eq!(
         swarm["RemoteManagers"],
-        json!([{ "NodeID": node.id, "Addr": "127.0.0.1:2377" }])
+        json!([{ "NodeID": node.id, "Addr": shoal.cluster_addr() }])
     );
     // The cluster in /info is the one GET /swarm shows.
     let cluster = swarm_json(&shoal);
@@ -172,7 +174,10 @@ fn join_tokens_show_and_rotate() {
     assert!(worker_q.starts_with("SWMTKN-1-"), "{worker_q}");
     assert_line(
         &worker,
-        &format!("docker swarm join --token {worker_q} 127.0.0.1:2377"),
+        &format!(
+            "docker swarm join --token {worker_q} {}",
+            shoal.cluster_addr()
+        ),
     );
     // The token swarm init printed is the worker token.
     assert!(node.init_output.contains(&worker_q), "{}", node.init_output);
@@ -188,7 +193,10 @@ fn join_tokens_show_and_rotate() {
         .to_string();
     assert_line(
         &manager,
-        &format!("docker swarm join --token {manager_q} 127.0.0.1:2377"),
+        &format!(
+            "docker swarm join --token {manager_q} {}",
+            shoal.cluster_addr()
+        ),
     );
     assert_ne!(manager_q, worker_q);
     // SWMTKN-1-<CA digest>-<secret>: same CA, different secrets.
@@ -359,7 +367,7 @@ fn node_ls_and_inspect_self_pretty() {
         "Availability: Active".into(),
         "Address: 127.0.0.1".into(),
         "Manager Status:".into(),
-        "Address: 127.0.0.1:2377".into(),
+        format!("Address: {}", shoal.cluster_addr()),
         "Raft Status: Reachable".into(),
         "Leader: Yes".into(),
         "Operating System: linux".into(),

@@ -126,7 +126,15 @@ fn cluster_status(error: &ClusterError) -> StatusCode {
         | ClusterError::NotManager
         | ClusterError::LastManager
         | ClusterError::Locked
-        | ClusterError::LockedLeave => StatusCode::SERVICE_UNAVAILABLE,
+        | ClusterError::LockedLeave
+        | ClusterError::WorkerNotManager
+        | ClusterError::LeaveLosesQuorum { .. }
+        | ClusterError::JoinTimeout => StatusCode::SERVICE_UNAVAILABLE,
+        ClusterError::InvalidToken
+        | ClusterError::MalformedToken
+        | ClusterError::CaMismatch(_)
+        | ClusterError::JoinRefused(_)
+        | ClusterError::Listen { .. } => StatusCode::BAD_REQUEST,
         ClusterError::Keys(crate::secrets::SecretsError::BadKeyFormat) => StatusCode::BAD_REQUEST,
         ClusterError::Keys(crate::secrets::SecretsError::WrongKey) => StatusCode::UNAUTHORIZED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -33,12 +33,18 @@ pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError
     let nodes: Vec<Node> = all_nodes(&manager.store())
         .into_iter()
         .filter(|node| matches(node, &filters))
+        .map(|mut node| {
+            manager.live_manager_status(&mut node);
+            node
+        })
         .collect();
     Ok(json(StatusCode::OK, &nodes))
 }
 
 pub fn inspect(manager: &Manager, reference: &str) -> Result<Response<Body>, ApiError> {
-    Ok(json(StatusCode::OK, &find(&manager.store(), reference)?))
+    let mut node = find(&manager.store(), reference)?;
+    manager.live_manager_status(&mut node);
+    Ok(json(StatusCode::OK, &node))
 }
 
 pub async fn update(
@@ -60,14 +66,6 @@ pub async fn update(
             RpcCode::FailedPrecondition,
             "attempting to demote the last manager of the swarm",
         ));
-    }
-    if spec.role == Some(NodeSpecRoleEnum::MANAGER) && !was_manager {
-        return Err(ApiError::NotSupported(
-            "promoting a node (managers beyond the first)",
-        ));
-    }
-    if demoting {
-        return Err(ApiError::NotSupported("demoting a manager"));
     }
     spec.labels.get_or_insert_with(Default::default);
     let updated = Node {

@@ -134,6 +134,7 @@ impl Cluster {
         // Raft's RPCs reach this node through `membership` from now on.
         drop(membership);
         let add = AddVoter {
+            node_id: local.node_id.clone(),
             raft_id: local.raft_id,
             addr: local.advertise_addr.clone(),
         };
@@ -148,13 +149,25 @@ impl Cluster {
             .await;
         if let Err(error) = added {
             tracing::warn!(%error, "the leader did not add this manager to raft");
-            self.shutdown().await;
-            let _ = remove_dir(&self.dir);
+            self.undo_join(&manager).await;
             return Err(join_refusal(error));
         }
         wait_caught_up(&manager).await?;
         tracing::info!(node = %local.node_id, "joined the swarm as a manager");
         Ok(())
+    }
+}
+
+impl Cluster {
+    /// A manager's join the leader refused: back to no swarm, nothing kept.
+    async fn undo_join(&self, manager: &Arc<Manager>) {
+        let mut membership = self.membership.write().await;
+        if matches!(&*membership, Membership::Manager(m) if Arc::ptr_eq(m, manager)) {
+            *membership = Membership::Inactive;
+        }
+        self.stop_port();
+        manager.loops().cancel();
+        let _ = remove_dir(&self.dir);
     }
 }
 
@@ -179,7 +192,7 @@ async fn fetch_ca(remote: &str, digest: &str) -> Result<String, ClusterError> {
 
 /// A manager keeps the CA key (to sign certificates of joining nodes) and
 /// the swarm's data key (to read secrets in the raft log).
-fn adopt_manager_keys(
+pub(super) fn adopt_manager_keys(
     dir: &std::path::Path,
     root: &RootCa,
     data_key: &str,
@@ -199,7 +212,7 @@ fn adopt_manager_keys(
 
 /// A new manager answers once it knows the leader and has applied what
 /// the leader had committed when it was added.
-async fn wait_caught_up(manager: &Manager) -> Result<(), ClusterError> {
+pub(super) async fn wait_caught_up(manager: &Manager) -> Result<(), ClusterError> {
     let waited = manager
         .raft_node()
         .raft()

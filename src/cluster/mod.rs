@@ -30,6 +30,7 @@ use crate::types::{new_id, Kind, Object, Timestamp};
 mod identity;
 mod join;
 pub mod port;
+mod roles;
 mod wire;
 mod worker;
 
@@ -210,9 +211,13 @@ impl Manager {
         self.raft.clone()
     }
 
-    /// Whether this node is raft's leader now.
+    /// Whether this node is raft's leader now (a leader that removed
+    /// itself from the voters still names itself in `current_leader`).
     pub fn leads(&self) -> bool {
-        self.raft.raft().metrics().borrow().current_leader == Some(self.raft.id())
+        let metrics = self.raft.raft().metrics();
+        let metrics = metrics.borrow();
+        metrics.state == openraft::ServerState::Leader
+            && metrics.current_leader == Some(self.raft.id())
     }
 
     /// The leader's cluster address, when one is known.
@@ -224,6 +229,37 @@ impl Manager {
             .membership()
             .get_node(&leader)
             .map(|n| n.addr.clone())
+    }
+
+    /// A node's `ManagerStatus` as raft sees it now (the stored one is what
+    /// it was at join): `Leader` only on the leader (omitted otherwise, as
+    /// the engine), reachable while it is one of raft's voters.
+    pub fn live_manager_status(&self, node: &mut Node) {
+        let Some(status) = node.manager_status.as_mut() else {
+            return;
+        };
+        let leader = self.leader_addr();
+        let member = self
+            .voters()
+            .iter()
+            .any(|(_, addr)| Some(addr) == status.addr.as_ref());
+        status.leader = (status.addr.is_some() && status.addr == leader).then_some(true);
+        status.reachability = Some(if member {
+            Reachability::REACHABLE
+        } else {
+            Reachability::UNREACHABLE
+        });
+    }
+
+    /// Raft's members now, voters and learners: (raft ID, cluster address).
+    pub fn members(&self) -> Vec<(u64, String)> {
+        let metrics = self.raft.raft().metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
     }
 
     /// Raft's voters now: (raft ID, cluster address).
@@ -311,7 +347,10 @@ async fn lead_while_leader(
     let mut metrics = raft.raft().metrics();
     let mut term: Option<(CancellationToken, TaskTracker)> = None;
     loop {
-        let leads = metrics.borrow_and_update().current_leader == Some(raft.id());
+        let leads = {
+            let m = metrics.borrow_and_update();
+            m.state == openraft::ServerState::Leader && m.current_leader == Some(raft.id())
+        };
         match (leads, term.is_some()) {
             (true, false) => {
                 tracing::info!("this node leads the swarm: starting the leader's loops");
@@ -399,8 +438,10 @@ pub struct Cluster {
     executor: Arc<dyn Executor>,
     options: ClusterOptions,
     proxy: Option<Proxy>,
-    /// Stops the cluster port's server.
-    port: std::sync::Mutex<Option<CancellationToken>>,
+    /// Stops the cluster port's server; the certificate it presents.
+    port: std::sync::Mutex<Option<(CancellationToken, Arc<crate::transport::tls::NodeCert>)>>,
+    /// Fires at daemon shutdown (ends the role watch).
+    stopping: CancellationToken,
 }
 
 impl Cluster {
@@ -420,7 +461,9 @@ impl Cluster {
             proxy: options.proxy.clone(),
             options,
             port: std::sync::Mutex::new(None),
+            stopping: CancellationToken::new(),
         });
+        tokio::spawn(roles::watch(cluster.clone()));
         let Some(local) = read_local(&cluster.dir)? else {
             return Ok(cluster);
         };
@@ -607,7 +650,8 @@ impl Cluster {
         listener: tokio::net::TcpListener,
         identity: &Identity,
     ) -> Result<(), ClusterError> {
-        let config = Arc::new(crate::transport::tls::server_config(identity)?);
+        let (config, cert) = crate::transport::tls::server_config(identity)?;
+        let config = Arc::new(config);
         let stop = CancellationToken::new();
         if let Ok(local) = listener.local_addr() {
             tracing::info!(address = %local, "cluster port listening");
@@ -622,8 +666,18 @@ impl Cluster {
             stop.clone(),
         ));
         if let Ok(mut port) = self.port.lock() {
-            if let Some(old) = port.replace(stop) {
+            if let Some((old, _)) = port.replace((stop, cert)) {
                 old.cancel();
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster port presents `identity` from its next handshake on.
+    fn present(&self, identity: &Identity) -> Result<(), ClusterError> {
+        if let Ok(port) = self.port.lock() {
+            if let Some((_, cert)) = port.as_ref() {
+                cert.set(identity)?;
             }
         }
         Ok(())
@@ -631,7 +685,7 @@ impl Cluster {
 
     fn stop_port(&self) {
         if let Ok(mut port) = self.port.lock() {
-            if let Some(stop) = port.take() {
+            if let Some((stop, _)) = port.take() {
                 stop.cancel();
             }
         }
@@ -696,6 +750,7 @@ impl Cluster {
 
     /// Stops the loops and raft at daemon shutdown (the log is durable either way).
     pub async fn shutdown(&self) {
+        self.stopping.cancel();
         self.stop_port();
         let mut membership = self.membership.write().await;
         match std::mem::replace(&mut *membership, Membership::Inactive) {

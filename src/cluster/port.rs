@@ -158,6 +158,17 @@ impl Port {
                 accept_reports(&manager, &peer.node_id, batch).await?;
                 answer(&Empty {})
             }
+            CERTIFICATE_PATH => {
+                let peer = member(peer)?;
+                let manager = self.cluster.manager().await?;
+                let request: CertificateRequest = read(request).await?;
+                answer(&reissue(
+                    &self.cluster,
+                    &manager,
+                    &peer.node_id,
+                    &request.csr_pem,
+                )?)
+            }
             LEAVE_PATH => {
                 let peer = member(peer)?;
                 let manager = self.cluster.manager().await?;
@@ -282,14 +293,11 @@ async fn admit(
         .map_err(|e| PortError::Unavailable(e.to_string()))?
         .map_err(|e| PortError::Unavailable(e.to_string()))?;
     tracing::info!(node = %node_id, ?role, addr = %join.advertise_addr, "node joined");
-    let manager_kit = match raft_id {
-        Some(raft_id) => Some(ManagerKit {
-            raft_id,
-            root_ca: root,
-            data_key: manager.keys().data_key_base64(),
-        }),
-        None => None,
-    };
+    let manager_kit = raft_id.map(|raft_id| ManagerKit {
+        raft_id,
+        root_ca: root,
+        data_key: manager.keys().data_key_base64(),
+    });
     Ok(JoinAnswer {
         node_id,
         role,
@@ -327,12 +335,63 @@ fn new_node(
             ..NodeStatus::default()
         }),
         manager_status: (role == Role::Manager).then(|| ManagerStatus {
-            leader: Some(false),
+            leader: None,
             reachability: Some(Reachability::REACHABLE),
             addr: Some(join.advertise_addr.clone()),
         }),
         ..Node::default()
     }
+}
+
+/// A certificate for the role the node's spec has now; a node that is to
+/// be a manager also gets the manager's kit (and a raft ID to join with).
+fn reissue(
+    cluster: &Cluster,
+    manager: &Manager,
+    node_id: &str,
+    csr_pem: &str,
+) -> Result<CertificateAnswer, PortError> {
+    let store = manager.store();
+    let swarm = the_cluster(&store).ok_or(ClusterError::NotManager)?;
+    if store.get(Kind::Node, node_id).is_none() {
+        return Err(PortError::Forbidden(format!(
+            "node {node_id} is not part of this swarm"
+        )));
+    }
+    let role = spec_role(&store, node_id);
+    // A demoted manager gets its worker certificate only once it is out
+    // of raft, so it never stops while the others still count on its vote.
+    let addr = store.get(Kind::Node, node_id).and_then(|o| match &*o {
+        Object::Node(node) => node.manager_status.as_ref()?.addr.clone(),
+        _ => None,
+    });
+    let member = addr.is_some_and(|addr| manager.members().iter().any(|(_, a)| *a == addr));
+    if role == Role::Worker && member {
+        return Err(PortError::Unavailable(format!(
+            "node {node_id} is still a member of raft"
+        )));
+    }
+    let root = cluster.root_ca()?;
+    let cert_pem = super::identity::sign_request(
+        &root,
+        csr_pem,
+        node_id,
+        role,
+        swarm.id.as_deref().unwrap_or(""),
+        super::cert_expiry(&swarm),
+    )?;
+    let kit = (role == Role::Manager).then(|| ManagerKit {
+        raft_id: rand::random::<u64>().max(2),
+        root_ca: root,
+        data_key: manager.keys().data_key_base64(),
+    });
+    tracing::info!(node = %node_id, ?role, "node certificate issued");
+    Ok(CertificateAnswer {
+        role,
+        cert_pem,
+        managers: manager_addrs(manager),
+        manager: kit,
+    })
 }
 
 /// The cluster addresses of raft's current members.
@@ -362,21 +421,64 @@ async fn add_voter(manager: &Manager, add: AddVoter) -> Result<(), PortError> {
     retry_membership(|| raft.change_membership(ChangeMembers::AddVoterIds(voters.clone()), false))
         .await?;
     tracing::info!(raft_id = add.raft_id, addr = %add.addr, "manager added to raft");
-    Ok(())
+    set_manager_status(manager, &add.node_id, Some(add.addr.clone()))
+        .await
+        .map_err(PortError::Unavailable)
 }
 
-/// The leader removes a manager from raft (it left, or was demoted).
+/// Gives a node the ManagerStatus of a manager at `addr`, or takes it away.
+pub async fn set_manager_status(
+    manager: &Manager,
+    node_id: &str,
+    addr: Option<String>,
+) -> Result<(), String> {
+    let proposer = manager.proposer_arc();
+    let store = manager.store();
+    crate::manager::propose_fresh(&proposer, || {
+        let object = store.get(Kind::Node, node_id)?;
+        let Object::Node(node) = &*object else {
+            return None;
+        };
+        let wanted = addr.as_ref().map(|addr| ManagerStatus {
+            leader: None,
+            reachability: Some(Reachability::REACHABLE),
+            addr: Some(addr.clone()),
+        });
+        let current = node.manager_status.as_ref().map(|s| &s.addr);
+        if current == wanted.as_ref().map(|s| &s.addr) {
+            return None;
+        }
+        let mut node = (**node).clone();
+        let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+        node.manager_status = wanted;
+        Some(
+            crate::store::Transaction::new(Timestamp::from_system(SystemTime::now()))
+                .update(Object::Node(Box::new(node)), version),
+        )
+    })
+    .await
+}
+
+/// The leader removes a manager from raft (it left, or was demoted): out
+/// of the voters, then out of the members. A leader removing itself only
+/// leaves the voters (openraft cannot drop the node it runs on); it steps
+/// down, and the next leader drops it from the members.
 pub async fn remove_voter(manager: &Manager, raft_id: u64) -> Result<(), PortError> {
     if !manager.leads() {
         return forward_to_leader(manager, REMOVE_VOTER_PATH, &RemoveVoter { raft_id }).await;
     }
     let raft = manager.raft_node().raft();
     let ids = std::collections::BTreeSet::from([raft_id]);
-    retry_membership(|| raft.change_membership(ChangeMembers::RemoveVoters(ids.clone()), false))
+    if manager.voters().iter().any(|(id, _)| *id == raft_id) {
+        retry_membership(|| {
+            raft.change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+        })
         .await?;
-    let nodes = std::collections::BTreeSet::from([raft_id]);
-    retry_membership(|| raft.change_membership(ChangeMembers::RemoveNodes(nodes.clone()), false))
-        .await?;
+    }
+    if raft_id != manager.raft_node().id() {
+        retry_membership(|| raft.change_membership(ChangeMembers::RemoveNodes(ids.clone()), false))
+            .await?;
+    }
     tracing::info!(raft_id, "manager removed from raft");
     Ok(())
 }

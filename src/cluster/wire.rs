@@ -22,6 +22,9 @@ pub const SESSION_PATH: &str = "/session";
 pub const STATUS_PATH: &str = "/status";
 /// Any node: it is leaving the swarm.
 pub const LEAVE_PATH: &str = "/leave";
+/// Any node: a new certificate for the role its node's spec has now
+/// (after a promote or demote), with a manager's kit when that is manager.
+pub const CERTIFICATE_PATH: &str = "/certificate";
 /// Managers: a container's logs from the engine of the node called.
 pub const LOGS_PATH: &str = "/logs";
 
@@ -64,7 +67,22 @@ pub struct ManagerKit {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+pub struct CertificateRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct CertificateAnswer {
+    pub role: Role,
+    pub cert_pem: String,
+    pub managers: Vec<String>,
+    pub manager: Option<ManagerKit>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
 pub struct AddVoter {
+    /// The node becoming a manager (its node object gets ManagerStatus).
+    pub node_id: String,
     pub raft_id: u64,
     pub addr: String,
 }

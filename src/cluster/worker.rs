@@ -74,6 +74,14 @@ impl Worker {
         }
     }
 
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    pub fn peers_arc(&self) -> Arc<Peers> {
+        self.peers.clone()
+    }
+
     pub fn node_id(&self) -> &str {
         &self.local.node_id
     }

@@ -32,7 +32,8 @@ type Sender = SendRequest<Full<Bytes>>;
 /// Connections to peers, keyed by address and the name their certificate
 /// must carry (`swarm-manager`, or a node ID).
 pub struct Peers {
-    connector: TlsConnector,
+    /// Replaced when the node's certificate is renewed.
+    connector: std::sync::RwLock<TlsConnector>,
     connections: Mutex<HashMap<(String, String), Sender>>,
     /// Ends every connection's driver when the pool goes away.
     closed: CancellationToken,
@@ -47,7 +48,7 @@ impl Drop for Peers {
 impl Peers {
     pub fn new(config: rustls::ClientConfig) -> Peers {
         Peers {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: std::sync::RwLock::new(TlsConnector::from(Arc::new(config))),
             connections: Mutex::default(),
             closed: CancellationToken::new(),
         }
@@ -122,6 +123,17 @@ impl Peers {
         Err(TransportError::Refused { status, message })
     }
 
+    /// New connections present the certificate of `config` (a renewal);
+    /// open ones are closed so none keeps the old one.
+    pub fn renew(&self, config: rustls::ClientConfig) {
+        if let Ok(mut connector) = self.connector.write() {
+            *connector = TlsConnector::from(Arc::new(config));
+        }
+        if let Ok(mut connections) = self.connections.lock() {
+            connections.clear();
+        }
+    }
+
     fn forget(&self, addr: &str, name: &str) {
         if let Ok(mut connections) = self.connections.lock() {
             connections.remove(&(addr.to_string(), name.to_string()));
@@ -162,7 +174,12 @@ impl Peers {
         let _ = tcp.set_nodelay(true);
         let server_name = ServerName::try_from(name.to_string())
             .map_err(|e| TransportError::Tls(format!("bad server name {name:?}: {e}")))?;
-        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect(server_name, tcp))
+        let connector = self
+            .connector
+            .read()
+            .map(|c| c.clone())
+            .map_err(|_| TransportError::Tls("connector lock poisoned".to_string()))?;
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp))
             .await
             .map_err(|_| TransportError::Timeout {
                 addr: addr.to_string(),

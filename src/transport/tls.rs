@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use super::{Role, TransportError};
@@ -65,24 +66,57 @@ fn tls_error(e: impl std::fmt::Display) -> TransportError {
     TransportError::Tls(e.to_string())
 }
 
+/// The certificate the cluster port presents; replaced when the node's
+/// role changes or its certificate is renewed, without closing the port.
+#[derive(Debug)]
+pub struct NodeCert(std::sync::RwLock<Arc<CertifiedKey>>);
+
+impl NodeCert {
+    pub fn new(identity: &Identity) -> Result<NodeCert, TransportError> {
+        Ok(NodeCert(std::sync::RwLock::new(certified(identity)?)))
+    }
+
+    pub fn set(&self, identity: &Identity) -> Result<(), TransportError> {
+        let next = certified(identity)?;
+        if let Ok(mut current) = self.0.write() {
+            *current = next;
+        }
+        Ok(())
+    }
+}
+
+fn certified(identity: &Identity) -> Result<Arc<CertifiedKey>, TransportError> {
+    let key = provider()
+        .key_provider
+        .load_private_key(key(&identity.key_pem)?)
+        .map_err(tls_error)?;
+    Ok(Arc::new(CertifiedKey::new(certs(&identity.cert_pem)?, key)))
+}
+
+impl ResolvesServerCert for NodeCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.read().ok().map(|c| c.clone())
+    }
+}
+
 /// The cluster port's server side: our node certificate; a client
 /// certificate is checked against the root CA when given, and may be
 /// missing (a joining node has none yet; such a peer reaches only the
 /// join calls).
-pub fn server_config(identity: &Identity) -> Result<ServerConfig, TransportError> {
+pub fn server_config(identity: &Identity) -> Result<(ServerConfig, Arc<NodeCert>), TransportError> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(roots(&identity.ca_pem)?, provider())
             .allow_unauthenticated()
             .build()
             .map_err(tls_error)?;
+    let cert = Arc::new(NodeCert::new(identity)?);
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(&identity.cert_pem)?, key(&identity.key_pem)?)
-        .map_err(tls_error)?;
+        .with_cert_resolver(cert.clone());
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(config)
+    Ok((config, cert))
 }
 
 /// A member's client side: the root CA as the only trust root, our node
@@ -186,14 +220,14 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Option<(String, Role)> {
     Some((node_id.to_string(), role))
 }
 
-/// Seconds until the certificate in `pem` expires (negative once expired).
-pub fn seconds_left(pem: &str) -> Option<i64> {
+/// When the certificate in `pem` became valid and when it expires, in
+/// seconds since the epoch.
+pub fn validity(pem: &str) -> Option<(i64, i64)> {
     let der = certs(pem).ok()?.into_iter().next()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let not_after = parsed.validity().not_after.timestamp();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs() as i64;
-    Some(not_after - now)
+    let validity = parsed.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }

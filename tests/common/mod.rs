@@ -305,6 +305,9 @@ impl ShoalBuilder {
         }
         cmd.args(&self.args);
         cmd.env_remove("SHOAL_ENGINE").env_remove("RUST_LOG");
+        // Tests run many shoals side by side: each cluster port on a free
+        // loopback port instead of 0.0.0.0:2377.
+        cmd.env("SHOAL_CLUSTER_LISTEN_ADDR", TEST_CLUSTER_LISTEN);
         let logfile = File::create(&log).expect("create shoal.log");
         cmd.stdin(Stdio::null())
             .stdout(logfile.try_clone().unwrap())
@@ -328,6 +331,9 @@ impl ShoalBuilder {
         }
     }
 }
+
+/// Where test shoals' cluster ports listen: loopback, a free port each.
+pub const TEST_CLUSTER_LISTEN: &str = "127.0.0.1:0";
 
 /// The path of the shoal binary under test.
 pub fn shoal_bin() -> &'static str {
@@ -1020,6 +1026,7 @@ impl Shoal {
         cmd.args(&self.args)
             .env_remove("SHOAL_ENGINE")
             .env_remove("RUST_LOG")
+            .env("SHOAL_CLUSTER_LISTEN_ADDR", TEST_CLUSTER_LISTEN)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -1035,6 +1042,20 @@ impl Shoal {
     /// `docker swarm init --advertise-addr 127.0.0.1` (must succeed); the
     /// returned guard knows the node ID and cleans up after the test.
     #[track_caller]
+    /// The cluster address this manager advertises (its port is chosen at
+    /// `swarm init`, see [`TEST_CLUSTER_LISTEN`]).
+    pub fn cluster_addr(&self) -> String {
+        self.docker_ok(&[
+            "node",
+            "inspect",
+            "self",
+            "--format",
+            "{{.ManagerStatus.Addr}}",
+        ])
+        .trim()
+        .to_string()
+    }
+
     pub fn swarm_init(&self) -> SwarmNode {
         let out = self.docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
         let id = self

@@ -73,6 +73,8 @@ impl Shoal {
             .arg(format!("unix://{}", engine.display()))
             .arg("--log-level")
             .arg("warn")
+            // Several shoals may run at once: a free loopback port each.
+            .env("SHOAL_CLUSTER_LISTEN_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -139,6 +139,8 @@ impl ShoalProc {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .env_remove("RUST_LOG")
+            // Several shoals may run at once: a free loopback port each.
+            .env("SHOAL_CLUSTER_LISTEN_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,0 +1,321 @@
+//! `node promote` and `node demote` made real. The API only commits the
+//! node's new role; this watch makes the node follow it: a worker told
+//! (by its session) that it is to be a manager gets a manager's
+//! certificate and kit and joins raft; the leader takes demoted managers
+//! out of raft, and a demoted manager, once out, becomes a worker. Tasks'
+//! containers keep running throughout (the new agent adopts them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::models::NodeSpecRoleEnum;
+
+use super::wire::{
+    AddVoter, CertificateAnswer, CertificateRequest, Empty, ADD_VOTER_PATH, CERTIFICATE_PATH,
+};
+use super::{
+    identity, join, raft_options, write_local, Cluster, ClusterError, LocalState, Manager,
+    Membership, Worker,
+};
+use crate::raft::RaftNode;
+use crate::transport::tls::{self, MANAGER_NAME};
+use crate::transport::{Identity, Peers, Role, TransportError};
+use crate::types::{Kind, Object};
+
+const TICK: Duration = Duration::from_millis(500);
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs for the daemon's life, checking the node's role twice a second
+/// (cheap: it reads the local store or the session's last word).
+pub async fn watch(cluster: Arc<Cluster>) {
+    // Where in its lifetime this node renews its certificate: a random
+    // point between 50 % and 80 %, as swarmkit, so nodes do not all renew
+    // at once.
+    let renew_at = rand::random::<f64>() * 0.3 + 0.5;
+    loop {
+        tokio::select! {
+            _ = cluster.stopping.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        if let Err(error) = cluster.renew_if_due(renew_at).await {
+            tracing::warn!(%error, "could not renew this node's certificate; retrying");
+        }
+        let outcome = match cluster.state().await {
+            LocalState::Active(manager) => follow_as_manager(&cluster, manager).await,
+            LocalState::Worker(worker) if *worker.wanted_role().borrow() == Role::Manager => {
+                cluster.promote_self(worker).await
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(%error, "could not change this node's role; retrying");
+        }
+    }
+}
+
+async fn follow_as_manager(
+    cluster: &Arc<Cluster>,
+    manager: Arc<Manager>,
+) -> Result<(), ClusterError> {
+    if manager.leads() {
+        remove_demoted_voters(&manager).await;
+    }
+    // A demoted leader first takes itself out of the voters (above) and
+    // steps down; the managers then hand out its worker certificate only
+    // once it is out of raft.
+    let demoted = spec_role(&manager, manager.node_id()) == Some(NodeSpecRoleEnum::WORKER);
+    if demoted && !manager.leads() {
+        return cluster.demote_self(manager).await;
+    }
+    Ok(())
+}
+
+/// Managers' cluster addresses as this manager's store knows them.
+fn manager_addrs_of(manager: &Manager) -> Vec<String> {
+    nodes(&manager.store())
+        .into_iter()
+        .filter_map(|n| n.manager_status?.addr)
+        .collect()
+}
+
+fn nodes(store: &crate::store::Store) -> Vec<bollard::models::Node> {
+    store
+        .list(Kind::Node)
+        .iter()
+        .filter_map(|o| match &**o {
+            Object::Node(node) => Some((**node).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spec_role(manager: &Manager, node_id: &str) -> Option<NodeSpecRoleEnum> {
+    let object = manager.store().get(Kind::Node, node_id)?;
+    match &*object {
+        Object::Node(node) => node.spec.as_ref().and_then(|s| s.role),
+        _ => None,
+    }
+}
+
+/// The leader: every member whose node is now to be a worker leaves raft,
+/// and its node loses its ManagerStatus.
+async fn remove_demoted_voters(manager: &Manager) {
+    let voters = manager.voters();
+    let members = manager.members();
+    for node in nodes(&manager.store()) {
+        let Some(addr) = node.manager_status.as_ref().and_then(|s| s.addr.clone()) else {
+            continue;
+        };
+        let worker = node.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::WORKER);
+        if !worker {
+            continue;
+        }
+        let node_id = node.id.clone().unwrap_or_default();
+        if let Some((raft_id, _)) = members.iter().find(|(_, a)| *a == addr) {
+            let is_voter = voters.iter().any(|(id, _)| id == raft_id);
+            if is_voter && voters.len() <= 1 {
+                continue;
+            }
+            tracing::info!(node = %node_id, "demoted: leaving raft");
+            if let Err(error) = super::port::remove_voter(manager, *raft_id).await {
+                tracing::warn!(%error, "could not take a demoted manager out of raft");
+                continue;
+            }
+            // This leader stays a member until the next leader drops it,
+            // found by the ManagerStatus address kept until then.
+            if *raft_id == manager.raft_node().id() {
+                continue;
+            }
+        }
+        if let Err(error) = super::port::set_manager_status(manager, &node_id, None).await {
+            tracing::warn!(%error, "could not clear a demoted manager's status");
+        }
+    }
+}
+
+impl Cluster {
+    /// Renews this node's certificate once `renew_at` of its lifetime has
+    /// passed: a new key, signed for the role the node has now.
+    async fn renew_if_due(&self, renew_at: f64) -> Result<(), ClusterError> {
+        let (peers, managers) = match self.state().await {
+            LocalState::Active(manager) => match manager.peers() {
+                Some(peers) => (peers.clone(), manager_addrs_of(&manager)),
+                None => return Ok(()),
+            },
+            LocalState::Worker(worker) => (worker.peers_arc(), worker.managers()),
+            _ => return Ok(()),
+        };
+        let Ok(current) = identity::load(&self.dir) else {
+            return Ok(());
+        };
+        let Some((from, until)) = tls::validity(&current.cert_pem) else {
+            return Ok(());
+        };
+        let due = from + ((until - from) as f64 * renew_at) as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if now < due {
+            return Ok(());
+        }
+        let (csr_pem, key_pem) = identity::new_request()?;
+        let answer = ask_certificate(&peers, &managers, &csr_pem).await?;
+        let renewed = Identity {
+            ca_pem: current.ca_pem,
+            cert_pem: answer.cert_pem,
+            key_pem,
+        };
+        identity::save(&self.dir, &renewed)?;
+        self.present(&renewed)?;
+        peers.renew(tls::client_config(&renewed)?);
+        tracing::info!("node certificate renewed");
+        Ok(())
+    }
+
+    /// A worker whose node is now to be a manager: a manager's certificate
+    /// and kit, raft opened empty, then the leader adds it as a voter.
+    async fn promote_self(self: &Arc<Self>, worker: Arc<Worker>) -> Result<(), ClusterError> {
+        let (csr_pem, key_pem) = identity::new_request()?;
+        let answer = ask_certificate(worker.peers(), &worker.managers(), &csr_pem).await?;
+        let Some(kit) = answer.manager.filter(|_| answer.role == Role::Manager) else {
+            return Ok(()); // The role changed back meanwhile.
+        };
+        let mut membership = self.membership.write().await;
+        if !matches!(&*membership, Membership::Worker(w) if Arc::ptr_eq(w, &worker)) {
+            return Ok(());
+        }
+        tracing::info!(node = %worker.node_id(), "promoted: becoming a manager");
+        worker.stop().await;
+        let identity = Identity {
+            ca_pem: identity::load(&self.dir)?.ca_pem,
+            cert_pem: answer.cert_pem,
+            key_pem,
+        };
+        identity::save(&self.dir, &identity)?;
+        let mut local = worker.local.clone();
+        local.role = Role::Manager;
+        local.raft_id = kit.raft_id;
+        local.managers = answer.managers.clone();
+        let keys = Arc::new(join::adopt_manager_keys(
+            &self.dir,
+            &kit.root_ca,
+            &kit.data_key,
+        )?);
+        let peers = Arc::new(Peers::new(tls::client_config(&identity)?));
+        let mut options = raft_options(&local);
+        options.codec = keys.codec()?;
+        options.peers = Some(peers.clone());
+        options.joining = true;
+        let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
+        write_local(&self.dir, &local)?;
+        self.present(&identity)?;
+        let manager = Arc::new(Manager::start(
+            local.clone(),
+            raft,
+            keys,
+            self.executor.clone(),
+            Some(peers.clone()),
+        ));
+        *membership = Membership::Manager(manager.clone());
+        drop(membership);
+        let add = AddVoter {
+            node_id: local.node_id.clone(),
+            raft_id: local.raft_id,
+            addr: local.advertise_addr.clone(),
+        };
+        let _: Empty = call_any(&peers, &answer.managers, ADD_VOTER_PATH, &add).await?;
+        join::wait_caught_up(&manager).await?;
+        tracing::info!(node = %local.node_id, "now a manager");
+        Ok(())
+    }
+
+    /// A manager out of raft whose node is now a worker: a worker's
+    /// certificate, raft's data and the keys removed, a worker's session.
+    async fn demote_self(self: &Arc<Self>, manager: Arc<Manager>) -> Result<(), ClusterError> {
+        let (csr_pem, key_pem) = identity::new_request()?;
+        let managers: Vec<String> = nodes(&manager.store())
+            .into_iter()
+            .filter_map(|n| n.manager_status?.addr)
+            .filter(|addr| *addr != manager.local.advertise_addr)
+            .collect();
+        let peers = manager
+            .peers()
+            .cloned()
+            .ok_or_else(|| ClusterError::JoinRefused("no cluster transport".to_string()))?;
+        let answer = ask_certificate(&peers, &managers, &csr_pem).await?;
+        if answer.role != Role::Worker {
+            return Ok(());
+        }
+        let mut membership = self.membership.write().await;
+        if !matches!(&*membership, Membership::Manager(m) if Arc::ptr_eq(m, &manager)) {
+            return Ok(());
+        }
+        tracing::info!(node = %manager.node_id(), "demoted: becoming a worker");
+        *membership = Membership::Inactive;
+        let mut local = manager.local.clone();
+        drop(peers);
+        manager.stop().await?;
+        for gone in ["raft", "ca.json", "dek.json"] {
+            let path = self.dir.join(gone);
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if let Err(error) = removed {
+                tracing::debug!(path = %path.display(), %error, "not removed");
+            }
+        }
+        let identity = Identity {
+            ca_pem: identity::load(&self.dir)?.ca_pem,
+            cert_pem: answer.cert_pem,
+            key_pem,
+        };
+        identity::save(&self.dir, &identity)?;
+        local.role = Role::Worker;
+        local.raft_id = 0;
+        local.managers = answer.managers;
+        write_local(&self.dir, &local)?;
+        self.present(&identity)?;
+        let peers = Arc::new(Peers::new(tls::client_config(&identity)?));
+        *membership =
+            Membership::Worker(Arc::new(Worker::start(local, peers, self.executor.clone())));
+        tracing::info!("now a worker");
+        Ok(())
+    }
+}
+
+async fn ask_certificate(
+    peers: &Peers,
+    managers: &[String],
+    csr_pem: &str,
+) -> Result<CertificateAnswer, ClusterError> {
+    let request = CertificateRequest {
+        csr_pem: csr_pem.to_string(),
+    };
+    call_any(peers, managers, CERTIFICATE_PATH, &request).await
+}
+
+/// Tries each manager in turn until one answers.
+async fn call_any<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
+    peers: &Peers,
+    managers: &[String],
+    path: &str,
+    body: &Q,
+) -> Result<R, ClusterError> {
+    let mut last = TransportError::Unreachable {
+        addr: String::new(),
+        reason: "no manager known".to_string(),
+    };
+    for addr in managers {
+        match peers
+            .call(addr, MANAGER_NAME, path, body, CALL_TIMEOUT)
+            .await
+        {
+            Ok(answer) => return Ok(answer),
+            Err(error) => last = error,
+        }
+    }
+    Err(ClusterError::Transport(last))
+}
