@@ -584,7 +584,7 @@ fn bad_requests_get_the_engines_codes_and_texts() {
     assert_error(
         &raw(b"{bad"),
         400,
-        "invalid character 'b' looking for beginning of value",
+        "invalid character 'b' looking for beginning of object key string",
     );
     assert_error(&raw(br#"{"Name":"#), 400, "unexpected EOF");
     let resp = raw(br#"{"Orchestration":{"TaskHistoryRetentionLimit":"x"}}"#);
@@ -594,19 +594,23 @@ fn bad_requests_get_the_engines_codes_and_texts() {
 
     // Unknown IDs, bad filters.
     assert_error(
-        &shoal.http("GET", "/v1.41/nodes/x"),
+        &shoal.http("GET", "/v1.41/nodes/no-such-node"),
         404,
-        "node x not found",
+        "node no-such-node not found",
     );
     assert_error(
-        &shoal.http("DELETE", "/v1.41/nodes/x"),
+        &shoal.http("DELETE", "/v1.41/nodes/no-such-node"),
         404,
-        "node x not found",
+        "node no-such-node not found",
     );
     assert_error(
-        &shoal.http_json("POST", "/v1.41/nodes/x/update?version=1", &json!({})),
+        &shoal.http_json(
+            "POST",
+            "/v1.41/nodes/no-such-node/update?version=1",
+            &json!({}),
+        ),
         404,
-        "node x not found",
+        "node no-such-node not found",
     );
     assert_error(
         &shoal.http(
@@ -618,13 +622,13 @@ fn bad_requests_get_the_engines_codes_and_texts() {
     );
     assert_fails_with(
         &shoal,
-        &["node", "inspect", "x"],
-        "Error response from daemon: node x not found",
+        &["node", "inspect", "no-such-node"],
+        "Error response from daemon: node no-such-node not found",
     );
     assert_fails_with(
         &shoal,
-        &["node", "update", "--label-add", "a=b", "x"],
-        "node x not found",
+        &["node", "update", "--label-add", "a=b", "no-such-node"],
+        "node no-such-node not found",
     );
     // A node update with a stale version.
     let nj = node_json(&shoal, &node.id);
