@@ -111,13 +111,16 @@ fn field_for(key: &str, fields: &'static [&'static str]) -> Option<&'static str>
 
 /// An object's entries renamed to the fields they set, in document order.
 /// When several keys set one field the last one wins, as in Go, which
-/// decodes them in turn into the same field.
+/// decodes them in turn into the same field. Fields the object lacks are
+/// given `null`, which reads as Go's zero value: Go accepts a body without
+/// any field, serde would refuse one without a field the model requires
+/// (`Templating: {"Name": …}`'s `Name`).
 fn struct_entries<'a>(
-    object: &'a Map<String, Value>,
+    object: Option<&'a Map<String, Value>>,
     fields: &'static [&'static str],
 ) -> Vec<Entry<'a>> {
     let mut entries: Vec<Entry<'a>> = Vec::new();
-    for (key, value) in object {
+    for (key, value) in object.into_iter().flatten() {
         let Some(field) = field_for(key, fields) else {
             continue;
         };
@@ -128,8 +131,20 @@ fn struct_entries<'a>(
             value,
         });
     }
+    for field in fields {
+        if !entries.iter().any(|e| e.field == Some(*field)) {
+            entries.push(Entry {
+                key: field,
+                field: Some(field),
+                value: &NULL,
+            });
+        }
+    }
     entries
 }
+
+/// The value of a field the body lacks. Immutable: a constant, not state.
+static NULL: Value = Value::Null;
 
 /// A map's entries, keys as sent.
 fn map_entries(object: &Map<String, Value>) -> Vec<Entry<'_>> {
@@ -328,8 +343,8 @@ impl<'a> de::Deserializer<'a> for Folded<'a> {
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
         let entries = match self.value {
-            Value::Null => Vec::new(),
-            Value::Object(object) => struct_entries(object, fields),
+            Value::Null => struct_entries(None, fields),
+            Value::Object(object) => struct_entries(Some(object), fields),
             _ => return Err(self.mismatch(&GoType(name).to_string())),
         };
         visitor.visit_map(Entries::new(entries, self.context.inside(name)))

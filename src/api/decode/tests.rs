@@ -181,6 +181,10 @@ fn reads_docker_py_spellings() {
     let config: ConfigSpec =
         body(br#"{"Name": "c", "Data": "", "Templating": {"name": "golang"}}"#).expect("decodes");
     assert_eq!(config.templating.map(|t| t.name).as_deref(), Some("golang"));
+
+    // Go reads a missing field as its zero value; bollard requires Name.
+    let bare: ConfigSpec = body(br#"{"Templating": {}}"#).expect("decodes");
+    assert_eq!(bare.templating.map(|t| t.name).as_deref(), Some(""));
 }
 
 /// Go decodes keys in document order into the field they match, so the
