@@ -592,7 +592,7 @@ fn bad_requests_get_the_engines_codes_and_texts() {
     assert_error(
         &raw(b"{bad"),
         400,
-        "invalid character 'b' looking for beginning of value",
+        "invalid character 'b' looking for beginning of object key string",
     );
     assert_error(&raw(br#"{"Name":"#), 400, "unexpected EOF");
     let resp = raw(br#"{"Orchestration":{"TaskHistoryRetentionLimit":"x"}}"#);
@@ -614,7 +614,11 @@ fn bad_requests_get_the_engines_codes_and_texts() {
         "node no-such-node not found",
     );
     assert_error(
-        &shoal.http_json("POST", "/v1.41/nodes/no-such-node/update?version=1", &json!({})),
+        &shoal.http_json(
+            "POST",
+            "/v1.41/nodes/no-such-node/update?version=1",
+            &json!({}),
+        ),
         404,
         "node no-such-node not found",
     );

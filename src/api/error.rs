@@ -65,6 +65,9 @@ pub enum ApiError {
     Network(#[from] NetworkError),
     #[error("{0} is not supported by shoal yet")]
     NotSupported(&'static str),
+    /// A body the engine's JSON decoder would refuse, with its text.
+    #[error(transparent)]
+    Decode(#[from] super::decode::DecodeError),
 }
 
 impl ApiError {
@@ -88,7 +91,9 @@ impl ApiError {
             ApiError::Store(error) => store_status(error),
             ApiError::Propose(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Rpc { code, .. } => code.status(),
-            ApiError::BadRequest(_) | ApiError::VersionTooNew { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::VersionTooNew { .. } | ApiError::Decode(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

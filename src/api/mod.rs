@@ -3,6 +3,7 @@
 //! and turns every error into the engine's response shape in one place
 //! (`error.rs`).
 
+mod decode;
 pub mod error;
 mod events;
 mod filters;
@@ -13,6 +14,7 @@ mod nodes;
 mod query;
 mod secrets;
 mod services;
+mod shape;
 mod swarm;
 mod tasks;
 
@@ -36,6 +38,7 @@ use secrets::Flavor;
 pub struct Api {
     proxy: Proxy,
     cluster: Arc<Cluster>,
+    shapes: Arc<shape::Shapes>,
 }
 
 /// Who answers a request.
@@ -57,7 +60,11 @@ enum Route {
 
 impl Api {
     pub fn new(proxy: Proxy, cluster: Arc<Cluster>) -> Self {
-        Self { proxy, cluster }
+        Self {
+            proxy,
+            cluster,
+            shapes: Arc::new(shape::Shapes::new()),
+        }
     }
 
     pub async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -98,8 +105,10 @@ impl Api {
     /// shoal's own endpoints answer with the engine's identity headers.
     async fn swarm(&self, req: Request<Incoming>) -> Response<Body> {
         let identity = self.proxy.identity().await.ok().cloned();
-        let requested = split_version(req.uri().path()).0.map(str::to_string);
-        let result = match (&identity, requested) {
+        let (requested, path) = split_version(req.uri().path());
+        let (requested, path) = (requested.map(str::to_string), path.to_string());
+        let method = req.method().clone();
+        let result = match (&identity, requested.clone()) {
             (Some(id), Some(requested)) if !version_le(&requested, &id.api_version) => {
                 Err(ApiError::VersionTooNew {
                     requested,
@@ -109,12 +118,50 @@ impl Api {
             _ => self.dispatch(req).await,
         };
         let mut response = result.unwrap_or_else(ApiError::into_response);
+        // Without a version in the path the engine answers with its own.
+        let version = requested.or_else(|| identity.as_ref().map(|i| i.api_version.clone()));
+        if let Some(version) = version {
+            response = self
+                .reshape(response, method.as_str(), &path, &version)
+                .await;
+        }
         if let Some(identity) = identity {
             for (name, value) in &identity.headers {
                 response.headers_mut().insert(name, value.clone());
             }
         }
         response
+    }
+
+    /// A successful JSON answer shaped for the client's API version.
+    async fn reshape(
+        &self,
+        response: Response<Body>,
+        method: &str,
+        path: &str,
+        version: &str,
+    ) -> Response<Body> {
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/json");
+        if response.status() != StatusCode::OK || !is_json {
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        // shoal's own answers are whole in memory: collecting is free.
+        let Ok(collected) = http_body_util::BodyExt::collect(body).await else {
+            return ApiError::Internal("cannot read the answer".to_string()).into_response();
+        };
+        let bytes = collected.to_bytes();
+        let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return Response::from_parts(parts, body::full(bytes));
+        };
+        self.shapes.reshape(method, path, version, &mut value);
+        let mut shaped = json(parts.status, &value);
+        *shaped.headers_mut() = parts.headers;
+        shaped.headers_mut().remove(header::CONTENT_LENGTH);
+        shaped
     }
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {

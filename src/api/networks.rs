@@ -300,7 +300,7 @@ async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body).await?;
-    let request: Option<CreateRequest> = serde_json::from_slice(&bytes).ok();
+    let request: Option<CreateRequest> = super::decode::body(&bytes).ok();
     let Some(request) = request.filter(|r| r.driver.as_deref() == Some("overlay")) else {
         return Ok(proxy.forward_bytes(parts, bytes).await?);
     };

@@ -6,8 +6,9 @@ use bollard::models::{Node, NodeSpec, NodeSpecRoleEnum, NodeState};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
+use super::decode;
 use super::filters::{label_matches, Filters};
-use super::query::{read_json, Query};
+use super::query::Query;
 use super::{json, ApiError, RpcCode};
 use crate::body::Body;
 use crate::cluster::Manager;
@@ -53,7 +54,7 @@ pub async fn update(
     query: &Query,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let raw: serde_json::Value = read_json(&body)?;
+    let raw = decode::value(&body)?;
     let version = query.version("node")?;
     let mut spec = node_spec(raw)?;
     let store = manager.store();
@@ -115,20 +116,18 @@ fn node_spec(mut raw: serde_json::Value) -> Result<NodeSpec, ApiError> {
         ("Availability", &["active", "pause", "drain"]),
     ];
     for (field, allowed) in CHOICES {
-        let Some(value) = raw.get_mut(field) else {
-            continue;
-        };
-        let Some(text) = value.as_str() else {
-            continue;
-        };
-        let lower = text.to_ascii_lowercase();
-        if !allowed.contains(&lower.as_str()) {
-            return Err(ApiError::BadRequest(format!("invalid {field}: {text:?}")));
+        for value in decode::values_of(&mut raw, field) {
+            let Some(text) = value.as_str() else {
+                continue;
+            };
+            let lower = text.to_ascii_lowercase();
+            if !allowed.contains(&lower.as_str()) {
+                return Err(ApiError::BadRequest(format!("invalid {field}: {text:?}")));
+            }
+            *value = serde_json::Value::String(lower);
         }
-        *value = serde_json::Value::String(lower);
     }
-    serde_json::from_value(raw)
-        .map_err(|e| ApiError::BadRequest(format!("json: cannot unmarshal {e}")))
+    Ok(decode::from_value(&raw)?)
 }
 
 pub fn find(store: &Store, reference: &str) -> Result<Node, ApiError> {

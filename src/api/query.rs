@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::de::DeserializeOwned;
 
 use super::ApiError;
 
@@ -79,47 +78,6 @@ pub async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
         .to_bytes())
 }
 
-/// Parses a JSON body into `T`. An empty body and malformed JSON get the
-/// engine's 400s; fields the API does not know are dropped by `T`.
-pub fn read_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest(
-            "got EOF while reading request body".to_string(),
-        ));
-    }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(go_json_message(&e, bytes)))
-}
-
-/// serde_json's error worded like Go's encoding/json, which is what the
-/// engine returns: clients and scripts match on these prefixes.
-fn go_json_message(error: &serde_json::Error, bytes: &[u8]) -> String {
-    use serde_json::error::Category;
-    match error.classify() {
-        Category::Eof => "unexpected EOF".to_string(),
-        Category::Syntax => {
-            let offset = byte_offset(bytes, error.line(), error.column());
-            match bytes.get(offset.saturating_sub(1)) {
-                Some(&c) => format!(
-                    "invalid character '{}' looking for beginning of value",
-                    c as char
-                ),
-                None => "unexpected EOF".to_string(),
-            }
-        }
-        Category::Data | Category::Io => format!("json: cannot unmarshal {error}"),
-    }
-}
-
-/// serde_json reports line/column (1-based); Go reports the character.
-fn byte_offset(bytes: &[u8], line: usize, column: usize) -> usize {
-    let line_start: usize = bytes
-        .split(|&b| b == b'\n')
-        .take(line.saturating_sub(1))
-        .map(|l| l.len() + 1)
-        .sum();
-    line_start + column
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,16 +99,6 @@ mod tests {
         assert_eq!(
             missing,
             "invalid node version '': strconv.ParseUint: parsing \"\": invalid syntax"
-        );
-    }
-
-    #[test]
-    fn words_syntax_errors_like_go() {
-        let bytes = b"{\"Name\": x}";
-        let e = serde_json::from_slice::<serde_json::Value>(bytes).unwrap_err();
-        assert_eq!(
-            go_json_message(&e, bytes),
-            "invalid character 'x' looking for beginning of value"
         );
     }
 }

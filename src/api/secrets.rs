@@ -8,8 +8,9 @@ use bollard::models::{Config, ConfigSpec, Secret, SecretSpec};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
+use super::decode;
 use super::filters::{label_matches, Filters};
-use super::query::{read_json, Query};
+use super::query::Query;
 use super::{json, ApiError, RpcCode};
 use crate::body::Body;
 use crate::cluster::Manager;
@@ -123,8 +124,8 @@ fn spec_of(object: &Object) -> Option<Spec> {
 
 async fn read_spec(flavor: Flavor, body: Bytes) -> Result<Spec, ApiError> {
     Ok(match flavor {
-        Flavor::Secret => Spec::from_secret(read_json(&body)?),
-        Flavor::Config => Spec::from_config(read_json(&body)?),
+        Flavor::Secret => Spec::from_secret(decode::body(&body)?),
+        Flavor::Config => Spec::from_config(decode::body(&body)?),
     })
 }
 

@@ -16,8 +16,9 @@ use bollard::models::{
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
+use super::decode;
 use super::filters::{label_matches, Filters};
-use super::query::{read_json, Query};
+use super::query::Query;
 use super::{json, ApiError, RpcCode};
 use crate::body::Body;
 use crate::cluster::Manager;
@@ -30,7 +31,7 @@ const FILTERS: [&str; 5] = ["id", "label", "mode", "name", "runtime"];
 const SECOND: i64 = 1_000_000_000;
 
 pub async fn create(manager: &Manager, body: Bytes) -> Result<Response<Body>, ApiError> {
-    let mut spec: ServiceSpec = read_json(&body)?;
+    let mut spec: ServiceSpec = decode::body(&body)?;
     check_runtime(&spec)?;
     let store = manager.store();
     // StdRng is Send: it lives across the await below.
@@ -106,7 +107,7 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let version = query.version("service")?;
-    let mut spec: ServiceSpec = read_json(&body)?;
+    let mut spec: ServiceSpec = decode::body(&body)?;
     check_runtime(&spec)?;
     match query.get("registryAuthFrom") {
         None | Some("") | Some("spec") | Some("previous-spec") => {}

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::Response;
 use serde::Deserialize;
 
-use super::query::{read_json, Query};
+use super::decode;
+use super::query::Query;
 use super::{json, ApiError, RpcCode};
 use crate::body::Body;
 use crate::ca;
@@ -28,13 +29,12 @@ const SECOND: i64 = 1_000_000_000;
 /// swarmkit refuses node certificates shorter-lived than an hour.
 const MIN_CERT_EXPIRY: i64 = 3600 * SECOND;
 
-/// `POST /swarm/init` body: the API's InitRequest plus the fields bollard's
-/// model lacks (AutoLockManagers, Availability, DataPathPort defaults).
+/// The fields of `POST /swarm/init` that bollard's `SwarmInitRequest`
+/// lacks; both are read from the same body (a `flatten` would hide the
+/// request's field names from the decoder, and with them Go's key folding).
 #[derive(Debug, Deserialize, Default)]
 #[serde(default, rename_all = "PascalCase")]
-struct InitBody {
-    #[serde(flatten)]
-    request: SwarmInitRequest,
+struct InitExtras {
     auto_lock_managers: bool,
     availability: String,
 }
@@ -44,11 +44,12 @@ pub async fn init(
     proxy: &Proxy,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let body: InitBody = read_json(&body)?;
+    let value = decode::value(&body)?;
+    let request: SwarmInitRequest = decode::from_value(&value)?;
+    let extras: InitExtras = decode::from_value(&value)?;
     if cluster.is_active().await {
         return Err(cluster::ClusterError::AlreadyInSwarm.into());
     }
-    let request = body.request;
     let listen_addr = listen_addr(request.listen_addr.as_deref().unwrap_or(""))?;
     let advertise_addr = advertise_addr(
         request.advertise_addr.as_deref().unwrap_or(""),
@@ -57,7 +58,7 @@ pub async fn init(
     let mut spec = request.spec.unwrap_or_default();
     check_spec_name(&spec)?;
     // The CLI sends --autolock both at the top level and in the spec.
-    let autolock = body.auto_lock_managers || auto_lock(&spec);
+    let autolock = extras.auto_lock_managers || auto_lock(&spec);
     spec.encryption_config = Some(SwarmSpecEncryptionConfig {
         auto_lock_managers: Some(autolock),
     });
@@ -70,7 +71,7 @@ pub async fn init(
     if description.hostname.is_none() {
         description.hostname = Some("localhost".to_string());
     }
-    let availability = match body.availability.as_str() {
+    let availability = match extras.availability.as_str() {
         "" | "active" => NodeSpecAvailabilityEnum::ACTIVE,
         "pause" => NodeSpecAvailabilityEnum::PAUSE,
         "drain" => NodeSpecAvailabilityEnum::DRAIN,
@@ -120,7 +121,7 @@ pub async fn join(
     proxy: &Proxy,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let body: JoinBody = read_json(&body)?;
+    let body: JoinBody = decode::body(&body)?;
     if cluster.is_active().await {
         return Err(cluster::ClusterError::AlreadyInSwarm.into());
     }
@@ -206,7 +207,7 @@ pub async fn update(
     let rotate_worker = query.strict_bool("rotateWorkerToken")?;
     let rotate_manager = query.strict_bool("rotateManagerToken")?;
     let rotate_unlock = query.strict_bool("rotateManagerUnlockKey")?;
-    let spec: SwarmSpec = read_json(&body)?;
+    let spec: SwarmSpec = decode::body(&body)?;
     check_spec_name(&spec)?;
     validate_update(&spec)?;
     let manager = cluster.manager().await?;
@@ -257,7 +258,7 @@ struct UnlockBody {
 /// `swarm unlock`: 409 unless locked, 400 for a malformed key, 401 for the
 /// wrong one; the key never reaches a log.
 pub async fn unlock(cluster: &Arc<Cluster>, body: Bytes) -> Result<Response<Body>, ApiError> {
-    let body: UnlockBody = read_json(&body)?;
+    let body: UnlockBody = decode::body(&body)?;
     match cluster.unlock(&body.unlock_key).await {
         Ok(()) => Ok(super::empty_ok()),
         Err(cluster::ClusterError::NotLocked) => {

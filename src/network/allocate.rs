@@ -13,7 +13,7 @@ use bollard::models::{
     Network, NetworkAttachmentConfig, ServiceEndpoint, ServiceEndpointVirtualIps, ServiceSpec,
     TaskState,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ipam::{self, Subnet};
 use super::{NetworkError, FIRST_VXLAN, VXLAN_OPTION};
@@ -23,7 +23,7 @@ use crate::store::{Proposer, Store, Transaction};
 use crate::types::{new_id, Kind, Object, SwarmNetwork, SwarmService, Timestamp};
 
 /// `POST /networks/create` as clients send it (unknown fields ignored).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct CreateRequest {
     pub name: Option<String>,
@@ -39,7 +39,7 @@ pub struct CreateRequest {
     pub labels: Option<HashMap<String, String>>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct CreateIpam {
     pub driver: Option<String>,
@@ -47,7 +47,7 @@ pub struct CreateIpam {
     pub options: Option<HashMap<String, String>>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct CreateIpamConfig {
     pub subnet: Option<String>,

@@ -157,6 +157,57 @@ class SwarmTest(unittest.TestCase):
         self.assertTrue(got.remove())
         self.assertEqual(self.client.services.list(), [])
 
+    def wait_for(self, what, check, timeout=60):
+        """Polls `check` until it returns something true; fails with `what`."""
+        deadline = time.time() + timeout
+        while True:
+            got = check()
+            if got:
+                return got
+            if time.time() > deadline:
+                self.fail("timed out waiting for " + what)
+            time.sleep(0.2)
+
+    def running(self, service):
+        return [t for t in service.tasks() if t["Status"]["State"] == "running"]
+
+    # docker-py spells keys as the engine's Go decoder accepts them, not as
+    # the API does: {"replicated": {...}}, {"global": {}}, "Healthcheck".
+    def test_lower_case_modes_are_read_as_the_engine_reads_them(self):
+        self.init()
+        rep = self.client.services.create(
+            "busybox:latest", ["sleep", "3600"], name="dp-five",
+            mode=docker.types.ServiceMode("replicated", replicas=5),
+            stop_grace_period=1_000_000_000)
+        rep.reload()
+        self.assertEqual(rep.attrs["Spec"]["Mode"], {"Replicated": {"Replicas": 5}})
+        self.wait_for("5 running replicas", lambda: len(self.running(rep)) == 5)
+        glob = self.client.services.create(
+            "busybox:latest", ["sleep", "3600"], name="dp-global",
+            mode=docker.types.ServiceMode("global"), stop_grace_period=1_000_000_000)
+        glob.reload()
+        self.assertEqual(glob.attrs["Spec"]["Mode"], {"Global": {}})
+        self.wait_for("the global task running", lambda: len(self.running(glob)) == 1)
+        self.assertEqual(
+            [s.attrs["Spec"]["Mode"] for s in self.client.services.list(filters={"mode": "global"})],
+            [{"Global": {}}])
+
+    def test_healthcheck_and_rollback_config_are_kept(self):
+        self.init()
+        svc = self.client.services.create(
+            "busybox:latest", ["sleep", "3600"], name="dp-health",
+            healthcheck=docker.types.Healthcheck(
+                test=["CMD", "true"], interval=1_000_000_000, retries=3),
+            rollback_config={"order": "start-first", "parallelism": 2},
+            update_config=docker.types.UpdateConfig(parallelism=1, order="start-first"),
+            stop_grace_period=1_000_000_000)
+        svc.reload()
+        spec = svc.attrs["Spec"]
+        self.assertEqual(spec["TaskTemplate"]["ContainerSpec"]["HealthCheck"],
+                         {"Test": ["CMD", "true"], "Interval": 1_000_000_000, "Retries": 3})
+        self.assertEqual(spec["RollbackConfig"], {"Parallelism": 2, "Order": "start-first"})
+        self.assertEqual(spec["UpdateConfig"]["Order"], "start-first")
+
     def test_service_errors(self):
         self.init()
         self.client.services.create("busybox:latest", ["sleep", "3600"], name="dp-dup",
