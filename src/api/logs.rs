@@ -16,10 +16,12 @@ use super::query::Query;
 use super::ApiError;
 use crate::body::{Body, BoxError};
 use crate::cluster::Manager;
+use crate::cluster::{LogsRequest, LOGS_PATH};
 use crate::manager::orchestrator::as_task;
 use crate::manager::tasks::container_id;
 use crate::proxy::Proxy;
 use crate::store::{Store, WatchItem};
+use crate::transport::Peers;
 use crate::types::{Kind, Object};
 
 /// What the client asked for, passed on to the engine per container.
@@ -81,7 +83,7 @@ pub fn service_logs(
         .collect();
     Ok(stream_logs(
         store,
-        proxy.clone(),
+        LogSource::new(manager, proxy),
         tasks,
         Some(service_id),
         options,
@@ -100,14 +102,20 @@ pub fn task_logs(
         Object::Task(task) => (**task).clone(),
         _ => return Err(ApiError::NotFound(format!("task {reference} not found"))),
     };
-    Ok(stream_logs(store, proxy.clone(), vec![task], None, options))
+    Ok(stream_logs(
+        store,
+        LogSource::new(manager, proxy),
+        vec![task],
+        None,
+        options,
+    ))
 }
 
 /// One producer per container feeds a channel the response body drains; a
 /// client that goes away drops the receiver, which ends every producer.
 fn stream_logs(
     store: Arc<Store>,
-    proxy: Proxy,
+    source: LogSource,
     tasks: Vec<Task>,
     follow_service: Option<String>,
     options: LogOptions,
@@ -119,7 +127,7 @@ fn stream_logs(
         if let Some(container) = container_id(&task) {
             started.insert(task.id.clone().unwrap_or_default());
             tokio::spawn(pump(
-                proxy.clone(),
+                source.clone(),
                 container,
                 task,
                 options.clone(),
@@ -129,7 +137,7 @@ fn stream_logs(
     }
     if let (true, Some(service_id)) = (options.follow, follow_service) {
         tokio::spawn(follow_new_tasks(
-            store, proxy, service_id, started, options, tx,
+            store, source, service_id, started, options, tx,
         ));
     }
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -144,7 +152,7 @@ fn stream_logs(
 /// With `follow`, tasks that start later join the stream as they get a container.
 async fn follow_new_tasks(
     store: Arc<Store>,
-    proxy: Proxy,
+    source: LogSource,
     service_id: String,
     mut started: std::collections::HashSet<String>,
     options: Arc<LogOptions>,
@@ -168,7 +176,7 @@ async fn follow_new_tasks(
             if let Some(container) = container {
                 started.insert(id);
                 tokio::spawn(pump(
-                    proxy.clone(),
+                    source.clone(),
                     container,
                     task,
                     options.clone(),
@@ -190,16 +198,78 @@ async fn follow_new_tasks(
     }
 }
 
+/// Where a task's container logs come from: this node's engine, or the
+/// engine of the node running it, through that node's cluster port.
+#[derive(Clone)]
+struct LogSource {
+    proxy: Proxy,
+    node_id: String,
+    peers: Option<Arc<Peers>>,
+    store: Arc<Store>,
+    /// This manager's cluster port; other nodes are reached on the same
+    /// port (2377 unless every node was given another one).
+    cluster_port: u16,
+}
+
+impl LogSource {
+    fn new(manager: &Manager, proxy: &Proxy) -> LogSource {
+        LogSource {
+            proxy: proxy.clone(),
+            node_id: manager.node_id().to_string(),
+            peers: manager.peers().cloned(),
+            store: manager.store(),
+            cluster_port: manager
+                .local
+                .advertise_addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(2377),
+        }
+    }
+
+    async fn logs(
+        &self,
+        task: &Task,
+        container: &str,
+        query: &str,
+    ) -> Result<Response<hyper::body::Incoming>, String> {
+        let node = task.node_id.as_deref().unwrap_or("");
+        if node == self.node_id || node.is_empty() {
+            let path = format!("/containers/{container}/logs?{query}");
+            return self.proxy.get(&path).await.map_err(|e| e.to_string());
+        }
+        let peers = self.peers.as_ref().ok_or("no cluster transport")?;
+        let addr = self
+            .store
+            .get(Kind::Node, node)
+            .and_then(|o| match &*o {
+                Object::Node(n) => n.status.as_ref()?.addr.clone(),
+                _ => None,
+            })
+            .ok_or_else(|| format!("node {node} has no address"))?;
+        let addr = crate::cluster::join_host_port(&addr, self.cluster_port);
+        let request = LogsRequest {
+            container: container.to_string(),
+            query: query.to_string(),
+        };
+        // The node's certificate must name it: the logs come from the
+        // node that runs the task, not from whoever answers at that address.
+        peers
+            .open(&addr, node, LOGS_PATH, &request)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Copies one container's log frames, adding the task's details to each line.
 async fn pump(
-    proxy: Proxy,
+    source: LogSource,
     container: String,
     task: Task,
     options: Arc<LogOptions>,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let path = format!("/containers/{container}/logs?{}", options.engine_query);
-    let response = match proxy.get(&path).await {
+    let response = match source.logs(&task, &container, &options.engine_query).await {
         Ok(response) if response.status().is_success() => response,
         Ok(response) => {
             let _ = tx

@@ -35,6 +35,7 @@ mod wire;
 mod worker;
 
 pub use join::JoinParams;
+pub use wire::{LogsRequest, LOGS_PATH};
 pub use worker::Worker;
 
 /// How long after the first sweep of task containers at leave the second
