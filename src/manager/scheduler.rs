@@ -130,17 +130,20 @@ fn choose(task: &Task, service: &Service, nodes: &[Node], load: &Load) -> Result
         None => nodes.iter().collect(),
     };
     let mut refusals: HashMap<Refusal, usize> = HashMap::new();
-    let mut best: Option<(&Node, (usize, usize))> = None;
-    for node in candidates {
+    let mut eligible = Vec::new();
+    for node in &candidates {
         match check(node, service, load) {
             Err(refusal) => *refusals.entry(refusal).or_default() += 1,
-            Ok(()) => {
-                let id = node.id.clone().unwrap_or_default();
-                let score = (load.of_service(&id, service), load.total(&id));
-                if best.as_ref().is_none_or(|(_, s)| score < *s) {
-                    best = Some((node, score));
-                }
-            }
+            Ok(()) => eligible.push(*node),
+        }
+    }
+    let eligible = narrow_by_preferences(eligible, &candidates, service, load);
+    let mut best: Option<(&Node, (usize, usize))> = None;
+    for node in eligible {
+        let id = node.id.clone().unwrap_or_default();
+        let score = (load.of_service(&id, service), load.total(&id));
+        if best.as_ref().is_none_or(|(_, s)| score < *s) {
+            best = Some((node, score));
         }
     }
     if let Some((node, _)) = best {
@@ -235,8 +238,25 @@ fn constraint_holds(node: &Node, text: &str) -> bool {
     let Some((key, equal, value)) = parse_constraint(text) else {
         return false;
     };
+    let actual = node_attribute(node, &key);
+    let matches = match &actual {
+        Some(actual) if key.starts_with("node.platform.arch") => same_arch(actual, &value),
+        Some(actual) => actual.eq_ignore_ascii_case(&value),
+        None => false,
+    };
+    if equal {
+        matches
+    } else {
+        !matches
+    }
+}
+
+/// A node's value for a constraint or preference key (`node.id`,
+/// `node.hostname`, `node.role`, `node.platform.os|arch`,
+/// `node.labels.X`, `engine.labels.X`); `None` when it has none.
+fn node_attribute(node: &Node, key: &str) -> Option<String> {
     let description = node.description.as_ref();
-    let actual: Option<String> = match key.to_ascii_lowercase().as_str() {
+    match key.to_ascii_lowercase().as_str() {
         "node.id" => node.id.clone(),
         "node.hostname" => description.and_then(|d| d.hostname.clone()),
         "node.role" => node
@@ -271,17 +291,51 @@ fn constraint_holds(node: &Node, text: &str) -> bool {
                 None
             }
         }
-    };
-    let matches = match &actual {
-        Some(actual) if key.starts_with("node.platform.arch") => same_arch(actual, &value),
-        Some(actual) => actual.eq_ignore_ascii_case(&value),
-        None => false,
-    };
-    if equal {
-        matches
-    } else {
-        !matches
     }
+}
+
+/// The spread descriptors of the service's placement preferences, in order.
+fn spread_keys(service: &Service) -> Vec<String> {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task_template.as_ref())
+        .and_then(|t| t.placement.as_ref())
+        .and_then(|p| p.preferences.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.spread.as_ref()?.spread_descriptor.clone())
+        .collect()
+}
+
+/// Placement preferences, as swarmkit applies them: for each spread key in
+/// turn, only the eligible nodes of the group (nodes sharing the key's
+/// value; nodes without it form one group) that runs the fewest tasks of
+/// the service stay candidates.
+fn narrow_by_preferences<'a>(
+    eligible: Vec<&'a Node>,
+    all: &[&Node],
+    service: &Service,
+    load: &Load,
+) -> Vec<&'a Node> {
+    let mut eligible = eligible;
+    for key in spread_keys(service) {
+        let value = |n: &Node| node_attribute(n, &key).unwrap_or_default();
+        let mut tasks_in: HashMap<String, usize> = HashMap::new();
+        for node in all {
+            let id = node.id.clone().unwrap_or_default();
+            *tasks_in.entry(value(node)).or_default() += load.of_service(&id, service);
+        }
+        let Some(fewest) = eligible
+            .iter()
+            .map(|n| tasks_in.get(&value(n)).copied().unwrap_or(0))
+            .min()
+        else {
+            return eligible;
+        };
+        eligible.retain(|n| tasks_in.get(&value(n)).copied().unwrap_or(0) == fewest);
+    }
+    eligible
 }
 
 /// The scheduler treats x86_64≡amd64 and aarch64≡arm64.
@@ -464,5 +518,50 @@ mod tests {
         let task = Task::default();
         let err = choose(&task, &s, &[n], &Load::default()).unwrap_err();
         assert_eq!(err, "scheduling constraints not satisfied on 1 node");
+    }
+
+    #[test]
+    fn spread_preferences_fill_the_emptiest_zone_first() {
+        let mut nodes = Vec::new();
+        for (id, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+            let mut n = node(&[("zone", zone)]);
+            n.id = Some(id.into());
+            nodes.push(n);
+        }
+        let mut s = service(&[]);
+        if let Some(placement) = s
+            .spec
+            .as_mut()
+            .and_then(|spec| spec.task_template.as_mut())
+            .and_then(|t| t.placement.as_mut())
+        {
+            placement.preferences = Some(vec![bollard::models::TaskSpecPlacementPreferences {
+                spread: Some(bollard::models::TaskSpecPlacementSpread {
+                    spread_descriptor: Some("node.labels.zone".into()),
+                }),
+            }]);
+        }
+        let mut load = Load::default();
+        let mut placed = Vec::new();
+        for _ in 0..4 {
+            let task = Task {
+                service_id: Some("s1".into()),
+                ..Task::default()
+            };
+            let chosen = choose(&task, &s, &nodes, &load).unwrap();
+            load.add(&chosen, &task, &s);
+            placed.push(chosen);
+        }
+        // Zone b's one node gets half the tasks; zone a's two share the rest.
+        assert_eq!(
+            placed.iter().filter(|n| *n == "b1").count(),
+            2,
+            "{placed:?}"
+        );
+        assert_eq!(
+            placed.iter().filter(|n| *n == "a1").count(),
+            1,
+            "{placed:?}"
+        );
     }
 }
