@@ -24,6 +24,8 @@ const MAX_REPORTS: usize = 512;
 const SESSION_SILENCE: Duration = Duration::from_secs(8);
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Leaving must not hang on managers that are gone.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Worker {
     pub local: LocalNode,
@@ -100,7 +102,7 @@ impl Worker {
         for addr in self.managers() {
             let said: Result<Empty, _> = self
                 .peers
-                .call(&addr, MANAGER_NAME, LEAVE_PATH, &Empty {}, CALL_TIMEOUT)
+                .call(&addr, MANAGER_NAME, LEAVE_PATH, &Empty {}, GOODBYE_TIMEOUT)
                 .await;
             if said.is_ok() {
                 return;
