@@ -10,12 +10,16 @@
 //!   body assertions.
 //! - [`Cleanup`]: unique `shoaltest-<random>` names; at drop it removes, directly
 //!   on the engine, every container and image carrying them.
+//! - [`hosts::Hosts`]: several simulated hosts (namespaces, their own dockerd
+//!   and shoal each) for cluster tests; needs root.
 //!
 //! Needs the images from `scripts/make-test-images` (`scripts/test` makes them).
 
 // Every tests/*.rs file compiles its own copy of this module and uses only a
 // part of it; without this each would warn about the helpers it does not call.
 #![allow(dead_code)]
+
+pub mod hosts;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
