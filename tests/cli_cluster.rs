@@ -1,0 +1,507 @@
+//! Many hosts, one swarm: simulated hosts ([`common::hosts`]), each with its
+//! own engine and shoal, joined with tokens through the unmodified docker
+//! CLI. What a user sees: `node ls` on every manager, services spread over
+//! the engines, the engine's refusals, promote/demote/leave/rm, a restarted
+//! manager rejoining from its data dir.
+//!
+//! Needs root (skipped without it, unless SHOAL_REQUIRE_HOSTS=1 as in CI).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::hosts::{Host, Hosts};
+use common::*;
+
+/// How long cluster-wide changes may take to show (joins, schedules,
+/// role changes); every wait ends as soon as its condition holds.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+const WORKER_REFUSAL: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+
+fn cluster_addr(h: &Host) -> String {
+    format!("{}:2377", h.ip)
+}
+
+fn node_id(h: &Host) -> String {
+    h.docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
+        .trim()
+        .to_string()
+}
+
+fn init(h: &Host) {
+    h.docker_ok(&["swarm", "init", "--advertise-addr", &h.ip.to_string()]);
+}
+
+fn token(manager: &Host, role: &str) -> String {
+    manager
+        .docker_ok(&["swarm", "join-token", "-q", role])
+        .trim()
+        .to_string()
+}
+
+fn join(h: &Host, token: &str, manager: &Host) -> Output {
+    h.docker(&[
+        "swarm",
+        "join",
+        "--token",
+        token,
+        "--advertise-addr",
+        &h.ip.to_string(),
+        &cluster_addr(manager),
+    ])
+}
+
+fn join_ok(h: &Host, token: &str, manager: &Host) -> String {
+    let out = join(h, token, manager);
+    assert!(
+        out.status.success(),
+        "join of {}: {}{}",
+        h.name,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// `node ls` as (hostname, status, manager status) rows, sorted.
+fn node_rows(h: &Host) -> Option<Vec<(String, String, String)>> {
+    let out = h.docker(&[
+        "node",
+        "ls",
+        "--format",
+        "{{.Hostname}}|{{.Status}}|{{.ManagerStatus}}",
+    ]);
+    if !out.status.success() {
+        return None;
+    }
+    let mut rows: Vec<(String, String, String)> = stdout(&out)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split('|');
+            Some((
+                parts.next()?.to_string(),
+                parts.next()?.to_string(),
+                parts.next()?.to_string(),
+            ))
+        })
+        .collect();
+    rows.sort();
+    Some(rows)
+}
+
+/// Task containers of `service` running on each host's own engine.
+fn running_per_host(hosts: &Hosts, service: &str) -> HashMap<String, usize> {
+    hosts
+        .iter()
+        .map(|h| {
+            let out = h.engine_docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={service}"),
+            ]);
+            (h.name.clone(), stdout(&out).lines().count())
+        })
+        .collect()
+}
+
+fn fails_with(h: &Host, args: &[&str], text: &str) {
+    let out = h.docker(args);
+    assert!(!out.status.success(), "{args:?} on {} succeeded", h.name);
+    assert!(
+        stderr(&out).contains(text),
+        "{args:?} on {}: expected {text:?} in {}",
+        h.name,
+        stderr(&out)
+    );
+}
+
+#[test]
+fn three_managers_and_two_workers_run_one_swarm() {
+    let Some(hosts) = Hosts::try_start(5) else {
+        return;
+    };
+    let (h1, h2, h3, h4, h5) = (
+        hosts.host(1),
+        hosts.host(2),
+        hosts.host(3),
+        hosts.host(4),
+        hosts.host(5),
+    );
+    init(h1);
+    let manager_token = token(h1, "manager");
+    let worker_token = token(h1, "worker");
+    assert!(join_ok(h2, &manager_token, h1).contains("This node joined a swarm as a manager."));
+    // A manager joins through a follower too.
+    assert!(join_ok(h3, &manager_token, h2).contains("This node joined a swarm as a manager."));
+    assert!(join_ok(h4, &worker_token, h1).contains("This node joined a swarm as a worker."));
+    assert!(join_ok(h5, &worker_token, h3).contains("This node joined a swarm as a worker."));
+
+    // Every manager lists the same five nodes: one leader, two reachable.
+    let expected: Vec<(String, String, String)> = {
+        let mut rows: Vec<_> = [
+            (h1, "Leader"),
+            (h2, "Reachable"),
+            (h3, "Reachable"),
+            (h4, ""),
+            (h5, ""),
+        ]
+        .iter()
+        .map(|(h, m)| (h.hostname.clone(), "Ready".to_string(), m.to_string()))
+        .collect();
+        rows.sort();
+        rows
+    };
+    for h in [h1, h2, h3] {
+        let rows = wait_for(&format!("node ls on {}", h.name), CONVERGE, || {
+            node_rows(h).filter(|rows| *rows == expected)
+        });
+        assert_eq!(rows, expected);
+    }
+    let inspect = h1.docker_ok(&[
+        "node",
+        "inspect",
+        &node_id(h2),
+        "--format",
+        "{{.ManagerStatus.Addr}} {{.Description.Hostname}} {{.Description.Engine.EngineVersion}}",
+    ]);
+    assert!(
+        inspect.starts_with(&format!("{} {} ", cluster_addr(h2), h2.hostname)),
+        "{inspect}"
+    );
+
+    // A worker refuses manager calls, and says so in `docker info`.
+    fails_with(h4, &["node", "ls"], WORKER_REFUSAL);
+    fails_with(h4, &["service", "ls"], WORKER_REFUSAL);
+    let info = h4.docker_ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ]);
+    assert_eq!(info.trim(), "active false");
+
+    // A 10-replica service created through a follower runs on the engines
+    // of at least four hosts, and `service ps` names their nodes.
+    h2.docker_ok(&[
+        "service",
+        "create",
+        "--quiet",
+        "--name",
+        "web",
+        "--replicas",
+        "10",
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo hello from $(hostname); exec sleep 1000",
+    ]);
+    let spread = wait_for("10 web tasks running", CONVERGE, || {
+        let per_host = running_per_host(&hosts, "web");
+        (per_host.values().sum::<usize>() == 10).then_some(per_host)
+    });
+    let used = spread.values().filter(|&&n| n > 0).count();
+    assert!(used >= 4, "tasks on only {used} hosts: {spread:?}");
+    let ps_nodes: BTreeSet<String> = h3
+        .docker_ok(&["service", "ps", "web", "--format", "{{.Node}}"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let hostnames: BTreeSet<String> = hosts.iter().map(|h| h.hostname.clone()).collect();
+    assert!(ps_nodes.is_subset(&hostnames), "{ps_nodes:?}");
+    assert!(ps_nodes.len() >= 4, "{ps_nodes:?}");
+
+    // `service logs` gathers every task's lines, from every node's engine.
+    let logs = wait_for("logs of all 10 tasks", CONVERGE, || {
+        let out = h1.docker(&["service", "logs", "--raw", "web"]);
+        let text = stdout(&out);
+        (text.matches("hello from").count() == 10).then_some(text)
+    });
+    assert_eq!(logs.matches("hello from").count(), 10, "{logs}");
+
+    // A secret reaches only the node that runs a task using it.
+    let mut create = h1.docker_cmd();
+    create.args(["secret", "create", "pass", "-"]);
+    let out = run(create, Some(b"s3cr3t-shoal-value"), CMD_TIMEOUT);
+    assert!(out.status.success(), "secret create: {}", stderr(&out));
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--quiet",
+        "--name",
+        "vault",
+        "--secret",
+        "pass",
+        "--constraint",
+        &format!("node.hostname=={}", h5.hostname),
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    let container = wait_for("the vault task on h5", CONVERGE, || {
+        let out = h5.engine_docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=vault",
+        ]);
+        stdout(&out).lines().next().map(str::to_string)
+    });
+    let read = h5.engine_docker_ok(&["exec", &container, "cat", "/run/secrets/pass"]);
+    assert_eq!(read, "s3cr3t-shoal-value");
+    for h in [h1, h2, h3, h4] {
+        let dir = std::path::Path::new("/run/shoal").join(node_id(h));
+        let found = Command::new("grep")
+            .args(["-r", "-l", "s3cr3t-shoal-value"])
+            .arg(&dir)
+            .output()
+            .expect("grep");
+        assert!(
+            stdout(&found).trim().is_empty(),
+            "{} holds the secret: {}",
+            h.name,
+            stdout(&found)
+        );
+    }
+
+    h1.docker_ok(&["service", "rm", "web", "vault"]);
+    wait_for("no task containers left", CONVERGE, || {
+        let left: usize = running_per_host(&hosts, "web").values().sum::<usize>()
+            + running_per_host(&hosts, "vault").values().sum::<usize>();
+        (left == 0).then_some(())
+    });
+}
+
+/// The cluster port, raw: curl with a node's own certificate, or none.
+fn curl_cluster(target: &Host, path: &str, cert_of: Option<&Host>) -> Output {
+    let ca = target.dir.join("data/swarm/ca.pem");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "--http2",
+        "-X",
+        "POST",
+        "-d",
+        "{}",
+    ])
+    .arg("--cacert")
+    .arg(&ca)
+    .args([
+        "--resolve",
+        &format!("swarm-manager:2377:{}", target.ip),
+        &format!("https://swarm-manager:2377{path}"),
+    ]);
+    if let Some(h) = cert_of {
+        cmd.arg("--cert")
+            .arg(h.dir.join("data/swarm/node.crt"))
+            .arg("--key")
+            .arg(h.dir.join("data/swarm/node.key"));
+    }
+    run(cmd, None, Duration::from_secs(20))
+}
+
+#[test]
+fn wrong_tokens_plain_tcp_and_worker_certificates_are_refused() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    init(h1);
+    let worker_token = token(h1, "worker");
+
+    // A token with the right CA digest but a wrong secret.
+    let (digest, _) = worker_token.rsplit_once('-').expect("token");
+    let wrong_secret = format!("{digest}-{}", "0".repeat(25));
+    let out = join(h2, &wrong_secret, h1);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("A valid join token is necessary to join this cluster"),
+        "{}",
+        stderr(&out)
+    );
+    // A token whose digest is not this swarm's CA.
+    let (_, secret) = worker_token.rsplit_once('-').expect("token");
+    let wrong_ca = format!("SWMTKN-1-{}-{secret}", "1".repeat(50));
+    let out = join(h2, &wrong_ca, h1);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("remote CA does not match fingerprint"),
+        "{}",
+        stderr(&out)
+    );
+    // A malformed token never leaves the node.
+    let out = join(h2, "SWMTKN-1-nope", h1);
+    assert!(
+        stderr(&out).contains("invalid join token"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing joined: h2 is still out of any swarm.
+    let state = h2.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(state.trim(), "inactive");
+
+    // A rotated token no longer admits anyone.
+    h1.docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+    let out = join(h2, &worker_token, h1);
+    assert!(
+        stderr(&out).contains("A valid join token is necessary to join this cluster"),
+        "{}",
+        stderr(&out)
+    );
+    join_ok(h3, &token(h1, "worker"), h1);
+
+    // Plain TCP (no TLS) to the cluster port: nothing answers in HTTP.
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--http1.1"])
+        .arg(format!("http://{}/ca", cluster_addr(h1)))
+        .output()
+        .expect("curl");
+    assert!(
+        !plain.status.success(),
+        "plain HTTP answered: {}",
+        stdout(&plain)
+    );
+    // Without a certificate only the join calls answer.
+    let out = curl_cluster(h1, "/raft/propose", None);
+    assert!(
+        stdout(&out).contains("a node certificate of this swarm is required"),
+        "{}",
+        stdout(&out)
+    );
+    let ca = curl_cluster(h1, "/ca", None);
+    assert!(stdout(&ca).contains("BEGIN CERTIFICATE"), "{}", stdout(&ca));
+    // A worker's certificate opens no manager call.
+    let out = curl_cluster(h1, "/raft/propose", Some(h3));
+    assert!(
+        stdout(&out).contains("is not a manager: this call is for managers only"),
+        "{}",
+        stdout(&out)
+    );
+    // And the manager keeps serving.
+    let rows = node_rows(h1).expect("node ls");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+}
+
+#[test]
+fn promote_demote_drain_labels_leave_rm_and_a_restarted_manager() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    init(h1);
+    join_ok(h2, &token(h1, "manager"), h1);
+    join_ok(h3, &token(h1, "worker"), h1);
+    let (id2, id3) = (node_id(h2), node_id(h3));
+
+    // promote: the worker becomes a reachable manager and answers manager calls.
+    h1.docker_ok(&["node", "promote", &id3]);
+    wait_for("h3 promoted", CONVERGE, || {
+        node_rows(h3).filter(|rows| {
+            rows.iter()
+                .any(|r| r.0 == h3.hostname && r.2 == "Reachable")
+        })
+    });
+    // A restarted manager (kill -9) rejoins from its data dir: it sees a
+    // service created while it was away.
+    h3.kill_shoal();
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--quiet",
+        "--name",
+        "while-away",
+        "--replicas",
+        "0",
+        IMAGE,
+        "true",
+    ]);
+    h3.start_shoal();
+    wait_for("h3 back with the new service", CONVERGE, || {
+        let out = h3.docker(&["service", "ls", "--format", "{{.Name}}"]);
+        stdout(&out).contains("while-away").then_some(())
+    });
+
+    // demote: a manager becomes a worker and refuses manager calls.
+    h3.docker_ok(&["node", "demote", &id2]);
+    wait_for("h2 demoted", CONVERGE, || {
+        let out = h2.docker(&["node", "ls"]);
+        stderr(&out).contains(WORKER_REFUSAL).then_some(())
+    });
+    let rows = wait_for("h2 listed as a worker", CONVERGE, || {
+        node_rows(h1).filter(|rows| rows.iter().any(|r| r.0 == h2.hostname && r.2.is_empty()))
+    });
+    assert!(rows.iter().any(|r| r.2 == "Leader"), "{rows:?}");
+
+    // labels + constraints: every task lands on the labelled node.
+    h1.docker_ok(&["node", "update", "--label-add", "zone=blue", &id2]);
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--quiet",
+        "--name",
+        "blue",
+        "--replicas",
+        "3",
+        "--constraint",
+        "node.labels.zone==blue",
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    wait_for("3 blue tasks on h2", CONVERGE, || {
+        let per_host = running_per_host(&hosts, "blue");
+        (per_host.get(&h2.name) == Some(&3)).then_some(())
+    });
+    assert_eq!(running_per_host(&hosts, "blue").values().sum::<usize>(), 3);
+    h1.docker_ok(&["service", "rm", "blue"]);
+
+    // drain: a drained node's tasks move away.
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--quiet",
+        "--name",
+        "spread",
+        "--replicas",
+        "3",
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    wait_for("3 spread tasks", CONVERGE, || {
+        (running_per_host(&hosts, "spread").values().sum::<usize>() == 3).then_some(())
+    });
+    h1.docker_ok(&["node", "update", "--availability", "drain", &id2]);
+    wait_for("nothing left on drained h2", CONVERGE, || {
+        let per_host = running_per_host(&hosts, "spread");
+        (per_host.get(&h2.name) == Some(&0) && per_host.values().sum::<usize>() == 3).then_some(())
+    });
+
+    // leave: a worker leaves freely, shows down, then `node rm` works.
+    h1.docker_ok(&["service", "rm", "spread", "while-away"]);
+    h2.docker_ok(&["swarm", "leave"]);
+    wait_for("h2 down", CONVERGE, || {
+        node_rows(h1).filter(|rows| rows.iter().any(|r| r.0 == h2.hostname && r.1 == "Down"))
+    });
+    h1.docker_ok(&["node", "rm", &id2]);
+    let rows = node_rows(h1).expect("node ls");
+    assert!(rows.iter().all(|r| r.0 != h2.hostname), "{rows:?}");
+    // A manager cannot be removed while it is one.
+    fails_with(
+        h1,
+        &["node", "rm", "--force", &id3],
+        "is a cluster manager and is a member of the raft cluster",
+    );
+}
