@@ -940,7 +940,7 @@ impl Host {
 
     /// A command run inside this host's network and UTS namespaces (entered
     /// with nsenter: `ip netns exec` remounts /sys, and dockerd then fails).
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.netns().display()))
             .arg(format!("--uts={}", self.uts().display()))
