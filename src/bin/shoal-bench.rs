@@ -9,6 +9,7 @@
 //! cargo run --release --bin shoal-bench -- services [--skip-real] [--replicas-max 50]
 //! cargo run --release --bin shoal-bench -- raft [--writes 10000] [--log-writes 100000]
 //! cargo run --release --bin shoal-bench -- network [--clients 8] [--replicas 10]
+//! cargo run --release --bin shoal-bench -- cluster [--hosts 5] [--skip-real]   # root
 //! ```
 
 #[path = "shoal_bench/mod.rs"]
@@ -41,6 +42,10 @@ enum Command {
     /// proxy vs. the container's own address; failed requests during a
     /// rolling update of 10 replicas under load (goal 0).
     Network(bench::network::NetworkArgs),
+    /// Many hosts (simulated, needs root): real swarm vs shoal, join →
+    /// Ready, 50 replicas → running; committed writes/s with 3 managers;
+    /// RSS of a manager and a worker.
+    Cluster(bench::cluster::ClusterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +63,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Services(args) => bench::services::run(args).await,
                 Command::Raft(args) => bench::raft::run(args).await,
                 Command::Network(args) => bench::network::run(args).await,
+                Command::Cluster(args) => bench::cluster::run(args).await,
             }
         };
         // On Ctrl-C the work future is dropped, which stops the shoal it

@@ -1108,6 +1108,11 @@ impl Host {
         }
     }
 
+    /// Its shoal's process ID while it runs (for RSS readings).
+    pub fn shoal_pid(&self) -> Option<u32> {
+        self.shoal.lock().ok()?.as_ref().map(Child::id)
+    }
+
     /// Whether its shoal process is running.
     pub fn shoal_running(&self) -> bool {
         !reap(&self.shoal)

@@ -2,6 +2,8 @@
 
 /// HTTP/1 keep-alive client over a unix socket (hyper 1 client conn).
 pub mod client;
+/// `shoal-bench cluster`.
+pub mod cluster;
 /// Starting, probing and stopping the shoal under test.
 pub mod daemon;
 /// The large local image the throughput benchmark streams.

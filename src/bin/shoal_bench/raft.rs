@@ -34,7 +34,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Kind {
+pub enum Kind {
     Configs,
     Secrets,
 }
@@ -94,15 +94,15 @@ pub struct RaftArgs {
 
 /// One measured load: writes, wall time, latency samples, the IDs of the
 /// objects it created and left.
-struct Load {
-    writes: u64,
-    took: Duration,
-    latencies: Vec<Duration>,
-    ids: Vec<String>,
+pub struct Load {
+    pub writes: u64,
+    pub took: Duration,
+    pub latencies: Vec<Duration>,
+    pub ids: Vec<String>,
 }
 
 impl Load {
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.writes as f64 / self.took.as_secs_f64()
     }
 }
@@ -259,7 +259,7 @@ fn create_body(name: &str) -> serde_json::Value {
 /// `total` writes by `clients` concurrent clients, each on its own
 /// keep-alive connection; with `pairs`, each write is a create followed by
 /// a delete of the same object (two raft entries, one latency sample each).
-async fn load(
+pub async fn load(
     socket: &Path,
     kind: Kind,
     counter: &Arc<AtomicU64>,
