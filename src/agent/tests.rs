@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::fake::FakeExecutor;
 use super::spec::{self, NodeInfo};
 use super::*;
+use crate::network::NodeNetwork;
 
 const NODE: &str = "node0000000000000000000001";
 
@@ -165,7 +166,8 @@ fn container_config_maps_the_spec() {
             options: Some(HashMap::from([("max-size".to_string(), "1m".to_string())])),
         });
     }
-    let (name, body) = spec::container_config(&a, &node()).expect("config");
+    let (name, body) =
+        spec::container_config(&a, &node(), &NodeNetwork::without_engine()).expect("config");
     assert_eq!(name, "web.2.task1");
     assert_eq!(body.image.as_deref(), Some("busybox:latest"));
     assert_eq!(
@@ -219,7 +221,8 @@ fn container_config_maps_the_spec() {
     assert_eq!(log.typ.as_deref(), Some("json-file"));
     // Args alone are the arguments of the image's entrypoint.
     let b = assignment("t", Some(1), container_spec("busybox"));
-    let (_, body) = spec::container_config(&b, &node()).expect("config");
+    let (_, body) =
+        spec::container_config(&b, &node(), &NodeNetwork::without_engine()).expect("config");
     assert_eq!(body.entrypoint, None);
     assert_eq!(body.cmd, Some(vec!["sleep".to_string(), "1d".to_string()]));
 }
@@ -229,7 +232,7 @@ fn bad_template_is_an_error() {
     let mut cs = container_spec("busybox");
     cs.env = Some(vec!["X={{.Nope}}".to_string()]);
     let a = assignment("t", Some(1), cs);
-    let err = spec::container_config(&a, &node())
+    let err = spec::container_config(&a, &node(), &NodeNetwork::without_engine())
         .err()
         .map(|e| e.to_string());
     assert!(err.is_some_and(|e| e.contains("expanding env failed")));
@@ -299,7 +302,14 @@ impl Harness {
         let (rtx, reports) = mpsc::channel(1024);
         let shutdown = CancellationToken::new();
         let exec: Arc<dyn Executor> = fake.clone();
-        let handle = tokio::spawn(run(NODE.to_string(), exec, rx, rtx, shutdown.clone()));
+        let handle = tokio::spawn(run(
+            NODE.to_string(),
+            exec,
+            NodeNetwork::without_engine(),
+            rx,
+            rtx,
+            shutdown.clone(),
+        ));
         Harness {
             fake,
             tx,
@@ -755,7 +765,14 @@ async fn real_engine_runs_and_removes_tasks() {
     let (rtx, mut rrx) = mpsc::channel(1024);
     let shutdown = CancellationToken::new();
     let dyn_exec: Arc<dyn Executor> = exec.clone();
-    let handle = tokio::spawn(run(node_id.clone(), dyn_exec, rx, rtx, shutdown.clone()));
+    let handle = tokio::spawn(run(
+        node_id.clone(),
+        dyn_exec,
+        NodeNetwork::without_engine(),
+        rx,
+        rtx,
+        shutdown.clone(),
+    ));
 
     let result = async {
         let mut seen: Vec<StatusReport> = Vec::new();

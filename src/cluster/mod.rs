@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::agent::{Executor, StatusReport};
 use crate::ca::{self, CaError, RootCa};
 use crate::events::EventLog;
+use crate::network::NodeNetwork;
 use crate::proxy::Proxy;
 use crate::raft::{NodeOptions, RaftError, RaftNode};
 use crate::secrets::{KeyFile, KeyStore, LockedKey, SecretsError};
@@ -156,6 +157,7 @@ impl Manager {
         raft: RaftNode,
         keys: Arc<KeyStore>,
         executor: Arc<dyn Executor>,
+        network: NodeNetwork,
         peers: Option<Arc<Peers>>,
     ) -> Manager {
         let raft = Arc::new(raft);
@@ -173,6 +175,7 @@ impl Manager {
             raft.store(),
             proposer.clone(),
             executor,
+            network,
             loops.clone(),
             &running,
         );
@@ -430,6 +433,8 @@ pub struct ClusterOptions {
     pub listen_override: Option<String>,
     /// The local engine, for logs other managers ask this node for.
     pub proxy: Option<Proxy>,
+    /// This node's network side, for its managers and workers alike.
+    pub network: NodeNetwork,
 }
 
 pub struct Cluster {
@@ -483,6 +488,7 @@ impl Cluster {
                 local,
                 peers,
                 self.executor.clone(),
+                self.options.network.clone(),
             ))));
         }
         let keys = match KeyStore::load(dir)? {
@@ -527,7 +533,14 @@ impl Cluster {
         }
         let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
         tracing::info!(node = %local.node_id, "rejoined the swarm as a manager");
-        let manager = Manager::start(local, raft, keys, self.executor.clone(), peers);
+        let manager = Manager::start(
+            local,
+            raft,
+            keys,
+            self.executor.clone(),
+            self.options.network.clone(),
+            peers,
+        );
         if let Err(error) = manager.sync_autolock() {
             tracing::warn!(%error, "cannot bring the key file in line with the autolock setting");
         }
@@ -742,6 +755,7 @@ impl Cluster {
             raft,
             keys,
             self.executor.clone(),
+            self.options.network.clone(),
             Some(peers),
         )));
         tracing::info!(node = %node_id, "swarm initialised");
@@ -826,7 +840,7 @@ impl Cluster {
         }
         self.remove_own_containers(&node_id).await;
         // Then the bridges that realised the swarm's networks.
-        crate::network::leave(&networks, cluster_id.as_deref()).await;
+        crate::network::leave(&self.options.network, &networks, cluster_id.as_deref()).await;
         // The task files' tmpfs goes once no container can need it.
         crate::agent::release_node_files(&node_id);
         remove_dir(&self.dir)?;

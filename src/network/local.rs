@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 
 use bollard::models::{
     ContainerCreateBody, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
@@ -78,20 +78,6 @@ impl Engine {
             })
             .await
     }
-}
-
-/// The store this node's data plane reads; the agent asks it for the
-/// networks and ports of a task when it creates the container.
-static STORE: RwLock<Option<Arc<Store>>> = RwLock::new(None);
-
-pub fn publish_store(store: Option<Arc<Store>>) {
-    if let Ok(mut slot) = STORE.write() {
-        *slot = store;
-    }
-}
-
-fn current_store() -> Option<Arc<Store>> {
-    STORE.read().ok().and_then(|s| s.clone())
 }
 
 /// What the engine's bridges depend on in the store: the cluster, the
@@ -614,8 +600,10 @@ async fn inspect_addresses(docker: &Docker, container: &str) -> Option<Container
 
 /// What a task's container needs from the network layer at create: its
 /// first swarm network (the realising bridge), shoal's DNS servers, and
-/// host-mode published ports as port bindings.
-pub fn apply_to_container(task: &Task, body: &mut ContainerCreateBody) {
+/// host-mode published ports as port bindings. The DNS servers and ports
+/// come from `store`, the one the node's data plane reads: without it
+/// (a node with no data plane) only the network is set.
+pub fn apply_to_container(store: Option<&Store>, task: &Task, body: &mut ContainerCreateBody) {
     let attached = task_attachments(task);
     if let Some((id, _)) = attached.first() {
         let name = bridge_name(id);
@@ -626,10 +614,10 @@ pub fn apply_to_container(task: &Task, body: &mut ContainerCreateBody) {
             endpoints_config: Some(HashMap::from([(name, EndpointSettings::default())])),
         });
     }
-    let Some(store) = current_store() else { return };
+    let Some(store) = store else { return };
     let gateways: Vec<Ipv4Addr> = attached
         .iter()
-        .filter_map(|(id, _)| allocate::find(&store, id))
+        .filter_map(|(id, _)| allocate::find(store, id))
         .filter(|n| !is_ingress(&n.network))
         .filter_map(|n| primary(&n.network).map(|(_, gateway)| gateway))
         .collect();
