@@ -912,7 +912,7 @@ impl OpCtx {
         if rank(self.from) < rank(TaskState::PREPARING) {
             self.progress(TaskState::PREPARING);
         }
-        let (name, mut body) = match spec::container_config(&a, &self.node, &self.network) {
+        let (name, mut body) = match spec::container_config(&a, &self.node) {
             Ok(c) => c,
             Err(e) => return OpResult::Failed(e),
         };
@@ -924,6 +924,13 @@ impl OpCtx {
                 host.mounts.get_or_insert_with(Vec::new).extend(mounts);
             }
             Err(e) => return OpResult::Failed(e),
+        }
+        // A worker makes the task's bridges first (a manager's data plane
+        // has them already).
+        if let Err(e) = self.network.prepare_task(&a.networking).await {
+            return OpResult::Failed(AgentError::Network(format!(
+                "cannot create the task's networks: {e}"
+            )));
         }
         let image = body.image.clone().unwrap_or_default();
         if image.is_empty() {

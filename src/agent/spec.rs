@@ -12,7 +12,6 @@ use bollard::models::{
 };
 
 use super::{AgentError, Assignment};
-use crate::network::NodeNetwork;
 
 pub const LABEL_NODE_ID: &str = "com.docker.swarm.node.id";
 pub const LABEL_SERVICE_ID: &str = "com.docker.swarm.service.id";
@@ -212,7 +211,6 @@ fn expand(input: &str, ctx: &TemplateContext<'_>) -> Result<String, AgentError> 
 pub fn container_config(
     a: &Assignment,
     node: &NodeInfo,
-    network: &NodeNetwork,
 ) -> Result<(String, ContainerCreateBody), AgentError> {
     let name = task_name(a, &node.id);
     let ctx = TemplateContext { a, node };
@@ -374,7 +372,7 @@ pub fn container_config(
         ..Default::default()
     };
     let mut body = body;
-    apply_networks(a, network, &mut body);
+    apply_networks(a, &mut body);
     Ok((name, body))
 }
 
@@ -383,8 +381,8 @@ pub fn container_config(
 
 /// The task's swarm networks (their realising bridges, with shoal's DNS
 /// servers) and its host-mode published ports.
-fn apply_networks(a: &Assignment, network: &NodeNetwork, body: &mut ContainerCreateBody) {
-    network.apply_to_container(&a.task, body);
+fn apply_networks(a: &Assignment, body: &mut ContainerCreateBody) {
+    crate::network::task::apply_to_container(&a.networking, &a.task, body);
 }
 
 // --------------------------------------------------------- unsupported

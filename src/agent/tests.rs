@@ -166,8 +166,7 @@ fn container_config_maps_the_spec() {
             options: Some(HashMap::from([("max-size".to_string(), "1m".to_string())])),
         });
     }
-    let (name, body) =
-        spec::container_config(&a, &node(), &NodeNetwork::without_engine()).expect("config");
+    let (name, body) = spec::container_config(&a, &node()).expect("config");
     assert_eq!(name, "web.2.task1");
     assert_eq!(body.image.as_deref(), Some("busybox:latest"));
     assert_eq!(
@@ -221,8 +220,7 @@ fn container_config_maps_the_spec() {
     assert_eq!(log.typ.as_deref(), Some("json-file"));
     // Args alone are the arguments of the image's entrypoint.
     let b = assignment("t", Some(1), container_spec("busybox"));
-    let (_, body) =
-        spec::container_config(&b, &node(), &NodeNetwork::without_engine()).expect("config");
+    let (_, body) = spec::container_config(&b, &node()).expect("config");
     assert_eq!(body.entrypoint, None);
     assert_eq!(body.cmd, Some(vec!["sleep".to_string(), "1d".to_string()]));
 }
@@ -232,7 +230,7 @@ fn bad_template_is_an_error() {
     let mut cs = container_spec("busybox");
     cs.env = Some(vec!["X={{.Nope}}".to_string()]);
     let a = assignment("t", Some(1), cs);
-    let err = spec::container_config(&a, &node(), &NodeNetwork::without_engine())
+    let err = spec::container_config(&a, &node())
         .err()
         .map(|e| e.to_string());
     assert!(err.is_some_and(|e| e.contains("expanding env failed")));

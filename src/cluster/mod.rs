@@ -880,6 +880,7 @@ impl Cluster {
         self.stop_port();
         let node_id = worker.node_id().to_string();
         self.remove_own_containers(&node_id).await;
+        self.options.network.remove_task_bridges().await;
         crate::agent::release_node_files(&node_id);
         remove_dir(&self.dir)?;
         tracing::info!("left the swarm");

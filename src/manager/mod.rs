@@ -53,6 +53,8 @@ pub fn start_node(
         dispatcher::publish_assignments(
             node_id.clone(),
             store.clone(),
+            // This node's data plane serves DNS on its networks' gateways.
+            crate::network::Dns::OnGateways,
             assignments_tx,
             shutdown.clone(),
         )

@@ -52,10 +52,6 @@ impl DataPlane {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Called by the agent before it stops the running `container` of a
     /// task whose desired state changed at store index `changed_at`
     /// (`None`: the task is gone from the store; the current index stands

@@ -31,6 +31,10 @@
 //!   connections) before it stops a task: [`drain`].
 //! - The node's handle to all of this is one [`NodeNetwork`], passed to
 //!   whatever needs it: no process-wide state.
+//! - What a task's container needs (its networks, host-mode ports, DNS
+//!   servers) comes in its assignment ([`task`]): a worker has no store. A
+//!   worker, which runs no data plane, creates its tasks' bridges itself
+//!   before their containers, and removes them when it leaves.
 
 pub mod allocate;
 pub mod dns;
@@ -40,6 +44,7 @@ pub mod ipam;
 pub mod local;
 mod node;
 pub mod owners;
+pub mod task;
 pub mod vip;
 
 use std::collections::HashMap;
@@ -52,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::Store;
 
 pub use node::NodeNetwork;
+pub use task::{Dns, TaskNetworking};
 
 /// Label on the engine networks that realise swarm networks: the swarm ID.
 pub const LABEL_NETWORK_ID: &str = "io.shoal.network.id";

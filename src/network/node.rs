@@ -1,26 +1,28 @@
 //! The handle to this node's network side: one per node, made by the daemon
 //! with the engine's address and handed to the data plane ([`super::run`]),
-//! the agent (container networks, drains) and [`super::leave`]. Several
+//! the agent (a worker's task bridges, drains) and [`super::leave`]. Several
 //! nodes in one process each have their own.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, Task};
-
 use super::drain::DataPlane;
-use super::local::{self, Engine};
+use super::local::{self, Engine, LocalError};
+use super::TaskNetworking;
 
 /// This node's network side. Clones share it. One made with
 /// [`NodeNetwork::without_engine`] (unit tests) does nothing at all: no
-/// data plane runs, containers get no swarm network settings that need
-/// it, and stops do not wait.
+/// data plane runs, no bridge is made for a task, and stops do not wait.
 #[derive(Clone)]
 pub struct NodeNetwork {
     engine: Option<Arc<Engine>>,
-    /// The data plane while it runs here (on a manager); the agent reads
-    /// the store and the drain state through it.
+    /// The data plane while it runs here (on a manager); the agent waits
+    /// for drains through it.
     data_plane: Arc<RwLock<Option<Arc<DataPlane>>>>,
+    /// Clusters whose bridges the agent made for its tasks (no data plane
+    /// here), for leave.
+    task_bridges: Arc<Mutex<HashSet<String>>>,
 }
 
 /// No engine: what options built by hand (tests) get.
@@ -36,6 +38,7 @@ impl NodeNetwork {
         NodeNetwork {
             engine: Some(Arc::new(Engine::new(engine_addr))),
             data_plane: Arc::default(),
+            task_bridges: Arc::default(),
         }
     }
 
@@ -44,6 +47,7 @@ impl NodeNetwork {
         NodeNetwork {
             engine: None,
             data_plane: Arc::default(),
+            task_bridges: Arc::default(),
         }
     }
 
@@ -62,11 +66,37 @@ impl NodeNetwork {
         self.data_plane.read().ok().and_then(|d| d.clone())
     }
 
-    /// What a task's container needs from the network layer at create:
-    /// see [`local::apply_to_container`].
-    pub fn apply_to_container(&self, task: &Task, body: &mut ContainerCreateBody) {
-        let running = self.running();
-        local::apply_to_container(running.as_deref().map(DataPlane::store), task, body);
+    /// Before a task's container is created: where the node's data plane
+    /// runs (a manager), it realises every swarm network from the store
+    /// and there is nothing to do; on a node without one (a worker) the
+    /// task's own bridges are created now from its assignment, and
+    /// remembered for [`NodeNetwork::remove_task_bridges`].
+    pub async fn prepare_task(&self, networking: &TaskNetworking) -> Result<(), LocalError> {
+        let Some(engine) = &self.engine else {
+            return Ok(());
+        };
+        if networking.networks.is_empty() || self.running().is_some() {
+            return Ok(());
+        }
+        if let Ok(mut clusters) = self.task_bridges.lock() {
+            clusters.insert(networking.cluster_id.clone());
+        }
+        local::realise_task_bridges(engine, networking).await
+    }
+
+    /// A worker leaving the swarm: the bridges [`NodeNetwork::prepare_task`]
+    /// made go (after the task containers).
+    pub async fn remove_task_bridges(&self) {
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        let clusters: Vec<String> = match self.task_bridges.lock() {
+            Ok(mut clusters) => clusters.drain().collect(),
+            Err(_) => return,
+        };
+        for cluster_id in clusters {
+            local::remove_cluster_bridges(engine, &cluster_id).await;
+        }
     }
 
     /// Before the agent stops a serving task: see [`DataPlane::before_stop`].
@@ -76,5 +106,66 @@ impl NodeNetwork {
         if let Some(data_plane) = self.running() {
             data_plane.before_stop(changed_at, container, grace).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{Ipam, IpamConfig, Network};
+    use bollard::Docker;
+
+    /// A worker's handle (an engine, no data plane) makes a task's bridge
+    /// on the local engine and removes it at leave. Skips without an engine.
+    #[tokio::test]
+    async fn a_worker_realises_its_tasks_bridges_and_removes_them_at_leave() {
+        const SOCK: &str = "/var/run/docker.sock";
+        let Ok(docker) = Docker::connect_with_unix(SOCK, 30, bollard::API_DEFAULT_VERSION) else {
+            return;
+        };
+        if docker.ping().await.is_err() {
+            eprintln!("skipping: no engine at {SOCK}");
+            return;
+        }
+        let suffix = rand::random::<u32>();
+        let id = format!("nettest{suffix:08x}");
+        // A subnet of its own, unlikely to meet another test's.
+        let subnet = format!("10.231.{}.0/24", suffix % 250);
+        let gateway = format!("10.231.{}.1", suffix % 250);
+        let networking = TaskNetworking {
+            cluster_id: format!("cluster{suffix:08x}"),
+            networks: vec![Network {
+                id: Some(id.clone()),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(subnet),
+                        gateway: Some(gateway),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let node = NodeNetwork::new(&format!("unix://{SOCK}"));
+        let bridge = super::super::bridge_name(&id);
+        let inspect = || {
+            docker.inspect_network(
+                &bridge,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+        };
+        let made = node.prepare_task(&networking).await;
+        assert!(made.is_ok(), "{made:?}");
+        // Twice is the same as once.
+        assert!(node.prepare_task(&networking).await.is_ok());
+        let labels = inspect().await.ok().and_then(|n| n.labels);
+        assert_eq!(
+            labels.and_then(|l| l.get(super::super::LABEL_NETWORK_ID).cloned()),
+            Some(id.clone())
+        );
+        node.remove_task_bridges().await;
+        assert!(inspect().await.is_err(), "bridge {bridge} left behind");
     }
 }
