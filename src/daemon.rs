@@ -14,6 +14,7 @@ use crate::api::Api;
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::config::{expand_home, Config};
 use crate::listen::{ListenAddr, ListenError, Listener};
+use crate::network::NodeNetwork;
 use crate::proxy::engine::{EngineAddr, EngineAddrError};
 use crate::proxy::Proxy;
 use crate::tls::{self, TlsError};
@@ -49,10 +50,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tasks.clone(),
     );
     let executor = Arc::new(DockerExecutor::connect(&config.engine)?);
-    crate::network::set_engine(&config.engine);
     let options = ClusterOptions {
         listen_override: config.cluster_listen_addr.clone(),
         proxy: Some(proxy.clone()),
+        network: NodeNetwork::new(&config.engine),
     };
     let cluster = Cluster::open(&config.data_dir, executor, options).await?;
     let api = Api::new(proxy, cluster.clone());

@@ -352,6 +352,7 @@ mod tests {
                 id: "cid".into(),
                 data: b"conf".to_vec(),
             }],
+            networking: Default::default(),
         }
     }
 

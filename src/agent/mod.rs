@@ -22,6 +22,8 @@ mod tests;
 use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, Task, TaskStatus};
+
+use crate::network::TaskNetworking;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
@@ -32,13 +34,17 @@ pub use spec::unsupported_fields;
 
 /// One task assigned to this node, with the name of its service (container
 /// names and templates need it) and the payloads of the secrets and configs
-/// its spec refers to — only those, so a node learns no other secret.
+/// its spec refers to — only those, so a node learns no other secret —
+/// and what its container needs from the network layer (a worker has no
+/// store to read it from).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Assignment {
     pub task: Task,
     pub service_name: String,
     pub secrets: Vec<Payload>,
     pub configs: Vec<Payload>,
+    #[serde(default)]
+    pub networking: TaskNetworking,
 }
 
 /// The decoded data of one secret or config, by its ID (base64 on the
@@ -105,6 +111,9 @@ pub enum AgentError {
     /// Secret or config files could not be provided.
     #[error("{0}")]
     Files(String),
+    /// The task's networks could not be realised on this node.
+    #[error("{0}")]
+    Network(String),
 }
 
 impl AgentError {

@@ -21,6 +21,7 @@ use super::{
     AgentError, Assignment, ContainerInfo, EngineEvent, ExecResult, Executor, RunState,
     StatusReport,
 };
+use crate::network::NodeNetwork;
 use crate::types::Timestamp;
 
 /// Containers created and started at the same time.
@@ -192,6 +193,7 @@ type Events = Peekable<BoxStream<'static, ExecResult<EngineEvent>>>;
 struct Agent {
     node: Arc<NodeInfo>,
     exec: Arc<dyn Executor>,
+    network: NodeNetwork,
     reports: mpsc::Sender<StatusReport>,
     shutdown: CancellationToken,
     tasks: HashMap<String, TaskRt>,
@@ -221,6 +223,7 @@ struct Agent {
 pub async fn run(
     node_id: String,
     executor: Arc<dyn Executor>,
+    network: NodeNetwork,
     mut assignments: watch::Receiver<Arc<Vec<Assignment>>>,
     reports: mpsc::Sender<StatusReport>,
     shutdown: CancellationToken,
@@ -229,6 +232,7 @@ pub async fn run(
     let mut agent = Agent {
         node: Arc::new(NodeInfo::local(&node_id)),
         exec: executor,
+        network,
         reports,
         shutdown: shutdown.clone(),
         tasks: HashMap::new(),
@@ -842,6 +846,7 @@ impl Agent {
             serving: rt.phase == Phase::Running,
             node: self.node.clone(),
             exec: self.exec.clone(),
+            network: self.network.clone(),
             tx: self.op_tx.clone(),
             cancel,
             start_permits: self.start_permits.clone(),
@@ -874,6 +879,7 @@ struct OpCtx {
     serving: bool,
     node: Arc<NodeInfo>,
     exec: Arc<dyn Executor>,
+    network: NodeNetwork,
     tx: mpsc::UnboundedSender<OpMsg>,
     cancel: CancellationToken,
     start_permits: Arc<Semaphore>,
@@ -918,6 +924,13 @@ impl OpCtx {
                 host.mounts.get_or_insert_with(Vec::new).extend(mounts);
             }
             Err(e) => return OpResult::Failed(e),
+        }
+        // A worker makes the task's bridges first (a manager's data plane
+        // has them already).
+        if let Err(e) = self.network.prepare_task(&a.networking).await {
+            return OpResult::Failed(AgentError::Network(format!(
+                "cannot create the task's networks: {e}"
+            )));
         }
         let image = body.image.clone().unwrap_or_default();
         if image.is_empty() {
@@ -1107,6 +1120,6 @@ impl OpCtx {
             .as_ref()
             .and_then(|a| a.task.version.as_ref())
             .and_then(|v| v.index);
-        crate::network::drain::before_stop(changed_at, container, grace).await;
+        self.network.before_stop(changed_at, container, grace).await;
     }
 }

@@ -382,7 +382,7 @@ pub fn container_config(
 /// The task's swarm networks (their realising bridges, with shoal's DNS
 /// servers) and its host-mode published ports.
 fn apply_networks(a: &Assignment, body: &mut ContainerCreateBody) {
-    crate::network::local::apply_to_container(&a.task, body);
+    crate::network::task::apply_to_container(&a.networking, &a.task, body);
 }
 
 // --------------------------------------------------------- unsupported

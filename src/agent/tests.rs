@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::fake::FakeExecutor;
 use super::spec::{self, NodeInfo};
 use super::*;
+use crate::network::NodeNetwork;
 
 const NODE: &str = "node0000000000000000000001";
 
@@ -299,7 +300,14 @@ impl Harness {
         let (rtx, reports) = mpsc::channel(1024);
         let shutdown = CancellationToken::new();
         let exec: Arc<dyn Executor> = fake.clone();
-        let handle = tokio::spawn(run(NODE.to_string(), exec, rx, rtx, shutdown.clone()));
+        let handle = tokio::spawn(run(
+            NODE.to_string(),
+            exec,
+            NodeNetwork::without_engine(),
+            rx,
+            rtx,
+            shutdown.clone(),
+        ));
         Harness {
             fake,
             tx,
@@ -755,7 +763,14 @@ async fn real_engine_runs_and_removes_tasks() {
     let (rtx, mut rrx) = mpsc::channel(1024);
     let shutdown = CancellationToken::new();
     let dyn_exec: Arc<dyn Executor> = exec.clone();
-    let handle = tokio::spawn(run(node_id.clone(), dyn_exec, rx, rtx, shutdown.clone()));
+    let handle = tokio::spawn(run(
+        node_id.clone(),
+        dyn_exec,
+        NodeNetwork::without_engine(),
+        rx,
+        rtx,
+        shutdown.clone(),
+    ));
 
     let result = async {
         let mut seen: Vec<StatusReport> = Vec::new();

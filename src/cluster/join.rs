@@ -111,8 +111,12 @@ impl Cluster {
         let Some(kit) = answer.manager else {
             write_local(&self.dir, &local)?;
             tracing::info!(node = %local.node_id, "joined the swarm as a worker");
-            *membership =
-                Membership::Worker(Arc::new(Worker::start(local, peers, self.executor.clone())));
+            *membership = Membership::Worker(Arc::new(Worker::start(
+                local,
+                peers,
+                self.executor.clone(),
+                self.options.network.clone(),
+            )));
             return Ok(());
         };
         local.raft_id = kit.raft_id;
@@ -128,6 +132,7 @@ impl Cluster {
             raft,
             keys,
             self.executor.clone(),
+            self.options.network.clone(),
             Some(peers.clone()),
         ));
         *membership = Membership::Manager(manager.clone());

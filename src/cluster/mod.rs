@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::agent::{Executor, StatusReport};
 use crate::ca::{self, CaError, RootCa};
 use crate::events::EventLog;
+use crate::network::NodeNetwork;
 use crate::proxy::Proxy;
 use crate::raft::{NodeOptions, RaftError, RaftNode};
 use crate::secrets::{KeyFile, KeyStore, LockedKey, SecretsError};
@@ -157,6 +158,7 @@ impl Manager {
         raft: RaftNode,
         keys: Arc<KeyStore>,
         executor: Arc<dyn Executor>,
+        network: NodeNetwork,
         peers: Option<Arc<Peers>>,
     ) -> Manager {
         let raft = Arc::new(raft);
@@ -174,6 +176,7 @@ impl Manager {
             raft.store(),
             proposer.clone(),
             executor,
+            network,
             loops.clone(),
             &running,
         );
@@ -431,6 +434,8 @@ pub struct ClusterOptions {
     pub listen_override: Option<String>,
     /// The local engine, for logs other managers ask this node for.
     pub proxy: Option<Proxy>,
+    /// This node's network side, for its managers and workers alike.
+    pub network: NodeNetwork,
 }
 
 pub struct Cluster {
@@ -484,6 +489,7 @@ impl Cluster {
                 local,
                 peers,
                 self.executor.clone(),
+                self.options.network.clone(),
             ))));
         }
         let keys = match KeyStore::load(dir)? {
@@ -528,7 +534,14 @@ impl Cluster {
         }
         let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
         tracing::info!(node = %local.node_id, "rejoined the swarm as a manager");
-        let manager = Manager::start(local, raft, keys, self.executor.clone(), peers);
+        let manager = Manager::start(
+            local,
+            raft,
+            keys,
+            self.executor.clone(),
+            self.options.network.clone(),
+            peers,
+        );
         if let Err(error) = manager.sync_autolock() {
             tracing::warn!(%error, "cannot bring the key file in line with the autolock setting");
         }
@@ -743,6 +756,7 @@ impl Cluster {
             raft,
             keys,
             self.executor.clone(),
+            self.options.network.clone(),
             Some(peers),
         )));
         tracing::info!(node = %node_id, "swarm initialised");
@@ -827,7 +841,7 @@ impl Cluster {
         }
         self.remove_own_containers(&node_id).await;
         // Then the bridges that realised the swarm's networks.
-        crate::network::leave(&networks, cluster_id.as_deref()).await;
+        crate::network::leave(&self.options.network, &networks, cluster_id.as_deref()).await;
         // The task files' tmpfs goes once no container can need it.
         crate::agent::release_node_files(&node_id);
         remove_dir(&self.dir)?;
@@ -867,6 +881,7 @@ impl Cluster {
         self.stop_port();
         let node_id = worker.node_id().to_string();
         self.remove_own_containers(&node_id).await;
+        self.options.network.remove_task_bridges().await;
         crate::agent::release_node_files(&node_id);
         remove_dir(&self.dir)?;
         tracing::info!("left the swarm");

@@ -530,6 +530,8 @@ fn session(manager: &Manager, node_id: &str) -> Response<Body> {
     tokio::spawn(crate::manager::dispatcher::publish_assignments(
         node_id.to_string(),
         manager.store(),
+        // Sessions serve workers, which run no DNS server yet.
+        crate::network::Dns::Absent,
         sets_tx,
         ended.clone(),
     ));

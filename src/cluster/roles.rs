@@ -215,6 +215,7 @@ impl Cluster {
             raft,
             keys,
             self.executor.clone(),
+            self.options.network.clone(),
             Some(peers.clone()),
         ));
         *membership = Membership::Manager(manager.clone());
@@ -279,8 +280,12 @@ impl Cluster {
         write_local(&self.dir, &local)?;
         self.present(&identity)?;
         let peers = Arc::new(Peers::new(tls::client_config(&identity)?));
-        *membership =
-            Membership::Worker(Arc::new(Worker::start(local, peers, self.executor.clone())));
+        *membership = Membership::Worker(Arc::new(Worker::start(
+            local,
+            peers,
+            self.executor.clone(),
+            self.options.network.clone(),
+        )));
         tracing::info!("now a worker");
         Ok(())
     }

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::wire::{Empty, SessionMessage, StatusBatch, LEAVE_PATH, SESSION_PATH, STATUS_PATH};
 use super::LocalNode;
 use crate::agent::{self, Assignment, Executor, StatusReport};
+use crate::network::NodeNetwork;
 use crate::transport::client::Lines;
 use crate::transport::tls::MANAGER_NAME;
 use crate::transport::{Peers, Role};
@@ -38,7 +39,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn start(local: LocalNode, peers: Arc<Peers>, executor: Arc<dyn Executor>) -> Worker {
+    pub fn start(
+        local: LocalNode,
+        peers: Arc<Peers>,
+        executor: Arc<dyn Executor>,
+        network: NodeNetwork,
+    ) -> Worker {
         let managers = Arc::new(Mutex::new(local.managers.clone()));
         let loops = CancellationToken::new();
         let running = TaskTracker::new();
@@ -61,6 +67,7 @@ impl Worker {
         running.spawn(agent::run(
             local.node_id.clone(),
             executor,
+            network,
             sets_rx,
             reports_tx,
             loops.clone(),

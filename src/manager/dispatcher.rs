@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::orchestrator::as_task;
 use super::tasks::{rank, state};
 use crate::agent::{Assignment, Payload, StatusReport};
+use crate::network::{Dns, TaskNetworking};
 use crate::store::{Proposer, Store, Transaction};
 use crate::types::{Kind, Object, Timestamp};
 
@@ -24,18 +25,19 @@ const MAX_BATCH: usize = 512;
 pub async fn publish_assignments(
     node_id: String,
     store: Arc<Store>,
+    dns: Dns,
     assignments: watch::Sender<Arc<Vec<Assignment>>>,
     shutdown: CancellationToken,
 ) {
     let mut watcher = store.watch_from(store.index());
     // The first set is always sent, even empty: the agent waits for it
     // before it removes containers no task claims.
-    assignments.send_replace(Arc::new(assignment_set(&store, &node_id)));
+    assignments.send_replace(Arc::new(assignment_set(&store, &node_id, dns)));
     loop {
         if !super::wait_for_change(&store, &mut watcher, &shutdown, None).await {
             break;
         }
-        let set = assignment_set(&store, &node_id);
+        let set = assignment_set(&store, &node_id, dns);
         assignments.send_if_modified(|current| {
             let same = current.as_slice() == set.as_slice();
             if !same {
@@ -47,7 +49,8 @@ pub async fn publish_assignments(
 }
 
 /// Tasks the scheduler has placed on the node, whatever their desired state.
-fn assignment_set(store: &Store, node_id: &str) -> Vec<Assignment> {
+fn assignment_set(store: &Store, node_id: &str, dns: Dns) -> Vec<Assignment> {
+    let cluster_id = crate::network::cluster_of(store).unwrap_or_default();
     let mut set: Vec<Assignment> = store.read(|tables| {
         tables
             .tasks_by_node(node_id)
@@ -61,21 +64,27 @@ fn assignment_set(store: &Store, node_id: &str) -> Vec<Assignment> {
                     .and_then(|id| tables.get(Kind::Service, id))
                     .and_then(|s| s.name().map(str::to_string))
                     .unwrap_or_default();
-                // Only tasks that will run need their files.
-                let wants_files = rank(state(&task)) < rank(TaskState::COMPLETE)
+                // Only tasks that will run need their files and networks.
+                let will_run = rank(state(&task)) < rank(TaskState::COMPLETE)
                     && task
                         .desired_state
                         .is_none_or(|d| rank(d) <= rank(TaskState::RUNNING));
-                let (secrets, configs) = if wants_files {
+                let (secrets, configs) = if will_run {
                     payloads(tables, &task)
                 } else {
                     (Vec::new(), Vec::new())
+                };
+                let networking = if will_run {
+                    crate::network::task::for_task(tables, &task, &cluster_id, dns)
+                } else {
+                    TaskNetworking::default()
                 };
                 Assignment {
                     task,
                     service_name,
                     secrets,
                     configs,
+                    networking,
                 }
             })
             .collect()
@@ -216,4 +225,123 @@ fn status_transaction(store: &Store, batch: &HashMap<String, StatusReport>) -> O
         changed = true;
     }
     changed.then_some(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::SwarmNetwork;
+    use bollard::models::{
+        EndpointPortConfig, EndpointPortConfigPublishModeEnum, Ipam, IpamConfig, Network,
+        NetworkAttachmentConfig, Service, ServiceEndpoint, TaskSpec, TaskStatus,
+    };
+    use std::net::Ipv4Addr;
+
+    fn network() -> Object {
+        Object::Network(Box::new(SwarmNetwork {
+            network: Network {
+                id: Some("net1".into()),
+                name: Some("front".into()),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some("10.0.1.0/24".into()),
+                        gateway: Some("10.0.1.1".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }))
+    }
+
+    fn port(published: i64, mode: EndpointPortConfigPublishModeEnum) -> EndpointPortConfig {
+        EndpointPortConfig {
+            target_port: Some(80),
+            published_port: Some(published),
+            publish_mode: Some(mode),
+            ..Default::default()
+        }
+    }
+
+    fn service() -> Object {
+        Object::Service(
+            Service {
+                id: Some("svc1".into()),
+                endpoint: Some(ServiceEndpoint {
+                    ports: Some(vec![
+                        port(8080, EndpointPortConfigPublishModeEnum::HOST),
+                        port(8081, EndpointPortConfigPublishModeEnum::INGRESS),
+                    ]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .into(),
+        )
+    }
+
+    fn task() -> Object {
+        Object::Task(Box::new(Task {
+            id: Some("task1".into()),
+            service_id: Some("svc1".into()),
+            node_id: Some("node1".into()),
+            spec: Some(TaskSpec {
+                networks: Some(vec![NetworkAttachmentConfig {
+                    target: Some("net1".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: Some(TaskStatus {
+                state: Some(TaskState::ASSIGNED),
+                ..Default::default()
+            }),
+            desired_state: Some(TaskState::RUNNING),
+            ..Default::default()
+        }))
+    }
+
+    fn store() -> Arc<Store> {
+        let store = Store::new();
+        let tx = Transaction::new(Timestamp { secs: 1, nanos: 0 })
+            .create(network())
+            .create(service())
+            .create(task());
+        assert!(store.apply(1, &tx).is_ok());
+        store
+    }
+
+    #[test]
+    fn assignments_carry_the_tasks_networks_host_ports_and_dns() {
+        let store = store();
+        let set = assignment_set(&store, "node1", Dns::OnGateways);
+        assert_eq!(set.len(), 1);
+        let networking = &set[0].networking;
+        let ids: Vec<_> = networking
+            .networks
+            .iter()
+            .map(|n| n.id.as_deref())
+            .collect();
+        assert_eq!(ids, vec![Some("net1")]);
+        assert_eq!(
+            networking.host_ports,
+            vec![port(8080, EndpointPortConfigPublishModeEnum::HOST)]
+        );
+        assert_eq!(networking.dns, vec![Ipv4Addr::new(10, 0, 1, 1)]);
+        // It crosses the cluster port intact.
+        let wire = serde_json::to_string(&set[0]).unwrap_or_default();
+        let back: Result<Assignment, _> = serde_json::from_str(&wire);
+        assert_eq!(back.ok().as_ref(), Some(&set[0]));
+    }
+
+    #[test]
+    fn a_node_without_dns_servers_gets_none_to_set() {
+        let store = store();
+        let set = assignment_set(&store, "node1", Dns::Absent);
+        assert_eq!(set.len(), 1);
+        assert!(set[0].networking.dns.is_empty());
+        assert_eq!(set[0].networking.networks.len(), 1);
+    }
 }

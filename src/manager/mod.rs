@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent::{self, Executor};
+use crate::network::NodeNetwork;
 use crate::store::{Proposer, Store, Transaction, WatchItem, Watcher};
 
 /// Reports the agent may queue before it waits for the dispatcher.
@@ -34,6 +35,7 @@ pub fn start_node(
     store: Arc<Store>,
     proposer: Arc<dyn Proposer>,
     executor: Arc<dyn Executor>,
+    network: NodeNetwork,
     shutdown: CancellationToken,
     running: &TaskTracker,
 ) -> mpsc::Sender<agent::StatusReport> {
@@ -44,13 +46,15 @@ pub fn start_node(
     };
     spawn(
         "network",
-        crate::network::run(store.clone(), shutdown.clone()).boxed(),
+        crate::network::run(network.clone(), store.clone(), shutdown.clone()).boxed(),
     );
     spawn(
         "dispatcher (assignments)",
         dispatcher::publish_assignments(
             node_id.clone(),
             store.clone(),
+            // This node's data plane serves DNS on its networks' gateways.
+            crate::network::Dns::OnGateways,
             assignments_tx,
             shutdown.clone(),
         )
@@ -65,6 +69,7 @@ pub fn start_node(
         agent::run(
             node_id,
             executor,
+            network,
             assignments_rx,
             reports_tx.clone(),
             shutdown.clone(),

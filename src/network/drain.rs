@@ -3,7 +3,8 @@
 //!
 //! The data-plane loop publishes the store index it has fully applied
 //! (engine bridges, ingress backends, and whatever else routes to tasks).
-//! Before the agent stops a running task it calls [`before_stop`]: once the
+//! Before the agent stops a running task it calls
+//! [`DataPlane::before_stop`] (through [`super::NodeNetwork`]): once the
 //! data plane has applied the write that changed the task's desired state,
 //! no new connection reaches the task; then the connections the ingress
 //! proxy still has open to it get the task's stop grace period to finish.
@@ -14,7 +15,7 @@
 //! then delayed by at most the grace period (plus the data plane's catch-up).
 
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -27,7 +28,8 @@ use crate::store::Store;
 /// stuck on the engine must not hold stops forever.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
-/// This node's running data plane, as the agent sees it.
+/// This node's running data plane, as the agent sees it (through the
+/// node's [`super::NodeNetwork`] while [`super::run`] runs).
 pub struct DataPlane {
     store: Arc<Store>,
     engine: Arc<Engine>,
@@ -49,61 +51,53 @@ impl DataPlane {
             connections,
         }
     }
-}
 
-/// Set while the data-plane loop runs; `None` on a node without one (unit
-/// tests, before init, after leave), where stops do not wait.
-static CURRENT: RwLock<Option<Arc<DataPlane>>> = RwLock::new(None);
-
-pub(super) fn publish(data_plane: Option<Arc<DataPlane>>) {
-    if let Ok(mut slot) = CURRENT.write() {
-        *slot = data_plane;
+    /// Called by the agent before it stops the running `container` of a
+    /// task whose desired state changed at store index `changed_at`
+    /// (`None`: the task is gone from the store; the current index stands
+    /// in). Returns once the data plane no longer routes to the task and
+    /// its open connections ended, or after `APPLY_WAIT` plus `grace` at
+    /// most.
+    pub async fn before_stop(&self, changed_at: Option<u64>, container: &str, grace: Duration) {
+        let begun = Instant::now();
+        let index = changed_at.unwrap_or_else(|| self.store.index());
+        let mut applied = self.applied.clone();
+        let caught_up = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|at| *at >= index))
+            .await
+            .is_ok_and(|seen| seen.is_ok());
+        if !caught_up {
+            tracing::warn!(
+                container,
+                index,
+                "data plane did not catch up; stopping anyway"
+            );
+        }
+        self.wait_for_connections(container, grace).await;
+        tracing::debug!(container, waited = ?begun.elapsed(), "task drained");
     }
-}
 
-fn current() -> Option<Arc<DataPlane>> {
-    CURRENT.read().ok().and_then(|s| s.clone())
-}
-
-/// Called by the agent before it stops the running `container` of a task
-/// whose desired state changed at store index `changed_at` (`None`: the
-/// task is gone from the store; the current index stands in). Returns once
-/// the data plane no longer routes to the task and its open connections
-/// ended, or after `APPLY_WAIT` plus `grace` at most.
-pub async fn before_stop(changed_at: Option<u64>, container: &str, grace: Duration) {
-    let Some(data_plane) = current() else {
-        return;
-    };
-    let begun = Instant::now();
-    let index = changed_at.unwrap_or_else(|| data_plane.store.index());
-    let mut applied = data_plane.applied.clone();
-    let caught_up = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|at| *at >= index))
-        .await
-        .is_ok_and(|seen| seen.is_ok());
-    if !caught_up {
-        tracing::warn!(
-            container,
-            index,
-            "data plane did not catch up; stopping anyway"
-        );
-    }
-    // Most stops have nothing open at all: no engine call then.
-    if data_plane.connections.total() > 0 {
-        if let Some(ip) = local::container_address(&data_plane.engine, container).await {
-            let ip = IpAddr::V4(ip);
-            let open = data_plane.connections.open_to(ip);
-            if open > 0 {
-                tracing::debug!(container, open, "letting open connections finish");
-                let finished =
-                    tokio::time::timeout(grace, data_plane.connections.wait_closed(ip)).await;
-                if finished.is_err() {
-                    tracing::debug!(
-                        container,
-                        "grace period over; stopping with connections open"
-                    );
-                }
-            }
+    /// The task's open connections through the ingress proxy get `grace`
+    /// to finish.
+    async fn wait_for_connections(&self, container: &str, grace: Duration) {
+        // Most stops have nothing open at all: no engine call then.
+        if self.connections.total() == 0 {
+            return;
+        }
+        let Some(ip) = local::container_address(&self.engine, container).await else {
+            return;
+        };
+        let ip = IpAddr::V4(ip);
+        let open = self.connections.open_to(ip);
+        if open == 0 {
+            return;
+        }
+        tracing::debug!(container, open, "letting open connections finish");
+        let finished = tokio::time::timeout(grace, self.connections.wait_closed(ip)).await;
+        if finished.is_err() {
+            tracing::debug!(
+                container,
+                "grace period over; stopping with connections open"
+            );
         }
     }
-    tracing::debug!(container, waited = ?begun.elapsed(), "task drained");
 }

@@ -5,18 +5,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSettings, HostConfig, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkingConfig, PortBinding, Task, TaskState,
+    EndpointSettings, Ipam, IpamConfig, Network, NetworkConnectRequest, NetworkCreateRequest, Task,
+    TaskState,
 };
 use bollard::query_parameters::ListNetworksOptions;
 use bollard::Docker;
 use tokio::sync::OnceCell;
 
 use super::allocate::{self, is_ingress, primary};
+use super::task::{bridges_to_create, TaskNetworking};
 use super::{bridge_name, LABEL_NETWORK_ID};
 use crate::manager::orchestrator::{as_service, as_task};
 use crate::manager::tasks;
@@ -78,20 +78,6 @@ impl Engine {
             })
             .await
     }
-}
-
-/// The store this node's data plane reads; the agent asks it for the
-/// networks and ports of a task when it creates the container.
-static STORE: RwLock<Option<Arc<Store>>> = RwLock::new(None);
-
-pub fn publish_store(store: Option<Arc<Store>>) {
-    if let Ok(mut slot) = STORE.write() {
-        *slot = store;
-    }
-}
-
-fn current_store() -> Option<Arc<Store>> {
-    STORE.read().ok().and_then(|s| s.clone())
 }
 
 /// What the engine's bridges depend on in the store: the cluster, the
@@ -194,29 +180,8 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
         if have.contains_key(&id) {
             continue;
         }
-        let Some((subnet, gateway)) = primary(&n.network) else {
+        let Some(request) = bridge_request(&n.network, &cluster_id) else {
             continue;
-        };
-        let request = NetworkCreateRequest {
-            name: bridge_name(&id),
-            driver: Some("bridge".to_string()),
-            internal: n.network.internal,
-            attachable: Some(true),
-            ipam: Some(Ipam {
-                driver: Some("default".to_string()),
-                config: Some(vec![IpamConfig {
-                    subnet: Some(subnet.to_string()),
-                    gateway: Some(gateway.to_string()),
-                    ip_range: subnet.upper_half().map(|h| h.to_string()),
-                    auxiliary_addresses: None,
-                }]),
-                options: None,
-            }),
-            labels: Some(HashMap::from([
-                (LABEL_NETWORK_ID.to_string(), id.clone()),
-                (LABEL_CLUSTER_ID.to_string(), cluster_id.clone()),
-            ])),
-            ..NetworkCreateRequest::default()
         };
         match docker.create_network(request).await {
             Ok(_) => {
@@ -245,6 +210,37 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
     }
     remove_stale_bridges(docker, &cluster_id).await;
     attach_extra(docker, store).await;
+}
+
+/// The engine network that realises swarm network `network` of cluster
+/// `cluster_id`: a bridge with the network's subnet, this node's gateway,
+/// task addresses from the upper half, labelled so only this swarm's shoals
+/// touch it. The same on a manager (from the store) and on a worker (from
+/// an assignment). `None` for a network without a subnet yet.
+pub fn bridge_request(network: &Network, cluster_id: &str) -> Option<NetworkCreateRequest> {
+    let id = allocate::id_of(network).to_string();
+    let (subnet, gateway) = primary(network)?;
+    Some(NetworkCreateRequest {
+        name: bridge_name(&id),
+        driver: Some("bridge".to_string()),
+        internal: network.internal,
+        attachable: Some(true),
+        ipam: Some(Ipam {
+            driver: Some("default".to_string()),
+            config: Some(vec![IpamConfig {
+                subnet: Some(subnet.to_string()),
+                gateway: Some(gateway.to_string()),
+                ip_range: subnet.upper_half().map(|h| h.to_string()),
+                auxiliary_addresses: None,
+            }]),
+            options: None,
+        }),
+        labels: Some(HashMap::from([
+            (LABEL_NETWORK_ID.to_string(), id),
+            (LABEL_CLUSTER_ID.to_string(), cluster_id.to_string()),
+        ])),
+        ..NetworkCreateRequest::default()
+    })
 }
 
 /// Bridges of other swarms with no container left whose shoal is gone from
@@ -284,6 +280,31 @@ async fn remove_stale_bridges(docker: &Docker, cluster_id: &str) {
             tracing::info!(bridge = %name, "stale bridge of another swarm removed");
         }
     }
+}
+
+/// On a node without a data plane (a worker): creates the bridges of the
+/// task's networks the engine lacks, before the task's container joins
+/// them. A bridge made meanwhile by someone else (409) is as good.
+pub async fn realise_task_bridges(
+    engine: &Engine,
+    networking: &TaskNetworking,
+) -> Result<(), LocalError> {
+    let docker = engine.client().await?;
+    let have: Vec<String> = realised(docker, &networking.cluster_id)
+        .await?
+        .into_keys()
+        .collect();
+    for request in bridges_to_create(networking, &have) {
+        let name = request.name.clone();
+        match docker.create_network(request).await {
+            Ok(_) => tracing::info!(bridge = %name, "swarm network realised for a task"),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Removes the bridges of `ids` (missing ones are fine).
@@ -354,7 +375,7 @@ async fn disconnect_all(docker: &Docker, name: &str) {
 }
 
 /// The attachments of a task, as swarm network IDs with their aliases.
-fn task_attachments(task: &Task) -> Vec<(String, Vec<String>)> {
+pub(super) fn task_attachments(task: &Task) -> Vec<(String, Vec<String>)> {
     task.spec
         .as_ref()
         .and_then(|s| s.networks.as_ref())
@@ -610,80 +631,4 @@ async fn inspect_addresses(docker: &Docker, container: &str) -> Option<Container
     }
     out.primary = out.primary.or(fallback);
     Some(out)
-}
-
-/// What a task's container needs from the network layer at create: its
-/// first swarm network (the realising bridge), shoal's DNS servers, and
-/// host-mode published ports as port bindings.
-pub fn apply_to_container(task: &Task, body: &mut ContainerCreateBody) {
-    let attached = task_attachments(task);
-    if let Some((id, _)) = attached.first() {
-        let name = bridge_name(id);
-        let host = body.host_config.get_or_insert_with(HostConfig::default);
-        host.network_mode = Some(name.clone());
-        // No aliases: the engine's DNS would answer them before shoal's.
-        body.networking_config = Some(NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(name, EndpointSettings::default())])),
-        });
-    }
-    let Some(store) = current_store() else { return };
-    let gateways: Vec<Ipv4Addr> = attached
-        .iter()
-        .filter_map(|(id, _)| allocate::find(&store, id))
-        .filter(|n| !is_ingress(&n.network))
-        .filter_map(|n| primary(&n.network).map(|(_, gateway)| gateway))
-        .collect();
-    if !gateways.is_empty() {
-        let host = body.host_config.get_or_insert_with(HostConfig::default);
-        host.dns = Some(super::dns::servers_for(&gateways, host.dns.take()));
-    }
-    let Some(service) = task
-        .service_id
-        .as_deref()
-        .and_then(|id| store.get(Kind::Service, id))
-        .as_ref()
-        .and_then(as_service)
-    else {
-        return;
-    };
-    let ports: Vec<_> = service
-        .endpoint
-        .as_ref()
-        .and_then(|e| e.ports.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST))
-        .collect();
-    if ports.is_empty() {
-        return;
-    }
-    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    let mut exposed: Vec<String> = Vec::new();
-    for p in ports {
-        let proto = match p.protocol {
-            Some(EndpointPortConfigProtocolEnum::UDP) => "udp",
-            Some(EndpointPortConfigProtocolEnum::SCTP) => "sctp",
-            _ => "tcp",
-        };
-        let key = format!("{}/{proto}", p.target_port.unwrap_or(0));
-        let host_port = match p.published_port.unwrap_or(0) {
-            0 => String::new(),
-            n => n.to_string(),
-        };
-        bindings
-            .entry(key.clone())
-            .or_insert_with(|| Some(Vec::new()))
-            .get_or_insert_with(Vec::new)
-            .push(PortBinding {
-                host_ip: Some(String::new()),
-                host_port: Some(host_port),
-            });
-        if !exposed.contains(&key) {
-            exposed.push(key);
-        }
-    }
-    body.host_config
-        .get_or_insert_with(HostConfig::default)
-        .port_bindings = Some(bindings);
-    body.exposed_ports = Some(exposed);
 }

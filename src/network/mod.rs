@@ -29,6 +29,12 @@
 //! - Stops without downtime: [`run`] publishes the store index it has fully
 //!   applied, and the agent waits for it (and for the task's open
 //!   connections) before it stops a task: [`drain`].
+//! - The node's handle to all of this is one [`NodeNetwork`], passed to
+//!   whatever needs it: no process-wide state.
+//! - What a task's container needs (its networks, host-mode ports, DNS
+//!   servers) comes in its assignment ([`task`]): a worker has no store. A
+//!   worker, which runs no data plane, creates its tasks' bridges itself
+//!   before their containers, and removes them when it leaves.
 
 pub mod allocate;
 pub mod dns;
@@ -36,17 +42,22 @@ pub mod drain;
 pub mod ingress;
 pub mod ipam;
 pub mod local;
+mod node;
 pub mod owners;
+pub mod task;
 pub mod vip;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
+
+pub use node::NodeNetwork;
+pub use task::{Dns, TaskNetworking};
 
 /// Label on the engine networks that realise swarm networks: the swarm ID.
 pub const LABEL_NETWORK_ID: &str = "io.shoal.network.id";
@@ -126,15 +137,6 @@ impl NetworkError {
     }
 }
 
-/// The local engine the data plane drives, set once at daemon start.
-/// Unit tests of the manager never set it: only the allocation side runs.
-static ENGINE: OnceLock<Arc<local::Engine>> = OnceLock::new();
-
-/// Called once by the daemon with `--engine`.
-pub fn set_engine(addr: &str) {
-    let _ = ENGINE.set(Arc::new(local::Engine::new(addr)));
-}
-
 /// The swarm networks this node realises, for [`leave`].
 pub fn realised_ids(store: &Store) -> Vec<String> {
     allocate::networks(store)
@@ -151,7 +153,7 @@ pub fn cluster_of(store: &Store) -> Option<String> {
 /// `swarm leave`: removes the bridges of the swarm's networks (after the
 /// task containers are gone) — also those of networks removed a moment ago
 /// whose bridge was still busy, found by the cluster's label.
-pub async fn leave(ids: &[String], cluster_id: Option<&str>) {
+pub async fn leave(node: &NodeNetwork, ids: &[String], cluster_id: Option<&str>) {
     // The data plane removes its table when it stops; this covers a data
     // plane cut short by the stop deadline.
     if let Some(cluster_id) = cluster_id {
@@ -160,7 +162,7 @@ pub async fn leave(ids: &[String], cluster_id: Option<&str>) {
             Err(error) => tracing::warn!(%error, "cannot remove the VIP table"),
         }
     }
-    if let Some(engine) = ENGINE.get() {
+    if let Some(engine) = node.engine() {
         local::remove_bridges(engine, ids).await;
         if let Some(cluster_id) = cluster_id {
             local::remove_cluster_bridges(engine, cluster_id).await;
@@ -174,17 +176,17 @@ const REPAIR_EVERY: Duration = Duration::from_secs(3);
 
 /// This node's data plane: the ingress network object, the engine bridges,
 /// the ingress listeners, the VIPs and the DNS servers. Ends when
-/// `shutdown` fires, closing every listener and removing the VIPs.
-pub async fn run(store: Arc<Store>, shutdown: CancellationToken) {
-    let Some(engine) = ENGINE.get().cloned() else {
+/// `shutdown` fires, closing every listener and removing the VIPs. A
+/// node without an engine has no data plane.
+pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationToken) {
+    let Some(engine) = node.engine().cloned() else {
         return;
     };
-    local::publish_store(Some(store.clone()));
     let mut proxy = ingress::Ingress::new(shutdown.clone());
     let mut vips = vip::Vips::new();
     let mut dns = dns::Dns::new(shutdown.clone());
     let (applied_tx, applied_rx) = watch::channel(0);
-    drain::publish(Some(Arc::new(drain::DataPlane::new(
+    node.publish(Some(Arc::new(drain::DataPlane::new(
         store.clone(),
         engine.clone(),
         applied_rx,
@@ -247,11 +249,10 @@ pub async fn run(store: Arc<Store>, shutdown: CancellationToken) {
             break;
         }
     }
-    drain::publish(None);
+    node.publish(None);
     // The VIPs first: the nft table must not outlive shoal even when the
     // rest is cut short by the stop deadline.
     vips.remove().await;
     proxy.stop().await;
     dns.stop().await;
-    local::publish_store(None);
 }

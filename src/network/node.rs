@@ -1,0 +1,171 @@
+//! The handle to this node's network side: one per node, made by the daemon
+//! with the engine's address and handed to the data plane ([`super::run`]),
+//! the agent (a worker's task bridges, drains) and [`super::leave`]. Several
+//! nodes in one process each have their own.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use super::drain::DataPlane;
+use super::local::{self, Engine, LocalError};
+use super::TaskNetworking;
+
+/// This node's network side. Clones share it. One made with
+/// [`NodeNetwork::without_engine`] (unit tests) does nothing at all: no
+/// data plane runs, no bridge is made for a task, and stops do not wait.
+#[derive(Clone)]
+pub struct NodeNetwork {
+    engine: Option<Arc<Engine>>,
+    /// The data plane while it runs here (on a manager); the agent waits
+    /// for drains through it.
+    data_plane: Arc<RwLock<Option<Arc<DataPlane>>>>,
+    /// Clusters whose bridges the agent made for its tasks (no data plane
+    /// here), for leave.
+    task_bridges: Arc<Mutex<HashSet<String>>>,
+}
+
+/// No engine: what options built by hand (tests) get.
+impl Default for NodeNetwork {
+    fn default() -> NodeNetwork {
+        NodeNetwork::without_engine()
+    }
+}
+
+impl NodeNetwork {
+    /// The network side of a node whose engine is at `engine_addr`.
+    pub fn new(engine_addr: &str) -> NodeNetwork {
+        NodeNetwork {
+            engine: Some(Arc::new(Engine::new(engine_addr))),
+            data_plane: Arc::default(),
+            task_bridges: Arc::default(),
+        }
+    }
+
+    /// A node with no engine to drive: every method is a no-op.
+    pub fn without_engine() -> NodeNetwork {
+        NodeNetwork {
+            engine: None,
+            data_plane: Arc::default(),
+            task_bridges: Arc::default(),
+        }
+    }
+
+    pub(super) fn engine(&self) -> Option<&Arc<Engine>> {
+        self.engine.as_ref()
+    }
+
+    /// Set by the data plane while it runs, cleared when it ends.
+    pub(super) fn publish(&self, data_plane: Option<Arc<DataPlane>>) {
+        if let Ok(mut slot) = self.data_plane.write() {
+            *slot = data_plane;
+        }
+    }
+
+    fn running(&self) -> Option<Arc<DataPlane>> {
+        self.data_plane.read().ok().and_then(|d| d.clone())
+    }
+
+    /// Before a task's container is created: where the node's data plane
+    /// runs (a manager), it realises every swarm network from the store
+    /// and there is nothing to do; on a node without one (a worker) the
+    /// task's own bridges are created now from its assignment, and
+    /// remembered for [`NodeNetwork::remove_task_bridges`].
+    pub async fn prepare_task(&self, networking: &TaskNetworking) -> Result<(), LocalError> {
+        let Some(engine) = &self.engine else {
+            return Ok(());
+        };
+        if networking.networks.is_empty() || self.running().is_some() {
+            return Ok(());
+        }
+        if let Ok(mut clusters) = self.task_bridges.lock() {
+            clusters.insert(networking.cluster_id.clone());
+        }
+        local::realise_task_bridges(engine, networking).await
+    }
+
+    /// A worker leaving the swarm: the bridges [`NodeNetwork::prepare_task`]
+    /// made go (after the task containers).
+    pub async fn remove_task_bridges(&self) {
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        let clusters: Vec<String> = match self.task_bridges.lock() {
+            Ok(mut clusters) => clusters.drain().collect(),
+            Err(_) => return,
+        };
+        for cluster_id in clusters {
+            local::remove_cluster_bridges(engine, &cluster_id).await;
+        }
+    }
+
+    /// Before the agent stops a serving task: see [`DataPlane::before_stop`].
+    /// Without a data plane on this node nothing routes to the task
+    /// through it, so there is nothing to wait for.
+    pub async fn before_stop(&self, changed_at: Option<u64>, container: &str, grace: Duration) {
+        if let Some(data_plane) = self.running() {
+            data_plane.before_stop(changed_at, container, grace).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{Ipam, IpamConfig, Network};
+    use bollard::Docker;
+
+    /// A worker's handle (an engine, no data plane) makes a task's bridge
+    /// on the local engine and removes it at leave. Skips without an engine.
+    #[tokio::test]
+    async fn a_worker_realises_its_tasks_bridges_and_removes_them_at_leave() {
+        const SOCK: &str = "/var/run/docker.sock";
+        let Ok(docker) = Docker::connect_with_unix(SOCK, 30, bollard::API_DEFAULT_VERSION) else {
+            return;
+        };
+        if docker.ping().await.is_err() {
+            eprintln!("skipping: no engine at {SOCK}");
+            return;
+        }
+        let suffix = rand::random::<u32>();
+        let id = format!("nettest{suffix:08x}");
+        // A subnet of its own, unlikely to meet another test's.
+        let subnet = format!("10.231.{}.0/24", suffix % 250);
+        let gateway = format!("10.231.{}.1", suffix % 250);
+        let networking = TaskNetworking {
+            cluster_id: format!("cluster{suffix:08x}"),
+            networks: vec![Network {
+                id: Some(id.clone()),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(subnet),
+                        gateway: Some(gateway),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let node = NodeNetwork::new(&format!("unix://{SOCK}"));
+        let bridge = super::super::bridge_name(&id);
+        let inspect = || {
+            docker.inspect_network(
+                &bridge,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+        };
+        let made = node.prepare_task(&networking).await;
+        assert!(made.is_ok(), "{made:?}");
+        // Twice is the same as once.
+        assert!(node.prepare_task(&networking).await.is_ok());
+        let labels = inspect().await.ok().and_then(|n| n.labels);
+        assert_eq!(
+            labels.and_then(|l| l.get(super::super::LABEL_NETWORK_ID).cloned()),
+            Some(id.clone())
+        );
+        node.remove_task_bridges().await;
+        assert!(inspect().await.is_err(), "bridge {bridge} left behind");
+    }
+}

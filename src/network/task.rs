@@ -1,0 +1,275 @@
+//! What one task's container needs from the network layer. The dispatcher
+//! computes it from the store and sends it in the task's assignment, so a
+//! node without a store (a worker) has all of it; the agent applies it to
+//! the container it creates.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointPortConfig, EndpointPortConfigProtocolEnum,
+    EndpointPortConfigPublishModeEnum, EndpointSettings, HostConfig, Network, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, Task,
+};
+use serde::{Deserialize, Serialize};
+
+use super::allocate::{self, is_ingress, primary};
+use super::bridge_name;
+use super::local::{bridge_request, task_attachments};
+use crate::store::Tables;
+use crate::types::{Kind, Object};
+
+/// Whether the node a task runs on serves shoal's DNS on its networks'
+/// gateways. A manager's own agent is served beside its data plane, which
+/// does; a worker has no DNS server yet (cross-host service discovery is
+/// to come), so its containers keep the engine's resolvers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dns {
+    OnGateways,
+    Absent,
+}
+
+/// The network side of an assignment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskNetworking {
+    /// The swarm the networks belong to: labels the bridges a worker makes.
+    pub cluster_id: String,
+    /// The swarm networks of the task's attachments, in their order, as
+    /// the store has them: a worker realises their bridges from these.
+    pub networks: Vec<Network>,
+    /// The service's host-mode published ports: bindings on this engine.
+    pub host_ports: Vec<EndpointPortConfig>,
+    /// Shoal's DNS servers to put first in the container's `Dns`; empty
+    /// where the node has none, and then `Dns` is left as the spec has it.
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// Reads what `task` needs from the store's tables (the dispatcher does,
+/// for every task it assigns).
+pub fn for_task(tables: &Tables, task: &Task, cluster_id: &str, dns: Dns) -> TaskNetworking {
+    let networks: Vec<Network> = task_attachments(task)
+        .iter()
+        .filter_map(|(id, _)| match tables.get(Kind::Network, id).as_deref() {
+            Some(Object::Network(n)) => Some(n.network.clone()),
+            _ => None,
+        })
+        .collect();
+    let dns = match dns {
+        Dns::Absent => Vec::new(),
+        Dns::OnGateways => networks
+            .iter()
+            .filter(|n| !is_ingress(n))
+            .filter_map(|n| primary(n).map(|(_, gateway)| gateway))
+            .collect(),
+    };
+    TaskNetworking {
+        cluster_id: cluster_id.to_string(),
+        networks,
+        host_ports: host_ports(tables, task),
+        dns,
+    }
+}
+
+fn host_ports(tables: &Tables, task: &Task) -> Vec<EndpointPortConfig> {
+    let service = task
+        .service_id
+        .as_deref()
+        .and_then(|id| tables.get(Kind::Service, id));
+    let Some(Object::Service(service)) = service.as_deref() else {
+        return Vec::new();
+    };
+    service
+        .endpoint
+        .as_ref()
+        .and_then(|e| e.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST))
+        .collect()
+}
+
+/// The bridges a node without a data plane creates before the task's
+/// container: those of the task's networks it lacks (`have` holds the
+/// swarm IDs of the bridges the engine has). Ingress is never a bridge: its
+/// ports are served by the ingress proxy.
+pub fn bridges_to_create(
+    networking: &TaskNetworking,
+    have: &[String],
+) -> Vec<NetworkCreateRequest> {
+    networking
+        .networks
+        .iter()
+        .filter(|n| !is_ingress(n))
+        .filter(|n| !have.iter().any(|id| id == allocate::id_of(n)))
+        .filter_map(|n| bridge_request(n, &networking.cluster_id))
+        .collect()
+}
+
+/// Sets the container's first swarm network (the realising bridge), the
+/// DNS servers and the host-mode published ports as port bindings.
+pub fn apply_to_container(
+    networking: &TaskNetworking,
+    task: &Task,
+    body: &mut ContainerCreateBody,
+) {
+    if let Some((id, _)) = task_attachments(task).first() {
+        let name = bridge_name(id);
+        let host = body.host_config.get_or_insert_with(HostConfig::default);
+        host.network_mode = Some(name.clone());
+        // No aliases: the engine's DNS would answer them before shoal's.
+        body.networking_config = Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(name, EndpointSettings::default())])),
+        });
+    }
+    if !networking.dns.is_empty() {
+        let host = body.host_config.get_or_insert_with(HostConfig::default);
+        host.dns = Some(super::dns::servers_for(&networking.dns, host.dns.take()));
+    }
+    apply_host_ports(&networking.host_ports, body);
+}
+
+fn apply_host_ports(ports: &[EndpointPortConfig], body: &mut ContainerCreateBody) {
+    if ports.is_empty() {
+        return;
+    }
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    let mut exposed: Vec<String> = Vec::new();
+    for p in ports {
+        let proto = match p.protocol {
+            Some(EndpointPortConfigProtocolEnum::UDP) => "udp",
+            Some(EndpointPortConfigProtocolEnum::SCTP) => "sctp",
+            _ => "tcp",
+        };
+        let key = format!("{}/{proto}", p.target_port.unwrap_or(0));
+        let host_port = match p.published_port.unwrap_or(0) {
+            0 => String::new(),
+            n => n.to_string(),
+        };
+        bindings
+            .entry(key.clone())
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: Some(String::new()),
+                host_port: Some(host_port),
+            });
+        if !exposed.contains(&key) {
+            exposed.push(key);
+        }
+    }
+    body.host_config
+        .get_or_insert_with(HostConfig::default)
+        .port_bindings = Some(bindings);
+    body.exposed_ports = Some(exposed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{Ipam, IpamConfig, NetworkAttachmentConfig, TaskSpec};
+
+    fn network(id: &str, subnet: &str, gateway: &str, ingress: bool) -> Network {
+        Network {
+            id: Some(id.into()),
+            ingress: ingress.then_some(true),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(subnet.into()),
+                    gateway: Some(gateway.into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn attached_task(ids: &[&str]) -> Task {
+        Task {
+            spec: Some(TaskSpec {
+                networks: Some(
+                    ids.iter()
+                        .map(|id| NetworkAttachmentConfig {
+                            target: Some(id.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn networking(dns: Vec<Ipv4Addr>) -> TaskNetworking {
+        TaskNetworking {
+            cluster_id: "cluster1".into(),
+            networks: vec![
+                network("ing", "10.0.0.0/24", "10.0.0.1", true),
+                network("a", "10.0.1.0/24", "10.0.1.1", false),
+                network("b", "10.0.2.0/24", "10.0.2.1", false),
+            ],
+            host_ports: vec![EndpointPortConfig {
+                target_port: Some(80),
+                published_port: Some(8080),
+                publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+                ..Default::default()
+            }],
+            dns,
+        }
+    }
+
+    #[test]
+    fn a_worker_creates_the_missing_bridges_labelled_as_the_data_plane_does() {
+        let wanted = bridges_to_create(&networking(Vec::new()), &["b".to_string()]);
+        assert_eq!(wanted.len(), 1, "ingress and existing bridges are skipped");
+        let request = &wanted[0];
+        assert_eq!(request.name, "shoal_a");
+        assert_eq!(
+            Some(request),
+            bridge_request(&networking(Vec::new()).networks[1], "cluster1").as_ref()
+        );
+        let labels = request.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels
+                .get(super::super::LABEL_NETWORK_ID)
+                .map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(
+            labels.get("io.shoal.cluster.id").map(String::as_str),
+            Some("cluster1")
+        );
+        let ipam = request.ipam.as_ref().and_then(|i| i.config.as_ref());
+        let config = ipam.and_then(|c| c.first());
+        assert_eq!(config.and_then(|c| c.gateway.as_deref()), Some("10.0.1.1"));
+        assert_eq!(
+            config.and_then(|c| c.ip_range.as_deref()),
+            Some("10.0.1.128/25")
+        );
+    }
+
+    #[test]
+    fn containers_join_their_first_network_with_ports_and_dns_only_where_served() {
+        let task = attached_task(&["a", "b"]);
+        let mut body = ContainerCreateBody::default();
+        apply_to_container(&networking(Vec::new()), &task, &mut body);
+        let host = body.host_config.clone().unwrap_or_default();
+        assert_eq!(host.network_mode.as_deref(), Some("shoal_a"));
+        assert_eq!(host.dns, None, "no DNS server on this node: Dns untouched");
+        let bindings = host.port_bindings.unwrap_or_default();
+        let binding = bindings
+            .get("80/tcp")
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        assert_eq!(binding[0].host_port.as_deref(), Some("8080"));
+        assert_eq!(body.exposed_ports, Some(vec!["80/tcp".to_string()]));
+
+        let mut body = ContainerCreateBody::default();
+        let served = networking(vec![Ipv4Addr::new(10, 0, 1, 1)]);
+        apply_to_container(&served, &task, &mut body);
+        let dns = body.host_config.and_then(|h| h.dns).unwrap_or_default();
+        assert_eq!(dns.first().map(String::as_str), Some("10.0.1.1"));
+    }
+}
