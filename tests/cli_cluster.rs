@@ -505,3 +505,114 @@ fn promote_demote_drain_labels_leave_rm_and_a_restarted_manager() {
         "is a cluster manager and is a member of the raft cluster",
     );
 }
+
+#[test]
+fn a_dead_worker_is_marked_down_its_tasks_move_and_it_comes_back_clean() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    init(h1);
+    join_ok(h2, &token(h1, "worker"), h1);
+    join_ok(h3, &token(h1, "worker"), h1);
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--quiet",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    wait_for("6 tasks over 3 hosts", CONVERGE, || {
+        let per_host = running_per_host(&hosts, "web");
+        (per_host.values().sum::<usize>() == 6 && per_host.get(&h3.name) > Some(&0)).then_some(())
+    });
+
+    // The whole host dies (shoal, engine, containers).
+    h3.kill();
+    wait_for("h3 down", CONVERGE, || {
+        node_rows(h1).filter(|rows| rows.iter().any(|r| r.0 == h3.hostname && r.1 == "Down"))
+    });
+    // Its tasks run elsewhere: six on the two live engines.
+    wait_for("6 tasks on h1 and h2", CONVERGE, || {
+        let per_host = running_per_host(&hosts, "web");
+        let live = per_host.get(&h1.name).copied().unwrap_or(0)
+            + per_host.get(&h2.name).copied().unwrap_or(0);
+        (live == 6).then_some(())
+    });
+    let replicas = h1.docker_ok(&[
+        "service",
+        "ls",
+        "--filter",
+        "name=web",
+        "--format",
+        "{{.Replicas}}",
+    ]);
+    assert_eq!(replicas.trim(), "6/6");
+
+    // Back: ready again, and its old task containers are gone.
+    h3.start();
+    wait_for("h3 ready", CONVERGE, || {
+        node_rows(h1).filter(|rows| rows.iter().any(|r| r.0 == h3.hostname && r.1 == "Ready"))
+    });
+    wait_for("no stale task container on h3", CONVERGE, || {
+        let out = h3.engine_docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=com.docker.swarm.service.name=web",
+        ]);
+        stdout(&out).trim().is_empty().then_some(())
+    });
+    assert_eq!(running_per_host(&hosts, "web").values().sum::<usize>(), 6);
+    h1.docker_ok(&["service", "rm", "web"]);
+}
+
+#[test]
+fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    init(h1);
+    join_ok(h2, &token(h1, "manager"), h1);
+    join_ok(h3, &token(h1, "manager"), h1);
+    for i in 0..5 {
+        h1.docker_ok(&["config", "create", &format!("before-{i}"), "/etc/hostname"]);
+    }
+    h1.kill_shoal();
+    // A surviving manager accepts writes again (no fixed delay: as soon as
+    // a new leader is elected).
+    wait_for("a write accepted on h2", CONVERGE, || {
+        h2.docker(&["config", "create", "after", "/etc/hostname"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let rows = wait_for("h2 or h3 leads, h1 down", CONVERGE, || {
+        node_rows(h3).filter(|rows| {
+            rows.iter().any(|r| r.2 == "Leader" && r.0 != h1.hostname)
+                && rows.iter().any(|r| r.0 == h1.hostname && r.1 == "Down")
+        })
+    });
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    // The old leader comes back as a follower and has every write.
+    h1.start_shoal();
+    let names = wait_for("h1 caught up", CONVERGE, || {
+        let out = h1.docker(&["config", "ls", "--format", "{{.Name}}"]);
+        let names: BTreeSet<String> = stdout(&out).lines().map(str::to_string).collect();
+        (names.len() == 6).then_some(names)
+    });
+    for i in 0..5 {
+        assert!(names.contains(&format!("before-{i}")), "{names:?}");
+    }
+    wait_for("h1 ready again", CONVERGE, || {
+        node_rows(h2).filter(|rows| rows.iter().all(|r| r.1 == "Ready"))
+    });
+}

@@ -445,7 +445,9 @@ fn matches(service: &SwarmService, filters: &Filters) -> bool {
                 .all(|f| label_matches(spec.labels.as_ref(), f)))
 }
 
-/// `ServiceStatus` for `service ls`: running tasks anywhere, desired as the mode says.
+/// `ServiceStatus` for `service ls`: running tasks on nodes that are not
+/// down (as the engine counts them: a dead node's last report is not a
+/// running task), desired as the mode says.
 fn status_of(store: &Store, service: &SwarmService) -> ServiceServiceStatus {
     let id = service.id.clone().unwrap_or_default();
     let service_tasks: Vec<_> = store
@@ -461,9 +463,17 @@ fn status_of(store: &Store, service: &SwarmService) -> ServiceServiceStatus {
             completed_tasks: Some(completed),
         };
     }
+    let on_live_node = |t: &bollard::models::Task| {
+        let node = t
+            .node_id
+            .as_deref()
+            .and_then(|id| store.get(crate::types::Kind::Node, id));
+        !matches!(node.as_deref(), Some(crate::types::Object::Node(n))
+            if n.status.as_ref().and_then(|s| s.state) == Some(bollard::models::NodeState::DOWN))
+    };
     let running = service_tasks
         .iter()
-        .filter(|t| tasks::state(t) == TaskState::RUNNING)
+        .filter(|t| tasks::state(t) == TaskState::RUNNING && on_live_node(t))
         .count() as u64;
     let desired = match replicas(service) {
         Some(count) => count,

@@ -30,6 +30,7 @@ use crate::types::{new_id, Kind, Object, Timestamp};
 
 mod identity;
 mod join;
+pub mod liveness;
 pub mod port;
 mod roles;
 mod wire;
@@ -150,6 +151,8 @@ pub struct Manager {
     peers: Option<Arc<Peers>>,
     /// Where task status goes, this node's agent's and workers' alike.
     reports: tokio::sync::mpsc::Sender<StatusReport>,
+    /// Sessions open on this manager (the leader's decide who is down).
+    liveness: Arc<liveness::Liveness>,
 }
 
 impl Manager {
@@ -180,7 +183,21 @@ impl Manager {
             loops.clone(),
             &running,
         );
-        running.spawn(lead_while_leader(raft.clone(), proposer, loops.clone()));
+        let liveness = Arc::new(liveness::Liveness::default());
+        running.spawn(lead_while_leader(
+            raft.clone(),
+            proposer,
+            liveness.clone(),
+            local.node_id.clone(),
+            loops.clone(),
+        ));
+        if let Some(peers) = &peers {
+            running.spawn(session_with_leader(
+                raft.clone(),
+                peers.clone(),
+                loops.clone(),
+            ));
+        }
         running.close();
         Manager {
             local,
@@ -191,7 +208,12 @@ impl Manager {
             keys,
             peers,
             reports,
+            liveness,
         }
+    }
+
+    pub fn liveness(&self) -> &Arc<liveness::Liveness> {
+        &self.liveness
     }
 
     pub fn raft_node(&self) -> &RaftNode {
@@ -346,6 +368,8 @@ impl Manager {
 async fn lead_while_leader(
     raft: Arc<RaftNode>,
     proposer: Arc<dyn Proposer>,
+    liveness: Arc<liveness::Liveness>,
+    node_id: String,
     stop: CancellationToken,
 ) {
     let mut metrics = raft.raft().metrics();
@@ -366,6 +390,13 @@ async fn lead_while_leader(
                     token.clone(),
                     &running,
                 );
+                running.spawn(liveness::watch_nodes(
+                    raft.store(),
+                    proposer.clone(),
+                    liveness.clone(),
+                    node_id.clone(),
+                    token.clone(),
+                ));
                 running.close();
                 term = Some((token, running));
             }
@@ -386,6 +417,44 @@ async fn lead_while_leader(
     if let Some((token, running)) = term.take() {
         token.cancel();
         running.wait().await;
+    }
+}
+
+/// A manager's own session with the leader: it carries nothing this node
+/// needs (its store has its assignments), but it is how the leader knows
+/// the node is alive. The leader itself needs none.
+async fn session_with_leader(raft: Arc<RaftNode>, peers: Arc<Peers>, stop: CancellationToken) {
+    const SILENCE: std::time::Duration = std::time::Duration::from_secs(4);
+    const RETRY: std::time::Duration = std::time::Duration::from_millis(300);
+    loop {
+        let leader = {
+            let m = raft.raft().metrics().borrow().clone();
+            m.current_leader
+                .filter(|&l| l != raft.id())
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+        };
+        if let Some(leader) = leader {
+            let opened = tokio::select! {
+                _ = stop.cancelled() => return,
+                opened = peers.open(&leader.addr, crate::transport::tls::MANAGER_NAME, wire::SESSION_PATH, &wire::Empty {}) => opened,
+            };
+            if let Ok(response) = opened {
+                let mut lines = crate::transport::client::Lines::new(response.into_body());
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        next = tokio::time::timeout(SILENCE, lines.next::<wire::SessionMessage>()) => next,
+                    };
+                    if !matches!(next, Ok(Some(Ok(_)))) {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
     }
 }
 

@@ -30,11 +30,15 @@ use crate::transport::tls::MANAGER_NAME;
 use crate::transport::{Handler, Peer, Role};
 use crate::types::{new_id, Kind, Object, Timestamp};
 
+/// The status message of a node that said it leaves (never marked ready
+/// again by the leader's liveness watch).
+pub const LEFT_MESSAGE: &str = "node left the swarm";
+
 /// Largest request body the cluster port reads (raft entries, snapshots
 /// in chunks).
 const MAX_BODY: usize = 64 << 20;
 /// A session sends at least this often, so a node notices a dead manager.
-const SESSION_HEARTBEAT: Duration = Duration::from_secs(2);
+const SESSION_HEARTBEAT: Duration = Duration::from_secs(1);
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +153,13 @@ impl Port {
             SESSION_PATH => {
                 let peer = member(peer)?;
                 let manager = self.cluster.manager().await?;
+                // Sessions are the leader's: it alone decides who is down.
+                if !manager.leads() {
+                    return Err(PortError::Unavailable(format!(
+                        "not the leader (the leader is {})",
+                        manager.leader_addr().unwrap_or_default()
+                    )));
+                }
                 Ok(session(&manager, &peer.node_id))
             }
             STATUS_PATH => {
@@ -538,6 +549,9 @@ fn session(manager: &Manager, node_id: &str) -> Response<Body> {
     let state = SessionStream {
         sets: sets_rx,
         ended: ended.clone().drop_guard(),
+        _alive: manager.liveness().opened(node_id),
+        metrics: manager.raft_node().raft().metrics(),
+        raft_id: manager.raft_node().id(),
         cancelled: ended,
         store: manager.store(),
         node_id: node_id.to_string(),
@@ -556,6 +570,11 @@ struct SessionStream {
     /// Stops the publisher when the stream is dropped.
     #[allow(dead_code)]
     ended: tokio_util::sync::DropGuard,
+    /// The node counts as alive while this is held.
+    _alive: super::liveness::SessionGuard,
+    /// The session ends when this manager stops leading.
+    metrics: watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
+    raft_id: u64,
     cancelled: CancellationToken,
     store: Arc<crate::store::Store>,
     node_id: String,
@@ -564,13 +583,25 @@ struct SessionStream {
 
 impl SessionStream {
     async fn next_line(&mut self) -> Option<Bytes> {
-        let assignments = tokio::select! {
-            _ = self.cancelled.cancelled() => return None,
-            changed = self.sets.changed() => {
-                changed.ok()?;
-                Some(self.sets.borrow_and_update().as_ref().clone())
+        let leads = |m: &openraft::RaftMetrics<u64, BasicNode>| {
+            m.state == openraft::ServerState::Leader && m.current_leader == Some(self.raft_id)
+        };
+        let heartbeat = tokio::time::Instant::now() + SESSION_HEARTBEAT;
+        let assignments = loop {
+            if !leads(&self.metrics.borrow_and_update()) {
+                return None;
             }
-            _ = tokio::time::sleep(SESSION_HEARTBEAT) => None,
+            tokio::select! {
+                _ = self.cancelled.cancelled() => return None,
+                changed = self.metrics.changed() => {
+                    changed.ok()?;
+                }
+                changed = self.sets.changed() => {
+                    changed.ok()?;
+                    break Some(self.sets.borrow_and_update().as_ref().clone());
+                }
+                _ = tokio::time::sleep_until(heartbeat) => break None,
+            }
         };
         let message = SessionMessage {
             assignments,
@@ -634,7 +665,7 @@ async fn mark_left(manager: &Manager, node_id: &str) -> Result<(), PortError> {
         let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0);
         let status = node.status.get_or_insert_with(NodeStatus::default);
         status.state = Some(NodeState::DOWN);
-        status.message = Some("node left the swarm".to_string());
+        status.message = Some(LEFT_MESSAGE.to_string());
         if let Some(manager_status) = node.manager_status.as_mut() {
             manager_status.reachability = Some(Reachability::UNREACHABLE);
             manager_status.leader = Some(false);

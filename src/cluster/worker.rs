@@ -20,10 +20,12 @@ use crate::transport::{Peers, Role};
 
 /// Reports one status call carries at most.
 const MAX_REPORTS: usize = 512;
-/// A session that sent nothing for this long is given up (managers send
-/// a heartbeat every 2 s).
-const SESSION_SILENCE: Duration = Duration::from_secs(8);
-const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// A session that sent nothing for this long is given up (the leader sends
+/// a heartbeat every second).
+const SESSION_SILENCE: Duration = Duration::from_secs(4);
+/// Between managers: a follower refuses sessions at once, so the worker
+/// finds the leader in a few tries.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Leaving must not hang on managers that are gone.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);

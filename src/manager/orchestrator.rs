@@ -137,6 +137,15 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
         .filter(|n| !takes_tasks(n))
         .filter_map(|n| n.id.clone())
         .collect();
+    // A task on a node that is down cannot be stopped or report: its slot's
+    // replacement does not wait for it (stop-first or not).
+    let down: HashSet<String> = nodes
+        .iter()
+        .filter(|n| {
+            n.status.as_ref().and_then(|s| s.state) != Some(bollard::models::NodeState::READY)
+        })
+        .filter_map(|n| n.id.clone())
+        .collect();
     for service in &services {
         let id = service.id.clone().unwrap_or_default();
         let service_tasks = by_service.remove(&id).unwrap_or_default();
@@ -144,6 +153,7 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
             service,
             now,
             drained: &drained,
+            down: &down,
         };
         match replicas(service) {
             Some(count) => reconcile_replicated(&ctx, &service_tasks, count, &mut plan, &mut rng),
@@ -178,6 +188,7 @@ struct ServiceCtx<'a> {
     service: &'a SwarmService,
     now: SystemTime,
     drained: &'a HashSet<String>,
+    down: &'a HashSet<String>,
 }
 
 fn reconcile_replicated(
@@ -299,7 +310,7 @@ fn reconcile_slot(
     if let Some(current) = fresh.last() {
         // A replacement waiting in `ready` starts once its predecessor is down.
         if desired(current) == TaskState::READY {
-            promote_when_predecessor_down(current, slot_tasks, plan);
+            promote_when_predecessor_down(current, slot_tasks, ctx.down, plan);
         }
         // Start-first: the old task stops once the new one runs.
         if state(current) == TaskState::RUNNING {
@@ -334,7 +345,7 @@ fn reconcile_slot(
     // Stop-first: a replacement waits in `ready` until its predecessor is down.
     let predecessor_running = slot_tasks
         .iter()
-        .any(|t| !is_terminal(state(t)) && rank_started(t));
+        .any(|t| !is_terminal(state(t)) && rank_started(t) && !on_node_in(t, ctx.down));
     if predecessor_running {
         task.desired_state = Some(TaskState::READY);
     }
@@ -345,11 +356,20 @@ fn rank_started(task: &Task) -> bool {
     tasks::rank(state(task)) >= tasks::rank(TaskState::ASSIGNED)
 }
 
-fn promote_when_predecessor_down(task: &Task, slot_tasks: &[&Task], plan: &mut Plan) {
+fn on_node_in(task: &Task, nodes: &HashSet<String>) -> bool {
+    task.node_id.as_ref().is_some_and(|n| nodes.contains(n))
+}
+
+fn promote_when_predecessor_down(
+    task: &Task,
+    slot_tasks: &[&Task],
+    down_nodes: &HashSet<String>,
+    plan: &mut Plan,
+) {
     let others_down = slot_tasks
         .iter()
         .filter(|t| t.id != task.id)
-        .all(|t| is_terminal(state(t)) || !rank_started(t));
+        .all(|t| is_terminal(state(t)) || !rank_started(t) || on_node_in(t, down_nodes));
     if others_down {
         plan.set_desired(task, TaskState::RUNNING);
     }
