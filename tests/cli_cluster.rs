@@ -616,3 +616,156 @@ fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
         node_rows(h2).filter(|rows| rows.iter().all(|r| r.1 == "Ready"))
     });
 }
+
+#[test]
+fn a_cut_off_worker_loses_its_tasks_and_a_cut_off_manager_refuses_writes() {
+    let Some(hosts) = Hosts::try_start(4) else {
+        return;
+    };
+    let (h1, h2, h3, h4) = (hosts.host(1), hosts.host(2), hosts.host(3), hosts.host(4));
+    init(h1);
+    join_ok(h2, &token(h1, "manager"), h1);
+    join_ok(h3, &token(h1, "manager"), h1);
+    join_ok(h4, &token(h1, "worker"), h1);
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--quiet",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--constraint",
+        "node.role==worker",
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    wait_for("4 tasks on the worker", CONVERGE, || {
+        (running_per_host(&hosts, "web").get(&h4.name) == Some(&4)).then_some(())
+    });
+
+    // The worker's link goes down: it is marked down; with no other worker
+    // its tasks wait (the engine's "no suitable node" in service ps).
+    h4.cut();
+    wait_for("h4 down", CONVERGE, || {
+        node_rows(h1).filter(|rows| rows.iter().any(|r| r.0 == h4.hostname && r.1 == "Down"))
+    });
+    let replicas = wait_for("web 0/4", CONVERGE, || {
+        let out = h2.docker(&[
+            "service",
+            "ls",
+            "--filter",
+            "name=web",
+            "--format",
+            "{{.Replicas}}",
+        ]);
+        (stdout(&out).trim() == "0/4").then(|| stdout(&out))
+    });
+    assert_eq!(replicas.trim(), "0/4");
+
+    // A manager cut off from the majority: reads from its store, writes
+    // refused with the engine's text; the majority carries on.
+    h3.cut();
+    let refused = wait_for("h3 refuses writes", CONVERGE, || {
+        let out = h3.docker(&["config", "create", "cut-off", "/etc/hostname"]);
+        (!out.status.success()).then(|| stderr(&out))
+    });
+    assert!(
+        refused.contains("The swarm does not have a leader"),
+        "{refused}"
+    );
+    assert!(
+        h3.docker(&["service", "ls"]).status.success(),
+        "reads on h3"
+    );
+    h1.docker_ok(&["config", "create", "majority", "/etc/hostname"]);
+
+    // Healed: the worker's old containers go and its tasks run again; the
+    // manager catches up.
+    h4.heal();
+    h3.heal();
+    wait_for("4 tasks running again on h4", CONVERGE, || {
+        let out = h1.docker(&[
+            "service",
+            "ls",
+            "--filter",
+            "name=web",
+            "--format",
+            "{{.Replicas}}",
+        ]);
+        let all_ready = node_rows(h1).is_some_and(|rows| rows.iter().all(|r| r.1 == "Ready"));
+        (stdout(&out).trim() == "4/4" && all_ready).then_some(())
+    });
+    wait_for("only 4 web containers on h4", CONVERGE, || {
+        let out = h4.engine_docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=com.docker.swarm.service.name=web",
+        ]);
+        (stdout(&out).lines().count() == 4).then_some(())
+    });
+    wait_for("h3 has the majority's write", CONVERGE, || {
+        let out = h3.docker(&["config", "ls", "--format", "{{.Name}}"]);
+        stdout(&out).contains("majority").then_some(())
+    });
+    h1.docker_ok(&["service", "rm", "web"]);
+}
+
+/// Busy loops on every core while they live.
+struct BusyCores(Vec<std::process::Child>);
+
+impl BusyCores {
+    fn start() -> BusyCores {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        BusyCores(
+            (0..cores)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("spawn a busy loop")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyCores {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn busy_hosts_are_never_marked_down() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    init(h1);
+    join_ok(h2, &token(h1, "manager"), h1);
+    join_ok(h3, &token(h1, "worker"), h1);
+    wait_for("all ready", CONVERGE, || {
+        node_rows(h1).filter(|rows| rows.len() == 3 && rows.iter().all(|r| r.1 == "Ready"))
+    });
+    let busy = BusyCores::start();
+    // Watch for several times the down-marking grace with every core
+    // saturated: no node may change state.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(15) {
+        let rows = node_rows(h1).expect("node ls");
+        assert!(
+            rows.iter().all(|r| r.1 == "Ready"),
+            "a busy node changed state: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(busy);
+}
