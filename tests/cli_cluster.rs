@@ -769,3 +769,60 @@ fn busy_hosts_are_never_marked_down() {
     }
     drop(busy);
 }
+
+#[test]
+fn lost_quorum_is_recovered_with_force_new_cluster() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    init(h1);
+    join_ok(h2, &token(h1, "manager"), h1);
+    join_ok(h3, &token(h1, "manager"), h1);
+    h1.docker_ok(&["config", "create", "kept", "/etc/hostname"]);
+    h2.kill_shoal();
+    h3.kill_shoal();
+    // Two of three managers gone: no quorum, writes refused.
+    let refused = wait_for("h1 refuses writes", CONVERGE, || {
+        let out = h1.docker(&["config", "create", "no-quorum", "/etc/hostname"]);
+        (!out.status.success()).then(|| stderr(&out))
+    });
+    assert!(
+        refused.contains("The swarm does not have a leader"),
+        "{refused}"
+    );
+
+    let out = h1.docker_ok(&[
+        "swarm",
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &h1.ip.to_string(),
+    ]);
+    assert!(out.contains("is now a manager"), "{out}");
+    h1.docker_ok(&["config", "create", "after", "/etc/hostname"]);
+    let names = h1.docker_ok(&["config", "ls", "--format", "{{.Name}}"]);
+    assert!(names.contains("kept") && names.contains("after"), "{names}");
+    let rows = wait_for("h2 and h3 unreachable", CONVERGE, || {
+        node_rows(h1).filter(|rows| {
+            rows.iter()
+                .filter(|r| r.0 != h1.hostname)
+                .all(|r| r.1 == "Down" && r.2 == "Unreachable")
+        })
+    });
+    assert!(
+        rows.iter().any(|r| r.0 == h1.hostname && r.2 == "Leader"),
+        "{rows:?}"
+    );
+
+    // A former manager rejoins: leave, then join with a token.
+    h2.start_shoal();
+    h2.docker_ok(&["swarm", "leave", "--force"]);
+    join_ok(h2, &token(h1, "manager"), h1);
+    wait_for("h2 reachable again", CONVERGE, || {
+        node_rows(h1).filter(|rows| {
+            rows.iter()
+                .any(|r| r.0 == h2.hostname && r.1 == "Ready" && r.2 == "Reachable")
+        })
+    });
+}

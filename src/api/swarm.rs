@@ -47,6 +47,12 @@ pub async fn init(
     let value = decode::value(&body)?;
     let request: SwarmInitRequest = decode::from_value(&value)?;
     let extras: InitExtras = decode::from_value(&value)?;
+    // `--force-new-cluster` on a manager: its own data becomes a new
+    // one-manager cluster (after quorum is lost), as the engine does.
+    if request.force_new_cluster == Some(true) && cluster.is_active().await {
+        let node_id = cluster.force_new_cluster().await?;
+        return Ok(json(http::StatusCode::OK, &node_id));
+    }
     if cluster.is_active().await {
         return Err(cluster::ClusterError::AlreadyInSwarm.into());
     }

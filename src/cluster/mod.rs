@@ -47,6 +47,9 @@ const LATE_CREATE_GRACE: std::time::Duration = std::time::Duration::from_millis(
 /// How long stopping raft may take before leave or shutdown goes on.
 const RAFT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a manager that leaves tries to tell the others.
+const LEAVE_FAREWELL: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// The raft ID of the first manager; more come with `swarm join`.
 const FIRST_RAFT_ID: u64 = 1;
 
@@ -883,12 +886,22 @@ impl Cluster {
             }
         }
         if let (Some(manager), true) = (&manager, others > 0) {
-            // Out of raft first, so the others' quorum no longer counts us.
+            // Out of raft first, so the others' quorum no longer counts us;
+            // bounded, since a forced leave must not wait for a cluster
+            // that is gone.
             let raft_id = manager.raft_node().id();
-            if let Err(error) = port::remove_voter(manager, raft_id).await {
-                tracing::warn!(%error, "could not leave raft's membership cleanly");
+            let farewell = async {
+                if let Err(error) = port::remove_voter(manager, raft_id).await {
+                    tracing::warn!(%error, "could not leave raft's membership cleanly");
+                }
+                let _ = self.goodbye(manager).await;
+            };
+            if tokio::time::timeout(LEAVE_FAREWELL, farewell)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the other managers did not hear that this one leaves");
             }
-            let _ = self.goodbye(manager).await;
         }
         let node_id = match std::mem::replace(&mut *membership, Membership::Inactive) {
             Membership::Locked { local, .. } => local.node_id,

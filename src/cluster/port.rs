@@ -480,6 +480,9 @@ pub async fn remove_voter(manager: &Manager, raft_id: u64) -> Result<(), PortErr
     }
     let raft = manager.raft_node().raft();
     let ids = std::collections::BTreeSet::from([raft_id]);
+    if !manager.members().iter().any(|(id, _)| *id == raft_id) {
+        return Ok(()); // Not (or no longer) a member: nothing to do.
+    }
     if manager.voters().iter().any(|(id, _)| *id == raft_id) {
         retry_membership(|| {
             raft.change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)

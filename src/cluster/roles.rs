@@ -324,3 +324,83 @@ async fn call_any<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
     }
     Err(ClusterError::Transport(last))
 }
+
+/// Objects restored per raft entry by `--force-new-cluster`.
+const RESTORE_BATCH: usize = 256;
+
+impl Cluster {
+    /// `swarm init --force-new-cluster` on a manager: raft starts again
+    /// from this node's store with this node as the only voter (the other
+    /// managers stay listed, unreachable, until they are demoted and
+    /// removed or rejoin with a token). Nothing else changes: services,
+    /// tasks, secrets and the cluster's identity are kept.
+    pub async fn force_new_cluster(self: &Arc<Self>) -> Result<String, ClusterError> {
+        let mut membership = self.membership.write().await;
+        let manager = match &*membership {
+            Membership::Manager(manager) => manager.clone(),
+            Membership::Worker(_) => return Err(ClusterError::WorkerNotManager),
+            Membership::Locked { .. } => return Err(ClusterError::Locked),
+            Membership::Inactive => return Err(ClusterError::NotManager),
+        };
+        let store = manager.store();
+        let objects: Vec<Object> = Kind::ALL
+            .iter()
+            .flat_map(|kind| store.list(*kind))
+            .map(|o| (*o).clone())
+            .collect();
+        drop(store);
+        let local = manager.local.clone();
+        let peers = manager.peers().cloned();
+        *membership = Membership::Inactive;
+        tracing::warn!(node = %local.node_id, objects = objects.len(), "forcing a new cluster from this node's state");
+        release(manager).await?;
+        let raft_dir = self.dir.join("raft");
+        std::fs::remove_dir_all(&raft_dir).map_err(|source| ClusterError::Disk {
+            path: raft_dir.clone(),
+            source,
+        })?;
+        let keys = match crate::secrets::KeyStore::load(&self.dir)? {
+            Some(crate::secrets::KeyFile::Open(keys)) => Arc::new(keys),
+            _ => return Err(ClusterError::Locked),
+        };
+        let mut options = raft_options(&local);
+        options.codec = keys.codec()?;
+        options.peers = peers.clone();
+        let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
+        for chunk in objects.chunks(RESTORE_BATCH) {
+            let mut tx = crate::store::Transaction::new(crate::types::Timestamp::from_system(
+                std::time::SystemTime::now(),
+            ));
+            for object in chunk {
+                tx = tx.create(object.clone());
+            }
+            use crate::store::Proposer as _;
+            match raft.propose(tx).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ClusterError::Bootstrap(e.to_string())),
+                Err(e) => return Err(ClusterError::Bootstrap(e.to_string())),
+            }
+        }
+        let node_id = local.node_id.clone();
+        *membership = Membership::Manager(Arc::new(Manager::start(
+            local,
+            raft,
+            keys,
+            self.executor.clone(),
+            self.options.network.clone(),
+            peers,
+        )));
+        tracing::info!(node = %node_id, "new cluster forced from this node's state");
+        Ok(node_id)
+    }
+}
+
+/// Stops a manager that nothing else holds any more, so its raft data
+/// can be replaced (requests in flight finish first, briefly).
+async fn release(manager: Arc<Manager>) -> Result<(), ClusterError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&manager) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    manager.stop().await
+}

@@ -264,7 +264,14 @@ async fn commit(
     replies: Vec<Reply>,
 ) {
     let count = txs.len();
-    let outcomes = match raft.client_write(Batch(txs.clone())).await {
+    if lost_quorum(raft) {
+        return reply_all(replies, Err(ProposeError::NoLeader));
+    }
+    let written = tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(Batch(txs.clone()))).await;
+    let Ok(written) = written else {
+        return reply_all(replies, Err(ProposeError::NoLeader));
+    };
+    let outcomes = match written {
         Ok(resp) => resp.data,
         Err(OpenRaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
             match to.leader_node {
@@ -289,6 +296,21 @@ async fn commit(
         // The proposer may have given up waiting; nothing to do then.
         let _ = reply.send(outcome);
     }
+}
+
+/// A leader that has heard from no quorum for this long no longer takes
+/// writes: they could never commit (swarmkit's leader steps down then).
+const QUORUM_LOST_AFTER_MS: u64 = 1_500;
+/// A write not committed by then is answered as "no leader" (a quorum
+/// went away while it waited).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn lost_quorum(raft: &Raft<TypeConfig>) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    m.state == openraft::ServerState::Leader
+        && m.millis_since_quorum_ack
+            .is_some_and(|ms| ms > QUORUM_LOST_AFTER_MS)
 }
 
 fn reply_all(replies: Vec<Reply>, outcome: Result<ApplyOutcome, ProposeError>) {
