@@ -826,3 +826,71 @@ fn lost_quorum_is_recovered_with_force_new_cluster() {
         })
     });
 }
+
+/// The manager that leads now, as `from` sees it.
+fn leader_of<'a>(hosts: &'a Hosts, from: &Host) -> Option<&'a Host> {
+    let rows = node_rows(from)?;
+    let name = rows.into_iter().find(|r| r.2 == "Leader")?.0;
+    hosts.iter().find(|h| h.hostname == name)
+}
+
+#[test]
+fn leader_kills_in_a_loop_under_writes_lose_no_acknowledged_write() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    init(h1);
+    join_ok(h2, &token(h1, "manager"), h1);
+    join_ok(h3, &token(h1, "manager"), h1);
+    let managers = [h1, h2, h3];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        // A steady writer: each write goes to the next manager; a name is
+        // recorded only once a manager acknowledged it.
+        scope.spawn(|| {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("w{n}");
+                let h = managers[n % 3];
+                if h.shoal_running() {
+                    let out = h.docker(&["config", "create", &name, "/etc/hostname"]);
+                    if out.status.success() {
+                        acknowledged.lock().unwrap().push(name);
+                    }
+                }
+                n += 1;
+            }
+        });
+        for round in 0..3 {
+            let survivor = managers
+                .iter()
+                .find(|h| h.shoal_running())
+                .copied()
+                .unwrap();
+            let leader = wait_for("a leader", CONVERGE, || leader_of(&hosts, survivor));
+            let before = acknowledged.lock().unwrap().len();
+            leader.kill_shoal();
+            // Writes are acknowledged again after the kill (a new leader).
+            wait_for(&format!("writes after kill {round}"), CONVERGE, || {
+                (acknowledged.lock().unwrap().len() > before + 3).then_some(())
+            });
+            leader.start_shoal();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(acknowledged.len() > 10, "{acknowledged:?}");
+    for h in managers {
+        let names = wait_for(&format!("{} has every write", h.name), CONVERGE, || {
+            let out = h.docker(&["config", "ls", "--format", "{{.Name}}"]);
+            let names: BTreeSet<String> = stdout(&out).lines().map(str::to_string).collect();
+            acknowledged
+                .iter()
+                .all(|a| names.contains(a))
+                .then_some(names)
+        });
+        assert!(acknowledged.iter().all(|a| names.contains(a)));
+    }
+}

@@ -99,6 +99,46 @@ pub fn issue_own(
     })
 }
 
+/// At start: a node whose certificate has expired cannot talk to any peer.
+/// A manager holds the CA key and signs itself a new one; a worker cannot,
+/// and is told what the engine tells (leave and join again).
+pub fn renew_expired(dir: &Path, node_id: &str, role: Role) -> Result<(), ClusterError> {
+    let current = load(dir)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let expired =
+        crate::transport::tls::validity(&current.cert_pem).is_some_and(|(_, until)| until <= now);
+    if !expired {
+        return Ok(());
+    }
+    if role == Role::Worker {
+        tracing::error!(
+            "Swarm certificates have expired. To replace them, leave the swarm and join again."
+        );
+        return Ok(());
+    }
+    let path = dir.join("ca.json");
+    let bytes = std::fs::read(&path).map_err(|source| ClusterError::Disk {
+        path: path.clone(),
+        source,
+    })?;
+    let root: RootCa = serde_json::from_slice(&bytes).map_err(|e| ClusterError::Corrupt {
+        path,
+        reason: e.to_string(),
+    })?;
+    let cluster_id = crate::transport::tls::organisation(&current.cert_pem).unwrap_or_default();
+    let renewed = issue_own(&root, node_id, role, &cluster_id, RENEWED_LIFETIME)?;
+    save(dir, &renewed)?;
+    tracing::warn!("this node's certificate had expired; the manager signed itself a new one");
+    Ok(())
+}
+
+/// A self-renewed manager's certificate lives a day; the renewal loop
+/// replaces it with one of the cluster's NodeCertExpiry soon after start.
+const RENEWED_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 fn ca_error(e: rcgen::Error) -> ClusterError {
     ClusterError::Ca(crate::ca::CaError::Rcgen(e))
 }
@@ -127,6 +167,36 @@ mod tests {
         let (from, until) = crate::transport::tls::validity(&identity.cert_pem).unwrap();
         // Valid from an hour ago (clock skew) for the hour asked.
         assert_eq!(until - from, 7200);
+    }
+
+    #[test]
+    fn an_expired_manager_certificate_is_renewed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootCa::generate().unwrap();
+        std::fs::write(
+            dir.path().join("ca.json"),
+            serde_json::to_vec(&root).unwrap(),
+        )
+        .unwrap();
+        // Valid for one more second; then wait until it has expired.
+        let old = issue_own(&root, "n1", Role::Manager, "c1", Duration::from_secs(1)).unwrap();
+        save(dir.path(), &old).unwrap();
+        let (_, until) = crate::transport::tls::validity(&old.cert_pem).unwrap();
+        while std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            <= until
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        renew_expired(dir.path(), "n1", Role::Manager).unwrap();
+        let new = load(dir.path()).unwrap();
+        assert_ne!(new.cert_pem, old.cert_pem);
+        assert_eq!(
+            crate::transport::tls::organisation(&new.cert_pem).as_deref(),
+            Some("c1")
+        );
     }
 
     #[test]

@@ -552,6 +552,9 @@ impl Cluster {
 
     async fn restore(self: &Arc<Self>, local: LocalNode) -> Result<Membership, ClusterError> {
         let dir = &self.dir;
+        if let Err(error) = identity::renew_expired(dir, &local.node_id, local.role) {
+            tracing::warn!(%error, "could not check this node's certificate");
+        }
         if local.role == Role::Worker {
             let identity = identity::load(dir)?;
             self.start_port(self.rebind(&local).await?, &identity)?;

@@ -220,6 +220,15 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Option<(String, Role)> {
     Some((node_id.to_string(), role))
 }
 
+/// The organisation (O) of the certificate in `pem`: the cluster ID in a
+/// node certificate.
+pub fn organisation(pem: &str) -> Option<String> {
+    let der = certs(pem).ok()?.into_iter().next()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let org = parsed.subject().iter_organization().next()?.as_str().ok()?;
+    Some(org.to_string())
+}
+
 /// When the certificate in `pem` became valid and when it expires, in
 /// seconds since the epoch.
 pub fn validity(pem: &str) -> Option<(i64, i64)> {
