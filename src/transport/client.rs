@@ -23,6 +23,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pings on every connection so a dead peer fails calls and streams in
 /// seconds instead of at the kernel's TCP timeout.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// HTTP/2 flow-control windows (see where they are set).
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most a JSON answer may be (raft entries and snapshots come in chunks).
 const MAX_ANSWER: usize = 256 << 20;
@@ -191,7 +194,12 @@ impl Peers {
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_EVERY)
             .keep_alive_timeout(PING_TIMEOUT)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            // Raft entries of a few hundred transactions exceed HTTP/2's
+            // default 64 KiB window: without larger windows every such
+            // append waits a round trip for a window update.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
         let (sender, connection) = builder
             .handshake(TokioIo::new(tls))
             .await

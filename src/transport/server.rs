@@ -20,6 +20,9 @@ use crate::body::Body;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings on idle connections, so a dead peer is noticed.
 const PING_EVERY: Duration = Duration::from_secs(2);
+/// HTTP/2 flow-control windows (see where they are set).
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
 const PING_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// What answers the cluster port's requests. `peer` is `None` for a client
@@ -107,7 +110,12 @@ async fn connection<H: Handler>(
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(PING_EVERY)
-        .keep_alive_timeout(PING_TIMEOUT);
+        .keep_alive_timeout(PING_TIMEOUT)
+        // Raft entries of a few hundred transactions exceed HTTP/2's
+        // default 64 KiB window: without larger windows every such
+        // append waits a round trip for a window update.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     tokio::select! {
