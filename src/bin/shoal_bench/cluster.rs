@@ -82,9 +82,16 @@ impl Side {
     }
 }
 
+/// One timed figure of a [`Figures`].
+type Pick = fn(&Figures) -> Duration;
+
 struct Figures {
     joins: Vec<Duration>,
     replicas: Duration,
+    /// A worker host killed → its tasks running on the other engines.
+    reschedule: Duration,
+    /// The leader's host killed → a write accepted by a surviving manager.
+    failover: Duration,
 }
 
 pub async fn run(args: ClusterArgs) -> Result<()> {
@@ -206,7 +213,14 @@ fn measure(hosts: &Hosts, side: Side, args: &ClusterArgs) -> Result<Figures> {
             out.stdout.is_empty()
         })
     })?;
-    Ok(Figures { joins, replicas })
+    let reschedule = reschedule(hosts, side, args)?;
+    let failover = failover(hosts, side)?;
+    Ok(Figures {
+        joins,
+        replicas,
+        reschedule,
+        failover,
+    })
 }
 
 struct Extra {
@@ -312,6 +326,38 @@ fn report(args: &ClusterArgs, real: Option<&Figures>, ours: &Figures, extra: &Ex
         ratio(ours.replicas.as_secs_f64(), real_replicas),
         format!("≤ {GOAL_REPLICAS_RATIO}×: {goal_met}"),
     ]);
+    for (what, pick) in [
+        (
+            "worker host killed → its tasks run elsewhere",
+            (|f: &Figures| f.reschedule) as fn(&Figures) -> Duration,
+        ),
+        ("leader host killed → write accepted", |f: &Figures| {
+            f.failover
+        }),
+    ] {
+        let theirs = real.map(|f| pick(f).as_secs_f64());
+        rows.push(vec![
+            what.to_string(),
+            real.map_or("-".into(), |f| secs(pick(f))),
+            secs(pick(ours)),
+            ratio(pick(ours).as_secs_f64(), theirs),
+            "-".into(),
+        ]);
+    }
+    let timed: [(&str, Pick); 2] = [
+        ("worker host killed → tasks elsewhere", |f| f.reschedule),
+        ("leader host killed → write accepted", |f| f.failover),
+    ];
+    for (what, pick) in timed {
+        let theirs = real.map(|f| pick(f).as_secs_f64());
+        rows.push(vec![
+            what.to_string(),
+            real.map_or("-".into(), |f| secs(pick(f))),
+            secs(pick(ours)),
+            ratio(pick(ours).as_secs_f64(), theirs),
+            "-".into(),
+        ]);
+    }
     let mut out = table(&rows);
     let writes_met = if extra.writes >= GOAL_WRITES_S {
         "met"
@@ -334,4 +380,105 @@ fn report(args: &ClusterArgs, real: Option<&Figures>, ours: &Figures, extra: &Ex
         extra.worker_rss_kib as f64 / 1024.0
     );
     out
+}
+
+/// Running containers of `service` on the engines of every host but `except`.
+fn running_elsewhere(hosts: &Hosts, service: &str, except: Option<&Host>) -> usize {
+    hosts
+        .iter()
+        .filter(|h| except.is_none_or(|e| e.name != h.name))
+        .map(|h| {
+            let filter = format!("label=com.docker.swarm.service.name={service}");
+            let out = h.engine_docker(&["ps", "-q", "--filter", &filter]);
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        })
+        .sum()
+}
+
+/// The last worker's whole host dies; how long until all replicas run on
+/// the other engines. The host is booted again afterwards.
+fn reschedule(hosts: &Hosts, side: Side, args: &ClusterArgs) -> Result<Duration> {
+    let first = hosts.host(1);
+    let victim = hosts.host(args.hosts);
+    let count = 2 * args.hosts;
+    eprintln!("{side:?}: killing a worker host under {count} replicas");
+    side.docker_ok(
+        first,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--quiet",
+            "--name",
+            "moved",
+            "--replicas",
+            &count.to_string(),
+            "--stop-grace-period",
+            "1s",
+            "busybox:latest",
+            "sleep",
+            "100000",
+        ],
+    )?;
+    wait("replicas on every host, the victim's too", || {
+        running_elsewhere(hosts, "moved", None) == count
+            && running_elsewhere(hosts, "moved", Some(victim)) < count
+    })?;
+    let started = Instant::now();
+    victim.kill();
+    wait("the killed host's tasks running elsewhere", || {
+        running_elsewhere(hosts, "moved", Some(victim)) == count
+    })?;
+    let took = started.elapsed();
+    victim.start();
+    let id = node_id_of(hosts, side, victim)?;
+    wait("the killed host ready again", || {
+        let out = side.docker(
+            first,
+            &["node", "inspect", &id, "--format", "{{.Status.State}}"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "ready"
+    })?;
+    side.docker_ok(first, &["service", "rm", "moved"])?;
+    Ok(took)
+}
+
+fn node_id_of(hosts: &Hosts, side: Side, host: &Host) -> Result<String> {
+    let rows = side.docker_ok(
+        hosts.host(1),
+        &["node", "ls", "--format", "{{.ID}} {{.Hostname}}"],
+    )?;
+    rows.lines()
+        .find_map(|l| {
+            let (id, name) = l.split_once(' ')?;
+            (name.trim_end_matches(" *") == host.hostname)
+                .then(|| id.trim_end_matches(" *").to_string())
+        })
+        .with_context(|| format!("{} is not in node ls", host.name))
+}
+
+/// The leader's whole host dies; how long until another manager accepts a
+/// write. The host is booted again afterwards and rejoins.
+fn failover(hosts: &Hosts, side: Side) -> Result<Duration> {
+    let leader = hosts.host(1);
+    let survivor = hosts.host(2);
+    eprintln!("{side:?}: killing the leader's host");
+    let started = Instant::now();
+    leader.kill();
+    let mut n = 0;
+    wait("a write accepted after the leader died", || {
+        n += 1;
+        let name = format!("failover-{n}");
+        side.docker(survivor, &["config", "create", &name, "/etc/hostname"])
+            .status
+            .success()
+    })?;
+    let took = started.elapsed();
+    leader.start();
+    wait("the old leader back and every node ready", || {
+        let out = side.docker(leader, &["node", "ls", "--format", "{{.Status}}"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        out.status.success() && !text.is_empty() && text.lines().all(|l| l == "Ready")
+    })?;
+    Ok(took)
 }
