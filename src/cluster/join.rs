@@ -120,7 +120,7 @@ impl Cluster {
             return Ok(());
         };
         local.raft_id = kit.raft_id;
-        let keys = Arc::new(adopt_manager_keys(&self.dir, &kit.root_ca, &kit.data_key)?);
+        let keys = Arc::new(adopt_manager_keys(&self.dir, &kit)?);
         let mut options = raft_options(&local);
         options.codec = keys.codec()?;
         options.peers = Some(peers.clone());
@@ -199,20 +199,19 @@ async fn fetch_ca(remote: &str, digest: &str) -> Result<String, ClusterError> {
 /// the swarm's data key (to read secrets in the raft log).
 pub(super) fn adopt_manager_keys(
     dir: &std::path::Path,
-    root: &RootCa,
-    data_key: &str,
+    kit: &super::wire::ManagerKit,
 ) -> Result<KeyStore, ClusterError> {
     write_private(
         &dir.join("ca.json"),
-        &serde_json::to_vec(root).unwrap_or_default(),
+        &serde_json::to_vec(&kit.root_ca).unwrap_or_default(),
     )?;
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data_key.as_bytes())
+        .decode(kit.data_key.as_bytes())
         .map_err(|_| ClusterError::JoinRefused("the manager sent a bad data key".into()))?;
     let key: [u8; 32] = bytes
         .try_into()
         .map_err(|_| ClusterError::JoinRefused("the manager sent a bad data key".into()))?;
-    Ok(KeyStore::adopt(dir, key)?)
+    Ok(KeyStore::adopt(dir, key, kit.unlock_key.clone())?)
 }
 
 /// A new manager answers once it knows the leader and has applied what

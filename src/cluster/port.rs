@@ -308,6 +308,7 @@ async fn admit(
         raft_id,
         root_ca: root,
         data_key: manager.keys().data_key_base64(),
+        unlock_key: manager.keys().unlock_key(),
     });
     Ok(JoinAnswer {
         node_id,
@@ -395,6 +396,7 @@ fn reissue(
         raft_id: rand::random::<u64>().max(2),
         root_ca: root,
         data_key: manager.keys().data_key_base64(),
+        unlock_key: manager.keys().unlock_key(),
     });
     tracing::info!(node = %node_id, ?role, "node certificate issued");
     Ok(CertificateAnswer {

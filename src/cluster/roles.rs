@@ -197,11 +197,7 @@ impl Cluster {
         local.role = Role::Manager;
         local.raft_id = kit.raft_id;
         local.managers = answer.managers.clone();
-        let keys = Arc::new(join::adopt_manager_keys(
-            &self.dir,
-            &kit.root_ca,
-            &kit.data_key,
-        )?);
+        let keys = Arc::new(join::adopt_manager_keys(&self.dir, &kit)?);
         let peers = Arc::new(Peers::new(tls::client_config(&identity)?));
         let mut options = raft_options(&local);
         options.codec = keys.codec()?;

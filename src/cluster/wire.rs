@@ -64,6 +64,9 @@ pub struct ManagerKit {
     pub root_ca: RootCa,
     /// base64 of the 32-byte data key.
     pub data_key: String,
+    /// With autolock on: the key the data key is wrapped under on disk.
+    #[serde(default)]
+    pub unlock_key: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -86,13 +86,19 @@ impl KeyStore {
         Ok(store)
     }
 
-    /// A manager that joins takes the swarm's data key (sent by a manager
-    /// over mutual TLS), kept in clear under `dir` until autolock says otherwise.
-    pub fn adopt(dir: &Path, dek: [u8; 32]) -> Result<KeyStore, SecretsError> {
+    /// A manager that joins takes the swarm's data key and, with autolock
+    /// on, its unlock key (both sent by a manager over mutual TLS): the
+    /// data key is kept wrapped under the same unlock key as on the other
+    /// managers, or in clear when autolock is off.
+    pub fn adopt(
+        dir: &Path,
+        dek: [u8; 32],
+        unlock_key: Option<String>,
+    ) -> Result<KeyStore, SecretsError> {
         let store = KeyStore {
             path: dir.join(FILE_NAME),
             dek,
-            unlock_key: Mutex::new(None),
+            unlock_key: Mutex::new(unlock_key),
         };
         let key = store.lock_key();
         store.write(&key)?;

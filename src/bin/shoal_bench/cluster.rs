@@ -326,24 +326,6 @@ fn report(args: &ClusterArgs, real: Option<&Figures>, ours: &Figures, extra: &Ex
         ratio(ours.replicas.as_secs_f64(), real_replicas),
         format!("≤ {GOAL_REPLICAS_RATIO}×: {goal_met}"),
     ]);
-    for (what, pick) in [
-        (
-            "worker host killed → its tasks run elsewhere",
-            (|f: &Figures| f.reschedule) as fn(&Figures) -> Duration,
-        ),
-        ("leader host killed → write accepted", |f: &Figures| {
-            f.failover
-        }),
-    ] {
-        let theirs = real.map(|f| pick(f).as_secs_f64());
-        rows.push(vec![
-            what.to_string(),
-            real.map_or("-".into(), |f| secs(pick(f))),
-            secs(pick(ours)),
-            ratio(pick(ours).as_secs_f64(), theirs),
-            "-".into(),
-        ]);
-    }
     let timed: [(&str, Pick); 2] = [
         ("worker host killed → tasks elsewhere", |f| f.reschedule),
         ("leader host killed → write accepted", |f| f.failover),
