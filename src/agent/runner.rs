@@ -125,7 +125,12 @@ enum OpMsg {
 enum OpResult {
     Prepared,
     Started(Option<ContainerInfo>),
-    Stopped { exit_code: Option<i64> },
+    /// `kept`: the container stays (stopped) while its task is in the
+    /// task history, for `service logs`.
+    Stopped {
+        exit_code: Option<i64>,
+        kept: bool,
+    },
     Cancelled,
     Failed(AgentError),
 }
@@ -728,11 +733,15 @@ impl Agent {
                     self.report(task_id, TaskState::RUNNING, None).await;
                 }
             }
-            OpResult::Stopped { exit_code } => {
-                rt.container = None;
-                rt.phase = Phase::None;
+            OpResult::Stopped { exit_code, kept } => {
                 rt.pid = 0;
                 rt.exit_code = exit_code.or(rt.exit_code);
+                if kept {
+                    rt.phase = Phase::Exited;
+                    return;
+                }
+                rt.container = None;
+                rt.phase = Phase::None;
                 if rt.assignment.is_none() {
                     self.tasks.remove(task_id);
                 }
@@ -792,10 +801,12 @@ impl Agent {
                 continue;
             }
             if rt.wants_stop() {
-                if rt.container.is_some() {
+                // A stopped container of a task still in the history stays.
+                let kept = rt.phase == Phase::Exited && rt.assignment.is_some();
+                if rt.container.is_some() && !kept {
                     rt.stopping = true;
                     self.launch(&task_id, OpKind::Shutdown);
-                } else if rt.assignment.is_none() {
+                } else if rt.container.is_none() && rt.assignment.is_none() {
                     self.tasks.remove(&task_id);
                 } else if !terminal(rt.reported) {
                     self.report(&task_id, TaskState::SHUTDOWN, None).await;
@@ -1064,7 +1075,10 @@ impl OpCtx {
 
     async fn shutdown(self) -> OpResult {
         let Some(id) = self.container.clone() else {
-            return OpResult::Stopped { exit_code: None };
+            return OpResult::Stopped {
+                exit_code: None,
+                kept: false,
+            };
         };
         let grace = self
             .assignment
@@ -1087,6 +1101,14 @@ impl OpCtx {
         drop(stopping);
         if self.assignment.is_some() {
             self.progress_exit(TaskState::SHUTDOWN, exit_code);
+            // As Docker does, an ended task keeps its (stopped) container
+            // until the task leaves the task history, so the logs of a
+            // crashed or replaced task stay readable; it is removed when
+            // the task leaves the assignment set.
+            return OpResult::Stopped {
+                exit_code,
+                kept: true,
+            };
         }
         // The permit goes back while waiting, or waiting removals could
         // hold off the very stops they wait for.
@@ -1096,7 +1118,10 @@ impl OpCtx {
         if let Err(e) = self.exec.remove(&id).await {
             return OpResult::Failed(e);
         }
-        OpResult::Stopped { exit_code }
+        OpResult::Stopped {
+            exit_code,
+            kept: false,
+        }
     }
 
     /// Zero downtime: the data plane stops routing to the task, and its

@@ -1,7 +1,7 @@
 //! Unit tests of the agent: the task → container mapping, and the loop
 //! against the in-memory `FakeExecutor`; one test against the real engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use bollard::models::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::fake::FakeExecutor;
+use super::fake::{FakeContainer, FakeExecutor};
 use super::spec::{self, NodeInfo};
 use super::*;
 
@@ -519,8 +519,21 @@ async fn exits_are_reported() {
     h.stop().await;
 }
 
+/// Polls the fake engine (which reports nothing) until `cond` holds.
+async fn until_engine(h: &Harness, what: &str, cond: impl Fn(&[FakeContainer]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond(&h.fake.containers()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            h.fake.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
-async fn shutdown_stops_and_removes() {
+async fn shutdown_stops_and_keeps_containers_until_tasks_leave_the_history() {
     let tasks: Vec<_> = (1..=3)
         .map(|i| assignment(&format!("t{i}"), Some(i), container_spec("busybox")))
         .collect();
@@ -533,7 +546,7 @@ async fn shutdown_stops_and_removes() {
     })
     .await;
     // t1 desired shutdown, t2 desired remove, t3 vanishes.
-    h.tx.send_replace(Arc::new(vec![
+    let ended = vec![
         with_desired(
             with_state(tasks[0].clone(), TaskState::RUNNING),
             TaskState::SHUTDOWN,
@@ -542,16 +555,23 @@ async fn shutdown_stops_and_removes() {
             with_state(tasks[1].clone(), TaskState::RUNNING),
             TaskState::REMOVE,
         ),
-    ]));
+    ];
+    h.tx.send_replace(Arc::new(ended.clone()));
     h.wait_until("shutdown", |h| {
         h.has("t1", TaskState::SHUTDOWN) && h.has("t2", TaskState::SHUTDOWN)
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !h.fake.containers().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(h.fake.containers().is_empty(), "{:?}", h.fake.calls());
+    // Tasks still in the history keep their stopped containers (their logs
+    // stay readable); the one that left it loses its container.
+    until_engine(&h, "t3's container removed", |cs| {
+        cs.len() == 2 && cs.iter().all(|c| c.state == RunState::Exited)
+    })
+    .await;
+    let names: HashSet<String> = h.fake.containers().into_iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        HashSet::from(["web.1.t1".to_string(), "web.2.t2".to_string()])
+    );
     assert!(h
         .fake
         .calls()
@@ -564,6 +584,18 @@ async fn shutdown_stops_and_removes() {
     h.settle().await;
     assert!(!h.has("t1", TaskState::FAILED));
     assert!(!h.has("t3", TaskState::SHUTDOWN) && !h.has("t3", TaskState::FAILED));
+    // Kept containers are not stopped again while they wait.
+    let stops = |h: &Harness| {
+        h.fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("stop "))
+            .count()
+    };
+    assert_eq!(stops(&h), 3);
+    // The tasks leave the history: their containers go.
+    h.tx.send_replace(Arc::new(Vec::new()));
+    until_engine(&h, "every container removed", |cs| cs.is_empty()).await;
     h.stop().await;
 }
 

@@ -201,6 +201,9 @@ async fn pump(
     let path = format!("/containers/{container}/logs?{}", options.engine_query);
     let response = match proxy.get(&path).await {
         Ok(response) if response.status().is_success() => response,
+        // The container is really gone (removed by hand): the engine's
+        // service logs have no stream for such a task and skip it.
+        Ok(response) if response.status() == StatusCode::NOT_FOUND => return,
         Ok(response) => {
             let _ = tx
                 .send(error_frame(&format!(
