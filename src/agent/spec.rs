@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, MountType, RestartPolicy,
     RestartPolicyNameEnum, TaskSpecContainerSpec, TaskSpecContainerSpecIsolationEnum,
-    TaskSpecContainerSpecPrivilegesAppArmorModeEnum,
-    TaskSpecContainerSpecPrivilegesSeccompModeEnum,
+    TaskSpecContainerSpecPrivilegesAppArmorModeEnum, TaskSpecContainerSpecPrivilegesCredentialSpec,
+    TaskSpecContainerSpecPrivilegesSeLinuxContext, TaskSpecContainerSpecPrivilegesSeccompModeEnum,
 };
 
 use super::{AgentError, Assignment};
@@ -279,6 +279,8 @@ pub fn container_config(
 
     let mut security_opt = Vec::new();
     if let Some(p) = &spec.privileges {
+        security_opt.extend(credential_spec_opts(p.credential_spec.as_ref()));
+        security_opt.extend(selinux_opts(p.se_linux_context.as_ref()));
         if p.no_new_privileges == Some(true) {
             security_opt.push("no-new-privileges=true".to_string());
         }
@@ -376,6 +378,48 @@ pub fn container_config(
     Ok((name, body))
 }
 
+// ------------------------------------------------------------ privileges
+
+/// A credential spec becomes the engine's `credentialspec=` security
+/// option, as swarm's executor passes it: the engine decides what it
+/// supports (a Linux engine refuses it, and the task fails with its text).
+fn credential_spec_opts(
+    spec: Option<&TaskSpecContainerSpecPrivilegesCredentialSpec>,
+) -> Option<String> {
+    let spec = spec?;
+    let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    if let Some(file) = nonempty(&spec.file) {
+        return Some(format!("credentialspec=file://{file}"));
+    }
+    if let Some(registry) = nonempty(&spec.registry) {
+        return Some(format!("credentialspec=registry://{registry}"));
+    }
+    nonempty(&spec.config).map(|config| format!("credentialspec=config://{config}"))
+}
+
+/// An SELinux context becomes the engine's `label=` security options.
+fn selinux_opts(context: Option<&TaskSpecContainerSpecPrivilegesSeLinuxContext>) -> Vec<String> {
+    let Some(context) = context else {
+        return Vec::new();
+    };
+    let mut opts = Vec::new();
+    if context.disable == Some(true) {
+        opts.push("label=disable".to_string());
+    }
+    let parts = [
+        ("user", &context.user),
+        ("role", &context.role),
+        ("level", &context.level),
+        ("type", &context.typ),
+    ];
+    for (name, value) in parts {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            opts.push(format!("label={name}:{value}"));
+        }
+    }
+    opts
+}
+
 // ------------------------------------------------- networks and ports
 // (owned by `crate::network`; kept to this one call)
 
@@ -391,14 +435,6 @@ fn apply_networks(a: &Assignment, body: &mut ContainerCreateBody) {
 /// yet, by their Engine API names, so `service create` can refuse them.
 pub fn unsupported_fields(spec: &TaskSpecContainerSpec) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(p) = &spec.privileges {
-        if p.credential_spec.is_some() {
-            out.push("Privileges.CredentialSpec".to_string());
-        }
-        if p.se_linux_context.is_some() {
-            out.push("Privileges.SELinuxContext".to_string());
-        }
-    }
     match spec.isolation {
         None
         | Some(TaskSpecContainerSpecIsolationEnum::DEFAULT)

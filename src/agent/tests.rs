@@ -224,6 +224,50 @@ fn container_config_maps_the_spec() {
     assert_eq!(body.cmd, Some(vec!["sleep".to_string(), "1d".to_string()]));
 }
 
+/// Privileges become security options as swarm's executor writes them.
+#[test]
+fn privileges_become_security_options() {
+    let cs = TaskSpecContainerSpec {
+        privileges: Some(TaskSpecContainerSpecPrivileges {
+            credential_spec: Some(TaskSpecContainerSpecPrivilegesCredentialSpec {
+                file: Some("spec.json".to_string()),
+                ..Default::default()
+            }),
+            se_linux_context: Some(
+                bollard::models::TaskSpecContainerSpecPrivilegesSeLinuxContext {
+                    disable: Some(true),
+                    user: Some("u".to_string()),
+                    typ: Some("t".to_string()),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        }),
+        ..container_spec("busybox")
+    };
+    let (_, body) = spec::container_config(&assignment("t", Some(1), cs), &node()).unwrap();
+    let opts = body
+        .host_config
+        .and_then(|h| h.security_opt)
+        .unwrap_or_default();
+    assert_eq!(
+        opts,
+        [
+            "credentialspec=file://spec.json",
+            "label=disable",
+            "label=user:u",
+            "label=type:t"
+        ]
+    );
+    // stack deploy's empty Privileges ({CredentialSpec: null, …}) adds nothing.
+    let empty = TaskSpecContainerSpec {
+        privileges: Some(TaskSpecContainerSpecPrivileges::default()),
+        ..container_spec("busybox")
+    };
+    let (_, body) = spec::container_config(&assignment("t", Some(1), empty), &node()).unwrap();
+    assert_eq!(body.host_config.and_then(|h| h.security_opt), None);
+}
+
 #[test]
 fn bad_template_is_an_error() {
     let mut cs = container_spec("busybox");
@@ -256,12 +300,7 @@ fn unsupported_fields_are_named() {
     };
     assert_eq!(
         unsupported_fields(&cs),
-        vec![
-            "Privileges.CredentialSpec",
-            "Isolation",
-            "Mounts.Type=npipe",
-            "Env"
-        ]
+        vec!["Isolation", "Mounts.Type=npipe", "Env"]
     );
     // What the api fills in on read-back is fine.
     let ok = TaskSpecContainerSpec {
