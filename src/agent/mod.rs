@@ -16,6 +16,7 @@ mod files;
 mod runner;
 pub mod spec;
 mod stops;
+mod template;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +47,8 @@ pub struct Assignment {
 pub struct Payload {
     pub id: String,
     pub data: Vec<u8>,
+    /// Created with `Templating: {"Name": "golang"}`: rendered per task.
+    pub templated: bool,
 }
 
 /// Never prints the data: assignments show up in debug logs.
@@ -53,6 +56,7 @@ impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Payload")
             .field("id", &self.id)
+            .field("templated", &self.templated)
             .field("data", &format_args!("<{} bytes>", self.data.len()))
             .finish()
     }

@@ -922,7 +922,7 @@ impl OpCtx {
             Err(e) => return OpResult::Failed(e),
         };
         // Secrets and configs: files on shoal's tmpfs, bind-mounted read-only.
-        match self.files.prepare(&a) {
+        match self.files.prepare(&a, &self.node) {
             Ok(mounts) if mounts.is_empty() => {}
             Ok(mounts) => {
                 let host = body.host_config.get_or_insert_with(Default::default);

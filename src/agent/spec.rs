@@ -11,7 +11,7 @@ use bollard::models::{
     TaskSpecContainerSpecPrivilegesSeLinuxContext, TaskSpecContainerSpecPrivilegesSeccompModeEnum,
 };
 
-use super::{AgentError, Assignment};
+use super::{template, AgentError, Assignment};
 
 pub const LABEL_NODE_ID: &str = "com.docker.swarm.node.id";
 pub const LABEL_SERVICE_ID: &str = "com.docker.swarm.service.id";
@@ -149,62 +149,6 @@ fn stop_grace_nanos(a: &Assignment) -> i64 {
         .unwrap_or(DEFAULT_STOP_GRACE_NANOS)
 }
 
-// ---------------------------------------------------------------- templates
-
-/// Values the service templates (`{{.Service.Name}}` …) may use.
-struct TemplateContext<'a> {
-    a: &'a Assignment,
-    node: &'a NodeInfo,
-}
-
-impl TemplateContext<'_> {
-    fn lookup(&self, path: &str) -> Result<String, AgentError> {
-        let t = &self.a.task;
-        let v = match path {
-            ".Service.ID" => t.service_id.clone().unwrap_or_default(),
-            ".Service.Name" => self.a.service_name.clone(),
-            ".Node.ID" => t.node_id.clone().unwrap_or_else(|| self.node.id.clone()),
-            ".Node.Hostname" => self.node.hostname.clone(),
-            ".Node.Platform.OS" => self.node.os.clone(),
-            ".Node.Platform.Architecture" => self.node.arch.clone(),
-            ".Task.ID" => t.id.clone().unwrap_or_default(),
-            ".Task.Name" => task_name(self.a, &self.node.id),
-            ".Task.Slot" => match t.slot {
-                Some(s) if s != 0 => s.to_string(),
-                _ => String::new(),
-            },
-            other => {
-                return Err(AgentError::Template(format!(
-                    "can't evaluate field {other}"
-                )))
-            }
-        };
-        Ok(v)
-    }
-}
-
-/// Expands `{{ .Path }}` actions the way swarmkit's template package does for
-/// the fields it supports; anything else is an error (the task is rejected).
-fn expand(input: &str, ctx: &TemplateContext<'_>) -> Result<String, AgentError> {
-    if !input.contains("{{") {
-        return Ok(input.to_string());
-    }
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| AgentError::Template(format!("unclosed action in {input:?}")))?;
-        let action = after[..end].trim_matches(|c: char| c.is_whitespace() || c == '-');
-        out.push_str(&ctx.lookup(action.trim())?);
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 // ----------------------------------------------------------- create config
 
 /// The container moby's swarm executor creates for this task.
@@ -213,7 +157,8 @@ pub fn container_config(
     node: &NodeInfo,
 ) -> Result<(String, ContainerCreateBody), AgentError> {
     let name = task_name(a, &node.id);
-    let ctx = TemplateContext { a, node };
+    let ctx = template::Context::new(a, node);
+    let expand = |s: &str, ctx: &template::Context| template::expand(s, ctx, None);
     let default_spec = TaskSpecContainerSpec::default();
     let spec = container_spec(a).unwrap_or(&default_spec);
     let task_spec = a.task.spec.as_ref();

@@ -208,6 +208,14 @@ class SwarmTest(unittest.TestCase):
         self.assertEqual(spec["RollbackConfig"], {"Parallelism": 2, "Order": "start-first"})
         self.assertEqual(spec["UpdateConfig"]["Order"], "start-first")
 
+    def test_config_with_lower_case_templating_is_accepted(self):
+        self.init()
+        config = self.client.configs.create(
+            name="dp-tpl", data=b"hello {{.Service.Name}}", templating={"name": "golang"})
+        config.reload()
+        self.assertEqual(config.attrs["Spec"]["Templating"], {"Name": "golang"})
+        self.assertEqual(config.name, "dp-tpl")
+
     def test_service_errors(self):
         self.init()
         self.client.services.create("busybox:latest", ["sleep", "3600"], name="dp-dup",
