@@ -869,7 +869,8 @@ async fn real_engine_runs_and_removes_tasks() {
                 return Err(format!("bad container {c:?}"));
             }
         }
-        // Desired shutdown: stopped (1 s grace) and removed.
+        // Desired shutdown: stopped (1 s grace) and kept while the tasks are
+        // in the history; removed once they leave it.
         let down: Vec<_> = tasks
             .iter()
             .map(|t| {
@@ -890,11 +891,23 @@ async fn real_engine_runs_and_removes_tasks() {
                 .filter(|r| r.status.state == Some(TaskState::SHUTDOWN))
                 .count();
             let left = exec.list_own(&node_id).await.map_err(|e| e.to_string())?;
-            if shut == 3 && left.is_empty() {
+            let stopped = left.len() == 3 && left.iter().all(|c| c.state == RunState::Exited);
+            if shut == 3 && stopped {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("not stopped: {left:?}; {shut} shutdown reports"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tx.send_replace(Arc::new(Vec::new()));
+        loop {
+            let left = exec.list_own(&node_id).await.map_err(|e| e.to_string())?;
+            if left.is_empty() {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("not removed: {left:?}; {shut} shutdown reports"));
+                return Err(format!("not removed: {left:?}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

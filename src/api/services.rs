@@ -418,7 +418,55 @@ fn normalise(spec: &mut ServiceSpec) {
     if let Some(endpoint) = spec.endpoint_spec.as_mut() {
         endpoint.mode.get_or_insert(EndpointSpecModeEnum::VIP);
     }
+    if let Some(update) = spec.update_config.as_mut() {
+        normalise_update_config(update);
+    }
+    if let Some(rollback) = spec.rollback_config.as_mut() {
+        normalise_rollback_config(rollback);
+    }
     spec.labels.get_or_insert_with(HashMap::new);
+}
+
+/// An update config as the engine reads it back (recorded on engine 20.10):
+/// Parallelism and MaxFailureRatio always written, FailureAction and Order
+/// at their enum's first value when unset, zero durations omitted.
+fn normalise_update_config(update: &mut ServiceSpecUpdateConfig) {
+    update.parallelism.get_or_insert(0);
+    update.max_failure_ratio.get_or_insert(0.0);
+    if matches!(
+        update.failure_action,
+        None | Some(ServiceSpecUpdateConfigFailureActionEnum::EMPTY)
+    ) {
+        update.failure_action = Some(ServiceSpecUpdateConfigFailureActionEnum::PAUSE);
+    }
+    if matches!(
+        update.order,
+        None | Some(ServiceSpecUpdateConfigOrderEnum::EMPTY)
+    ) {
+        update.order = Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST);
+    }
+    update.delay = update.delay.filter(|d| *d != 0);
+    update.monitor = update.monitor.filter(|m| *m != 0);
+}
+
+/// The same for a rollback config (its own enum types in bollard).
+fn normalise_rollback_config(rollback: &mut ServiceSpecRollbackConfig) {
+    rollback.parallelism.get_or_insert(0);
+    rollback.max_failure_ratio.get_or_insert(0.0);
+    if matches!(
+        rollback.failure_action,
+        None | Some(ServiceSpecRollbackConfigFailureActionEnum::EMPTY)
+    ) {
+        rollback.failure_action = Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE);
+    }
+    if matches!(
+        rollback.order,
+        None | Some(ServiceSpecRollbackConfigOrderEnum::EMPTY)
+    ) {
+        rollback.order = Some(ServiceSpecRollbackConfigOrderEnum::STOP_FIRST);
+    }
+    rollback.delay = rollback.delay.filter(|d| *d != 0);
+    rollback.monitor = rollback.monitor.filter(|m| *m != 0);
 }
 
 fn mode_kind(spec: &ServiceSpec) -> &'static str {

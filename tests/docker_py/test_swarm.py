@@ -203,9 +203,12 @@ class SwarmTest(unittest.TestCase):
             stop_grace_period=1_000_000_000)
         svc.reload()
         spec = svc.attrs["Spec"]
-        self.assertEqual(spec["TaskTemplate"]["ContainerSpec"]["HealthCheck"],
+        # The engine writes its Go field name, Healthcheck (the spec says HealthCheck).
+        self.assertEqual(spec["TaskTemplate"]["ContainerSpec"]["Healthcheck"],
                          {"Test": ["CMD", "true"], "Interval": 1_000_000_000, "Retries": 3})
-        self.assertEqual(spec["RollbackConfig"], {"Parallelism": 2, "Order": "start-first"})
+        # As the engine reads it back: its zero values and enum defaults written.
+        self.assertEqual(spec["RollbackConfig"], {"Parallelism": 2, "FailureAction": "pause",
+                                                  "MaxFailureRatio": 0, "Order": "start-first"})
         self.assertEqual(spec["UpdateConfig"]["Order"], "start-first")
 
     def test_config_with_lower_case_templating_is_accepted(self):
