@@ -58,7 +58,12 @@ pub async fn create(manager: &Manager, body: Bytes) -> Result<Response<Body>, Ap
 }
 
 pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError> {
-    let filters = Filters::parse(query.get("filters"), &FILTERS)?;
+    // The engine's services route alone calls malformed filters a bad
+    // parameter (400); elsewhere they are a 500.
+    let filters = Filters::parse(query.get("filters"), &FILTERS).map_err(|e| match e {
+        ApiError::Internal(message) => ApiError::BadRequest(message),
+        other => other,
+    })?;
     let store = manager.store();
     let with_status = query.flag("status");
     let mut services: Vec<SwarmService> = store

@@ -27,6 +27,9 @@ pub enum DecodeError {
     /// The body ended inside a value: Go's `io.ErrUnexpectedEOF`.
     #[error("unexpected EOF")]
     UnexpectedEof,
+    /// `json.Unmarshal` of an input that ends too early.
+    #[error("unexpected end of JSON input")]
+    UnexpectedEnd,
     /// Go's `SyntaxError` text.
     #[error("{0}")]
     Syntax(String),
@@ -55,6 +58,13 @@ pub fn value(bytes: &[u8]) -> Result<Value, DecodeError> {
     // What Go's scanner accepts and serde_json does not: invalid UTF-8 in a
     // string, numbers beyond f64, nesting deeper than 128.
     serde_json::from_slice(slice).map_err(|e| DecodeError::Syntax(e.to_string()))
+}
+
+/// A whole input (not a body: a query parameter), as `json.Unmarshal`
+/// reads it; keys as sent.
+pub fn whole_value(bytes: &[u8]) -> Result<Value, DecodeError> {
+    syntax::whole_value(bytes)?;
+    serde_json::from_slice(bytes).map_err(|e| DecodeError::Syntax(e.to_string()))
 }
 
 /// Reads an already parsed body into `T` with Go's rules.
