@@ -10,8 +10,9 @@ use bollard::models::{
     ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
     ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
     ServiceSpecUpdateConfigOrderEnum, ServiceUpdateStatus, ServiceUpdateStatusStateEnum,
-    TaskSpecContainerSpecDnsConfig, TaskSpecContainerSpecIsolationEnum, TaskSpecPlacement,
-    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    TaskSpecContainerSpec, TaskSpecContainerSpecDnsConfig, TaskSpecContainerSpecIsolationEnum,
+    TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -410,6 +411,7 @@ fn normalise(spec: &mut ServiceSpec) {
     container
         .isolation
         .get_or_insert(TaskSpecContainerSpecIsolationEnum::DEFAULT);
+    drop_go_omitted(container);
     template.force_update.get_or_insert(0);
     let mode = spec.mode.get_or_insert_with(Default::default);
     if mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
@@ -430,6 +432,42 @@ fn normalise(spec: &mut ServiceSpec) {
         normalise_rollback_config(rollback);
     }
     spec.labels.get_or_insert_with(HashMap::new);
+}
+
+/// The engine's ContainerSpec marks these fields `omitempty`: a zero value
+/// a client sent (Ansible sends `TTY: false`, `Hostname: ""`…) does not come
+/// back (recorded on engine 20.10).
+fn drop_go_omitted(c: &mut TaskSpecContainerSpec) {
+    fn flag(v: &mut Option<bool>) {
+        *v = v.filter(|b| *b);
+    }
+    fn text(v: &mut Option<String>) {
+        *v = v.take().filter(|s| !s.is_empty());
+    }
+    fn list<T>(v: &mut Option<Vec<T>>) {
+        *v = v.take().filter(|l| !l.is_empty());
+    }
+    flag(&mut c.tty);
+    flag(&mut c.open_stdin);
+    flag(&mut c.read_only);
+    for t in [&mut c.hostname, &mut c.dir, &mut c.user, &mut c.stop_signal] {
+        text(t);
+    }
+    for l in [
+        &mut c.command,
+        &mut c.args,
+        &mut c.env,
+        &mut c.groups,
+        &mut c.hosts,
+        &mut c.capability_add,
+        &mut c.capability_drop,
+    ] {
+        list(l);
+    }
+    list(&mut c.mounts);
+    list(&mut c.secrets);
+    list(&mut c.configs);
+    c.labels = c.labels.take().filter(|l| !l.is_empty());
 }
 
 /// An update config as the engine reads it back (recorded on engine 20.10):
