@@ -102,13 +102,59 @@ fn drop_added(added: &Added, value: &mut Value) {
     }
 }
 
-/// Fields of the engine's Go structs without `omitempty`, by the struct
-/// holding them (found under these keys): Go writes them even when unset.
-const ALWAYS_WRITTEN: &[(&str, &str, &[&str])] = &[(
-    "ContainerSpec",
-    "Privileges",
-    &["CredentialSpec", "SELinuxContext"],
-)];
+/// A Go zero value as encoding/json writes it.
+#[derive(Clone, Copy)]
+enum Zero {
+    Null,
+    False,
+    Text,
+}
+
+impl Zero {
+    fn value(self) -> Value {
+        match self {
+            Zero::Null => Value::Null,
+            Zero::False => Value::Bool(false),
+            Zero::Text => Value::String(String::new()),
+        }
+    }
+}
+
+/// Fields of the engine's Go structs without `omitempty`, found under these
+/// two keys: Go writes them even when unset (recorded on engine 20.10:
+/// `{"SELinuxContext": {"Disable": true}}` reads back with User, Role, Type
+/// and Level "", a CredentialSpec with Config, File and Registry).
+type Rule = (&'static str, &'static str, &'static [(&'static str, Zero)]);
+const ALWAYS_WRITTEN: &[Rule] = &[
+    (
+        "ContainerSpec",
+        "Privileges",
+        &[
+            ("CredentialSpec", Zero::Null),
+            ("SELinuxContext", Zero::Null),
+        ],
+    ),
+    (
+        "Privileges",
+        "SELinuxContext",
+        &[
+            ("Disable", Zero::False),
+            ("User", Zero::Text),
+            ("Role", Zero::Text),
+            ("Type", Zero::Text),
+            ("Level", Zero::Text),
+        ],
+    ),
+    (
+        "Privileges",
+        "CredentialSpec",
+        &[
+            ("Config", Zero::Text),
+            ("File", Zero::Text),
+            ("Registry", Zero::Text),
+        ],
+    ),
+];
 
 /// Fields whose Go name (the JSON key the engine writes, having no json
 /// tag) differs from the API spec's, by the struct holding them: moby's
@@ -127,7 +173,7 @@ fn as_go_writes(value: &mut Value) {
                     .and_then(|p| p.get_mut(*field))
                     .and_then(Value::as_object_mut);
                 if let Some(inner) = inner {
-                    write_nulls(inner, always);
+                    write_zeros(inner, always);
                 }
             }
             for (parent, api, go) in GO_NAMES {
@@ -156,9 +202,9 @@ fn rename(object: &mut Map<String, Value>, from: &str, to: &str) {
         .collect();
 }
 
-fn write_nulls(object: &mut Map<String, Value>, fields: &[&str]) {
-    for field in fields {
-        object.entry(*field).or_insert(Value::Null);
+fn write_zeros(object: &mut Map<String, Value>, fields: &[(&str, Zero)]) {
+    for (field, zero) in fields {
+        object.entry(*field).or_insert_with(|| zero.value());
     }
 }
 

@@ -211,6 +211,20 @@ class SwarmTest(unittest.TestCase):
                                                   "MaxFailureRatio": 0, "Order": "start-first"})
         self.assertEqual(spec["UpdateConfig"]["Order"], "start-first")
 
+    def test_privileges_are_kept_and_read_back_as_the_engine_writes_them(self):
+        self.init()
+        svc = self.client.services.create(
+            "busybox:latest", ["sleep", "3600"], name="dp-priv",
+            privileges=docker.types.Privileges(selinux_disable=True),
+            stop_grace_period=1_000_000_000)
+        svc.reload()
+        # Go writes every field of these structs (no omitempty).
+        self.assertEqual(
+            svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Privileges"],
+            {"CredentialSpec": None,
+             "SELinuxContext": {"Disable": True, "User": "", "Role": "", "Type": "", "Level": ""}})
+        self.wait_for("the task running", lambda: len(self.running(svc)) == 1)
+
     def test_config_with_lower_case_templating_is_accepted(self):
         self.init()
         config = self.client.configs.create(
