@@ -516,8 +516,16 @@ impl Agent {
         };
         rt.reported = state;
         rt.message = message.clone();
-        let container_status = rt.container.as_ref().map(|id| ContainerStatus {
-            container_id: Some(id.clone()),
+        // A failure before any container (a missing image) still carries an
+        // empty ContainerStatus, as swarm's agent reports it (recorded:
+        // task-status/09).
+        let container = match (&rt.container, &err) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(_)) => Some(String::new()),
+            (None, None) => None,
+        };
+        let container_status = container.map(|id| ContainerStatus {
+            container_id: Some(id),
             pid: Some(if rt.phase == Phase::Running {
                 rt.pid
             } else {
