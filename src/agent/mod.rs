@@ -131,6 +131,18 @@ pub struct ContainerInfo {
     /// `Some("starting" | "healthy" | "unhealthy")` when the container has a
     /// health check (inspect only).
     pub health: Option<String>,
+    /// The host ports the engine bound for it (inspect only): a task's
+    /// host-mode published ports, one entry per binding (IPv4 and IPv6).
+    pub host_ports: Vec<HostPort>,
+}
+
+/// One port binding of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    pub target: i64,
+    pub published: i64,
 }
 
 impl ContainerInfo {

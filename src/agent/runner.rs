@@ -8,7 +8,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bollard::models::{ContainerCreateBody, ContainerStatus, TaskState, TaskStatus};
+use bollard::models::{
+    ContainerCreateBody, ContainerStatus, EndpointPortConfig, EndpointPortConfigPublishModeEnum,
+    PortStatus, TaskState, TaskStatus,
+};
 use futures_util::stream::{BoxStream, Peekable, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -18,7 +21,7 @@ use super::files;
 use super::spec::{self, NodeInfo};
 use super::stops::{self, StopsInFlight};
 use super::{
-    AgentError, Assignment, ContainerInfo, EngineEvent, ExecResult, Executor, RunState,
+    AgentError, Assignment, ContainerInfo, EngineEvent, ExecResult, Executor, HostPort, RunState,
     StatusReport,
 };
 use crate::types::Timestamp;
@@ -50,6 +53,25 @@ fn message_for(s: TaskState) -> &'static str {
         TaskState::SHUTDOWN => "shutdown",
         _ => "",
     }
+}
+
+/// A running task's published host ports, as swarm's agent reports them:
+/// one entry per binding of the container (recorded: ports-verbose/05).
+fn port_status(state: TaskState, ports: &[HostPort]) -> Option<PortStatus> {
+    if state != TaskState::RUNNING || ports.is_empty() {
+        return None;
+    }
+    let ports = ports
+        .iter()
+        .map(|p| EndpointPortConfig {
+            protocol: p.protocol.parse().ok(),
+            target_port: Some(p.target),
+            published_port: Some(p.published),
+            publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+            ..Default::default()
+        })
+        .collect();
+    Some(PortStatus { ports: Some(ports) })
 }
 
 /// What the agent knows of a task's container.
@@ -86,6 +108,8 @@ struct TaskRt {
     stopping: bool,
     health_gated: bool,
     healthy: bool,
+    /// The container's host port bindings, for the task's PortStatus.
+    host_ports: Vec<HostPort>,
 }
 
 impl TaskRt {
@@ -357,6 +381,7 @@ impl Agent {
                 stopping: false,
                 health_gated: false,
                 healthy: false,
+                host_ports: Vec::new(),
             });
             if rank(store_state) > rank(rt.reported) {
                 rt.reported = store_state;
@@ -437,6 +462,7 @@ impl Agent {
                     if rt.phase != Phase::Running || rt.pid == 0 {
                         if let Some(info) = self.exec.inspect(&c.id).await? {
                             rt.pid = info.pid;
+                            rt.host_ports = info.host_ports;
                             rt.health_gated = info.health.is_some();
                             rt.healthy = info.health.as_deref() == Some("healthy");
                         }
@@ -539,7 +565,7 @@ impl Agent {
             message: Some(message),
             err,
             container_status,
-            port_status: None,
+            port_status: port_status(state, &rt.host_ports),
         };
         let report = StatusReport {
             task_id: task_id.to_string(),
@@ -722,6 +748,7 @@ impl Agent {
                 }
                 if let Some(info) = info {
                     rt.pid = info.pid;
+                    rt.host_ports = info.host_ports.clone();
                     if info.health.is_some() {
                         rt.health_gated = true;
                     }
