@@ -11,6 +11,7 @@
 //! the same rules without a list of fields to keep in step, and what is
 //! stored and returned is in the API's own spelling.
 
+mod enums;
 mod fold;
 mod names;
 mod syntax;
@@ -36,6 +37,9 @@ pub enum DecodeError {
     /// Go's `UnmarshalTypeError` text, or another refusal of a value.
     #[error("{0}")]
     Type(String),
+    /// A value Go reads and the engine then refuses, with the engine's text.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl serde::de::Error for DecodeError {
