@@ -606,6 +606,14 @@ impl Agent {
         if rt.stopping || terminal(rt.reported) {
             return;
         }
+        // A container that exits was started: swarm's agent has reported it
+        // running by then (its exit is only waited for after the start), so
+        // a failure keeps the message "started" even when the exit is seen
+        // before the start operation ends. A health check instead holds the
+        // start until healthy, and a death then fails it while "starting".
+        if !rt.health_gated && rank(rt.reported) >= rank(TaskState::STARTING) {
+            rt.message = message_for(TaskState::RUNNING).to_string();
+        }
         match rt.exit_code.unwrap_or(0) {
             0 => self.report(task_id, TaskState::COMPLETE, None).await,
             n => {
