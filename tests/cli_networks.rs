@@ -350,6 +350,26 @@ fn bad_network_and_port_requests_get_the_engines_errors() {
             id.trim()
         ),
     );
+    // The same port added to another service later is refused alike.
+    shoal.docker_ok(&[
+        "service", "create", "--detach", "--name", &s2, IMAGE, "sleep", "3600",
+    ]);
+    assert_fails_with(
+        &shoal,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--publish-add",
+            &format!("{port}:80"),
+            &s2,
+        ],
+        &format!(
+            "port '{port}' is already in use by service '{s1}' ({}) as an ingress port",
+            id.trim()
+        ),
+    );
+    shoal.docker_ok(&["service", "rm", &s2]);
     // Ports published later: the endpoint follows, dynamic from 30000 up.
     shoal.docker_ok(&["service", "update", "--detach", "--publish-add", "80", &s1]);
     let ports = shoal.docker_ok(&[

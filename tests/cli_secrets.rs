@@ -194,26 +194,6 @@ fn bad_secret_and_config_requests_get_the_engines_answers() {
         &json!({"Name": "d", "Data": "eA==", "Driver": {"Name": "vault"}}),
     );
     assert!(resp.status >= 400, "{}", resp.text());
-    // Templated configs are refused with a 400 that says so.
-    let out = shoal.docker_stdin(
-        &[
-            "config",
-            "create",
-            "--template-driver",
-            "golang",
-            "tpl",
-            "-",
-        ],
-        b"name={{.Service.Name}}",
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains(
-            "templating (\"golang\") is not supported by shoal: create the config with its final content"
-        ),
-        "{}",
-        stderr(&out)
-    );
     assert_eq!(
         shoal.docker_ok(&["secret", "ls", "-q"]).trim(),
         "",
@@ -278,6 +258,79 @@ fn bad_secret_and_config_requests_get_the_engines_answers() {
     );
     assert_fails_with(&shoal, &["swarm", "unlock-key"], "no unlock key is set");
 
+    node.leave(&shoal);
+}
+
+/// `--template-driver golang`: each task gets the payload rendered with its
+/// own service, slot, node and env, and the secrets it refers to.
+#[test]
+fn templated_configs_and_secrets_are_rendered_for_each_task() {
+    let shoal = Shoal::start();
+    let node = shoal.swarm_init();
+    shoal.docker_stdin(&["secret", "create", "pw", "-"], b"hunter2");
+    shoal.docker_stdin(
+        &[
+            "config",
+            "create",
+            "--template-driver",
+            "golang",
+            "tpl",
+            "-",
+        ],
+        b"svc={{.Service.Name}} slot={{.Task.Slot}} host={{.Node.Hostname}} \
+          mode={{env \"MODE\"}} pw={{secret \"pw\"}}",
+    );
+    let inspect = shoal.docker_ok(&[
+        "config",
+        "inspect",
+        "tpl",
+        "--format",
+        "{{json .Spec.Templating}}",
+    ]);
+    assert_eq!(inspect.trim(), r#"{"Name":"golang"}"#);
+    let hostname = shoal
+        .docker_ok(&[
+            "node",
+            "inspect",
+            "self",
+            "--format",
+            "{{.Description.Hostname}}",
+        ])
+        .trim()
+        .to_string();
+    shoal.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "tpl-web",
+        "--replicas",
+        "2",
+        "--stop-grace-period",
+        "1s",
+        "--env",
+        "MODE=prod",
+        "--secret",
+        "pw",
+        "--config",
+        "source=tpl,target=/etc/app.conf",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /etc/app.conf; echo; sleep 1d",
+    ]);
+    let logs = wait_for("both tasks' rendered configs", CONVERGE, || {
+        let text = stdout(&shoal.docker(&["service", "logs", "--raw", "tpl-web"]));
+        (text.matches("svc=tpl-web").count() == 2).then_some(text)
+    });
+    for slot in ["1", "2"] {
+        let want = format!("svc=tpl-web slot={slot} host={hostname} mode=prod pw=hunter2");
+        assert!(
+            logs.lines().any(|l| l.trim() == want),
+            "no {want:?} in:\n{logs}"
+        );
+    }
+    shoal.docker_ok(&["service", "rm", "tpl-web"]);
     node.leave(&shoal);
 }
 

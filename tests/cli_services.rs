@@ -576,6 +576,61 @@ fn service_logs_and_follow() {
     node.leave(&shoal);
 }
 
+/// Docker keeps an ended task's container while the task is in the task
+/// history, so `service logs` shows what a crashed task printed; a
+/// container removed by hand is skipped, not an error.
+#[test]
+fn service_logs_show_ended_tasks_until_they_leave_the_history() {
+    let shoal = Shoal::start();
+    let node = shoal.swarm_init();
+    create(
+        &shoal,
+        &[
+            "--name",
+            "crash",
+            "--restart-condition",
+            "on-failure",
+            "--restart-max-attempts",
+            "1",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo boom from $HOSTNAME; exit 3",
+        ],
+    );
+    wait_for("two failed tasks", CONVERGE, || {
+        let ps = service_ps(&shoal, "crash");
+        (ps.len() == 2 && ps.iter().all(|r| r.2.starts_with("Failed"))).then_some(())
+    });
+    let both = wait_for("the logs of both failed tasks", CONVERGE, || {
+        let out = shoal.docker(&["service", "logs", "crash"]);
+        let text = stdout(&out);
+        (out.status.success() && text.matches("boom from").count() == 2).then_some(text)
+    });
+    assert_eq!(both.lines().count(), 2, "{both}");
+    // Stopped, not removed: two exited containers on the engine.
+    let kept = node_containers(&node.id, &["-a", "--filter", "status=exited"]);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+
+    // One container removed behind shoal's back: the other task's logs still come.
+    ok(&engine_docker(&["rm", &kept[0]]));
+    let one = shoal.docker(&["service", "logs", "crash"]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    assert_eq!(
+        stdout(&one).matches("boom from").count(),
+        1,
+        "{}",
+        stdout(&one)
+    );
+
+    // The tasks leave the history with the service: the containers go.
+    shoal.docker_ok(&["service", "rm", "crash"]);
+    wait_for("the containers of crash removed", CONVERGE, || {
+        node_containers(&node.id, &["-a"]).is_empty().then_some(())
+    });
+    node.leave(&shoal);
+}
+
 #[test]
 fn drain_stops_the_tasks_and_active_brings_them_back() {
     let shoal = Shoal::start();

@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -531,6 +532,34 @@ fn swarm_leave_needs_force_then_every_swarm_call_is_refused() {
 // ---------------------------------------------------------------------------
 // Bad input over raw HTTP
 // ---------------------------------------------------------------------------
+
+/// Without --advertise-addr shoal advertises the address the engine would
+/// pick: the host's one network device's; bridges (docker0, the engine's
+/// and shoal's own `br-…`, other tests' bridges) and veths never count.
+#[test]
+fn swarm_init_without_an_address_advertises_the_devices_address() {
+    let shoal = Shoal::start();
+    let node = shoal.swarm_init_with(&[]);
+    let addr = shoal
+        .docker_ok(&["info", "--format", "{{.Swarm.NodeAddr}}"])
+        .trim()
+        .to_string();
+    let ip: std::net::IpAddr = addr.parse().unwrap_or_else(|_| panic!("NodeAddr {addr:?}"));
+    assert!(!ip.is_loopback(), "{addr}");
+    let bridges = Command::new("ip")
+        .args(["-json", "addr", "show", "type", "bridge"])
+        .output()
+        .expect("ip");
+    let bridges: serde_json::Value = serde_json::from_slice(&bridges.stdout).unwrap_or_default();
+    let on_bridge = bridges
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .any(|a| a["local"] == addr.as_str());
+    assert!(!on_bridge, "{addr} is a bridge's address");
+    node.leave(&shoal);
+}
 
 #[test]
 fn bad_requests_get_the_engines_codes_and_texts() {

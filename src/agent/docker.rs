@@ -19,7 +19,9 @@ use futures_util::FutureExt;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::spec::{LABEL_NODE_ID, LABEL_TASK_ID};
-use super::{AgentError, ContainerInfo, EngineEvent, ExecFuture, ExecResult, Executor, RunState};
+use super::{
+    AgentError, ContainerInfo, EngineEvent, ExecFuture, ExecResult, Executor, HostPort, RunState,
+};
 
 /// Per-request timeout for the response headers (bollard's). Stops wait up
 /// to the grace period before the engine answers, so this must exceed any
@@ -215,6 +217,31 @@ fn done_already(result: ExecResult<()>, statuses: &[u16]) -> ExecResult<()> {
     }
 }
 
+/// The bindings of `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18081"}, …]}`,
+/// ports in order, bindings as the engine lists them.
+fn host_ports(ports: Option<bollard::models::PortMap>) -> Vec<HostPort> {
+    let mut ports: Vec<_> = ports.unwrap_or_default().into_iter().collect();
+    ports.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    for (key, bindings) in ports {
+        let (target, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+        let Ok(target) = target.parse::<i64>() else {
+            continue;
+        };
+        for binding in bindings.into_iter().flatten() {
+            let published = binding.host_port.as_deref().and_then(|p| p.parse().ok());
+            if let Some(published) = published {
+                out.push(HostPort {
+                    protocol: protocol.to_string(),
+                    target,
+                    published,
+                });
+            }
+        }
+    }
+    out
+}
+
 fn strip_slash(name: &str) -> String {
     name.strip_prefix('/').unwrap_or(name).to_string()
 }
@@ -374,6 +401,7 @@ impl Executor for DockerExecutor {
                 pid: state.pid.unwrap_or(0),
                 exit_code: state.exit_code,
                 health,
+                host_ports: host_ports(c.network_settings.and_then(|n| n.ports)),
             }))
         }
         .boxed()
@@ -419,6 +447,7 @@ impl Executor for DockerExecutor {
                         pid: 0,
                         exit_code: None,
                         health: None,
+                        host_ports: Vec::new(),
                     })
                 })
                 .collect())

@@ -163,6 +163,7 @@ impl FakeExecutor {
             },
             exit_code: c.exit_code,
             health: c.health.clone(),
+            host_ports: Vec::new(),
         }
     }
 

@@ -11,7 +11,8 @@ use std::sync::Mutex;
 
 use bollard::models::{Mount, MountType};
 
-use super::{AgentError, Assignment};
+use super::spec::NodeInfo;
+use super::{template, AgentError, Assignment};
 
 /// Under `/run`, as the runtime state of a daemon belongs (it is not a
 /// tmpfs on every host, hence shoal's own mount below it).
@@ -144,8 +145,8 @@ impl TaskFiles {
     /// Writes the task's secret and config files and returns the read-only
     /// bind mounts that put them at their targets. Nothing to do (and no
     /// tmpfs) for a task without references.
-    pub fn prepare(&self, a: &Assignment) -> Result<Vec<Mount>, AgentError> {
-        let planned = plan(a)?;
+    pub fn prepare(&self, a: &Assignment, node: &NodeInfo) -> Result<Vec<Mount>, AgentError> {
+        let planned = plan(a, node)?;
         if planned.is_empty() {
             return Ok(Vec::new());
         }
@@ -206,11 +207,16 @@ fn write_file(path: &Path, p: &Planned) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Each reference's target, owner, mode and payload; an unknown payload,
-/// owner or target fails the task (as the engine's agent does).
-fn plan(a: &Assignment) -> Result<Vec<Planned>, AgentError> {
+/// Each reference's target, owner, mode and payload (rendered when it is a
+/// template); an unknown payload, owner or target fails the task (as the
+/// engine's agent does).
+fn plan(a: &Assignment, node: &NodeInfo) -> Result<Vec<Planned>, AgentError> {
     let Some(spec) = a.task.spec.as_ref().and_then(|s| s.container_spec.as_ref()) else {
         return Ok(Vec::new());
+    };
+    let render = Render {
+        a,
+        ctx: template::Context::new(a, node),
     };
     let mut out = Vec::new();
     for s in spec.secrets.iter().flatten() {
@@ -226,7 +232,7 @@ fn plan(a: &Assignment) -> Result<Vec<Planned>, AgentError> {
             gid: file.gid.as_deref(),
             mode: file.mode,
         };
-        out.push(reference.plan(&a.secrets, "/run/secrets/")?);
+        out.push(reference.plan(&a.secrets, "/run/secrets/", &render)?);
     }
     for c in spec.configs.iter().flatten() {
         let id = c.config_id.as_deref().unwrap_or("");
@@ -242,7 +248,7 @@ fn plan(a: &Assignment) -> Result<Vec<Planned>, AgentError> {
             gid: file.gid.as_deref(),
             mode: file.mode,
         };
-        out.push(reference.plan(&a.configs, "/")?);
+        out.push(reference.plan(&a.configs, "/", &render)?);
     }
     Ok(out)
 }
@@ -261,18 +267,103 @@ struct FileRef<'a> {
 }
 
 impl FileRef<'_> {
-    fn plan(&self, payloads: &[super::Payload], base: &str) -> Result<Planned, AgentError> {
+    fn plan(
+        &self,
+        payloads: &[super::Payload],
+        base: &str,
+        render: &Render<'_>,
+    ) -> Result<Planned, AgentError> {
         let payload = payloads
             .iter()
             .find(|p| p.id == self.id)
             .ok_or_else(|| AgentError::Files(format!("{} {} not found", self.kind, self.source)))?;
+        let data = match payload.templated {
+            true => render.payload(self.kind, self.source, &payload.data),
+            false => payload.data.clone(),
+        };
         Ok(Planned {
             target: target(self.name, base)?,
-            data: payload.data.clone(),
+            data,
             uid: owner(self.uid, "uid")?,
             gid: owner(self.gid, "gid")?,
             mode: self.mode.unwrap_or(0o444),
         })
+    }
+}
+
+/// Renders templated secrets and configs for one task.
+struct Render<'a> {
+    a: &'a Assignment,
+    ctx: template::Context,
+}
+
+impl Render<'_> {
+    /// As swarm's agent: a template that cannot be rendered is logged and
+    /// delivered as it is (never its data: it may be a secret).
+    fn payload(&self, kind: &str, name: &str, data: &[u8]) -> Vec<u8> {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return data.to_vec();
+        };
+        match template::expand(text, &self.ctx, Some(self)) {
+            Ok(rendered) => rendered.into_bytes(),
+            Err(error) => {
+                tracing::warn!(%error, kind, name, "failed to expand a templated payload");
+                data.to_vec()
+            }
+        }
+    }
+
+    fn container(&self) -> Option<&bollard::models::TaskSpecContainerSpec> {
+        self.a.task.spec.as_ref()?.container_spec.as_ref()
+    }
+
+    /// The payload a reference with this target (file name) resolves to.
+    fn by_target<'p>(
+        payloads: &'p [super::Payload],
+        ids: impl Iterator<Item = (Option<&'p str>, Option<&'p str>)>,
+        target: &str,
+    ) -> Option<String> {
+        let (id, _) = ids.into_iter().find(|(_, name)| *name == Some(target))?;
+        let payload = payloads.iter().find(|p| Some(p.id.as_str()) == id)?;
+        Some(String::from_utf8_lossy(&payload.data).into_owned())
+    }
+}
+
+impl template::Functions for Render<'_> {
+    /// The task's own environment as given in its spec; "" when unset.
+    fn env(&self, name: &str) -> String {
+        self.container()
+            .and_then(|c| c.env.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default()
+    }
+
+    fn secret(&self, target: &str) -> Result<String, AgentError> {
+        let refs = self.container().and_then(|c| c.secrets.as_ref());
+        let ids = refs.into_iter().flatten().map(|s| {
+            (
+                s.secret_id.as_deref(),
+                s.file.as_ref().and_then(|f| f.name.as_deref()),
+            )
+        });
+        Self::by_target(&self.a.secrets, ids, target)
+            .ok_or_else(|| AgentError::Template(format!("secret target {target} not found")))
+    }
+
+    fn config(&self, target: &str) -> Result<String, AgentError> {
+        let refs = self.container().and_then(|c| c.configs.as_ref());
+        let ids = refs.into_iter().flatten().map(|c| {
+            (
+                c.config_id.as_deref(),
+                c.file.as_ref().and_then(|f| f.name.as_deref()),
+            )
+        });
+        Self::by_target(&self.a.configs, ids, target)
+            .ok_or_else(|| AgentError::Template(format!("config target {target} not found")))
     }
 }
 
@@ -347,20 +438,59 @@ mod tests {
             secrets: vec![Payload {
                 id: "sid".into(),
                 data: b"top secret".to_vec(),
+                templated: false,
             }],
             configs: vec![Payload {
                 id: "cid".into(),
                 data: b"conf".to_vec(),
+                templated: false,
             }],
             networking: Default::default(),
         }
+    }
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            id: "node1".into(),
+            hostname: "host1".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+        }
+    }
+
+    /// Templated payloads are rendered for the task: its fields, its env,
+    /// the secrets and configs it refers to by target; others are not.
+    #[test]
+    fn templated_payloads_are_rendered_per_task() {
+        let mut a = assignment();
+        a.task.slot = Some(3);
+        if let Some(c) = a.task.spec.as_mut().and_then(|s| s.container_spec.as_mut()) {
+            c.env = Some(vec!["MODE=prod".into()]);
+        }
+        a.configs[0].data =
+            b"{{.Service.Name}}.{{.Task.Slot}}@{{.Node.Hostname}} {{env \"MODE\"}} {{secret \"t\"}}"
+                .to_vec();
+        a.configs[0].templated = true;
+        a.secrets[0].data = b"{{.Service.Name}}".to_vec();
+        let dir = tempfile::tempdir().unwrap();
+        let files = TaskFiles::at(dir.path().to_path_buf());
+        let mounts = files.prepare(&a, &node()).unwrap();
+        let read = |i: usize| std::fs::read_to_string(mounts[i].source.clone().unwrap()).unwrap();
+        assert_eq!(read(1), "web.3@host1 prod {{.Service.Name}}");
+        // Not templated: delivered as created.
+        assert_eq!(read(0), "{{.Service.Name}}");
+        // A template that cannot be rendered is delivered as it is.
+        a.configs[0].data = b"{{secret \"nope\"}}".to_vec();
+        let mounts = files.prepare(&a, &node()).unwrap();
+        let read = std::fs::read_to_string(mounts[1].source.clone().unwrap()).unwrap();
+        assert_eq!(read, "{{secret \"nope\"}}");
     }
 
     #[test]
     fn writes_files_with_owner_and_mode_and_sweeps_them() {
         let dir = tempfile::tempdir().unwrap();
         let files = TaskFiles::at(dir.path().to_path_buf());
-        let mounts = files.prepare(&assignment()).unwrap();
+        let mounts = files.prepare(&assignment(), &node()).unwrap();
         assert_eq!(mounts.len(), 2);
         assert_eq!(mounts[0].target.as_deref(), Some("/run/secrets/t"));
         assert_eq!(mounts[0].read_only, Some(true));
@@ -383,7 +513,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = TaskFiles::at(dir.path().to_path_buf());
         assert_eq!(
-            files.prepare(&a).unwrap_err().to_string(),
+            files.prepare(&a, &node()).unwrap_err().to_string(),
             "secret s not found"
         );
     }

@@ -16,6 +16,7 @@ mod files;
 mod runner;
 pub mod spec;
 mod stops;
+mod template;
 #[cfg(test)]
 mod tests;
 
@@ -54,6 +55,8 @@ pub struct Payload {
     pub id: String,
     #[serde(with = "base64_bytes")]
     pub data: Vec<u8>,
+    /// Created with `Templating: {"Name": "golang"}`: rendered per task.
+    pub templated: bool,
 }
 
 mod base64_bytes {
@@ -77,6 +80,7 @@ impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Payload")
             .field("id", &self.id)
+            .field("templated", &self.templated)
             .field("data", &format_args!("<{} bytes>", self.data.len()))
             .finish()
     }
@@ -154,6 +158,18 @@ pub struct ContainerInfo {
     /// `Some("starting" | "healthy" | "unhealthy")` when the container has a
     /// health check (inspect only).
     pub health: Option<String>,
+    /// The host ports the engine bound for it (inspect only): a task's
+    /// host-mode published ports, one entry per binding (IPv4 and IPv6).
+    pub host_ports: Vec<HostPort>,
+}
+
+/// One port binding of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    pub target: i64,
+    pub published: i64,
 }
 
 impl ContainerInfo {

@@ -8,7 +8,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bollard::models::{ContainerCreateBody, ContainerStatus, TaskState, TaskStatus};
+use bollard::models::{
+    ContainerCreateBody, ContainerStatus, EndpointPortConfig, EndpointPortConfigPublishModeEnum,
+    PortStatus, TaskState, TaskStatus,
+};
 use futures_util::stream::{BoxStream, Peekable, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -18,7 +21,7 @@ use super::files;
 use super::spec::{self, NodeInfo};
 use super::stops::{self, StopsInFlight};
 use super::{
-    AgentError, Assignment, ContainerInfo, EngineEvent, ExecResult, Executor, RunState,
+    AgentError, Assignment, ContainerInfo, EngineEvent, ExecResult, Executor, HostPort, RunState,
     StatusReport,
 };
 use crate::network::NodeNetwork;
@@ -51,6 +54,25 @@ fn message_for(s: TaskState) -> &'static str {
         TaskState::SHUTDOWN => "shutdown",
         _ => "",
     }
+}
+
+/// A running task's published host ports, as swarm's agent reports them:
+/// one entry per binding of the container (recorded: ports-verbose/05).
+fn port_status(state: TaskState, ports: &[HostPort]) -> Option<PortStatus> {
+    if state != TaskState::RUNNING || ports.is_empty() {
+        return None;
+    }
+    let ports = ports
+        .iter()
+        .map(|p| EndpointPortConfig {
+            protocol: p.protocol.parse().ok(),
+            target_port: Some(p.target),
+            published_port: Some(p.published),
+            publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+            ..Default::default()
+        })
+        .collect();
+    Some(PortStatus { ports: Some(ports) })
 }
 
 /// What the agent knows of a task's container.
@@ -87,6 +109,8 @@ struct TaskRt {
     stopping: bool,
     health_gated: bool,
     healthy: bool,
+    /// The container's host port bindings, for the task's PortStatus.
+    host_ports: Vec<HostPort>,
 }
 
 impl TaskRt {
@@ -126,7 +150,12 @@ enum OpMsg {
 enum OpResult {
     Prepared,
     Started(Option<ContainerInfo>),
-    Stopped { exit_code: Option<i64> },
+    /// `kept`: the container stays (stopped) while its task is in the
+    /// task history, for `service logs`.
+    Stopped {
+        exit_code: Option<i64>,
+        kept: bool,
+    },
     Cancelled,
     Failed(AgentError),
 }
@@ -356,6 +385,7 @@ impl Agent {
                 stopping: false,
                 health_gated: false,
                 healthy: false,
+                host_ports: Vec::new(),
             });
             if rank(store_state) > rank(rt.reported) {
                 rt.reported = store_state;
@@ -436,6 +466,7 @@ impl Agent {
                     if rt.phase != Phase::Running || rt.pid == 0 {
                         if let Some(info) = self.exec.inspect(&c.id).await? {
                             rt.pid = info.pid;
+                            rt.host_ports = info.host_ports;
                             rt.health_gated = info.health.is_some();
                             rt.healthy = info.health.as_deref() == Some("healthy");
                         }
@@ -515,8 +546,16 @@ impl Agent {
         };
         rt.reported = state;
         rt.message = message.clone();
-        let container_status = rt.container.as_ref().map(|id| ContainerStatus {
-            container_id: Some(id.clone()),
+        // A failure before any container (a missing image) still carries an
+        // empty ContainerStatus, as swarm's agent reports it (recorded:
+        // task-status/09).
+        let container = match (&rt.container, &err) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(_)) => Some(String::new()),
+            (None, None) => None,
+        };
+        let container_status = container.map(|id| ContainerStatus {
+            container_id: Some(id),
             pid: Some(if rt.phase == Phase::Running {
                 rt.pid
             } else {
@@ -530,7 +569,7 @@ impl Agent {
             message: Some(message),
             err,
             container_status,
-            port_status: None,
+            port_status: port_status(state, &rt.host_ports),
         };
         let report = StatusReport {
             task_id: task_id.to_string(),
@@ -570,6 +609,14 @@ impl Agent {
         rt.exit_code = code.or(rt.exit_code);
         if rt.stopping || terminal(rt.reported) {
             return;
+        }
+        // A container that exits was started: swarm's agent has reported it
+        // running by then (its exit is only waited for after the start), so
+        // a failure keeps the message "started" even when the exit is seen
+        // before the start operation ends. A health check instead holds the
+        // start until healthy, and a death then fails it while "starting".
+        if !rt.health_gated && rank(rt.reported) >= rank(TaskState::STARTING) {
+            rt.message = message_for(TaskState::RUNNING).to_string();
         }
         match rt.exit_code.unwrap_or(0) {
             0 => self.report(task_id, TaskState::COMPLETE, None).await,
@@ -713,6 +760,7 @@ impl Agent {
                 }
                 if let Some(info) = info {
                     rt.pid = info.pid;
+                    rt.host_ports = info.host_ports.clone();
                     if info.health.is_some() {
                         rt.health_gated = true;
                     }
@@ -732,11 +780,15 @@ impl Agent {
                     self.report(task_id, TaskState::RUNNING, None).await;
                 }
             }
-            OpResult::Stopped { exit_code } => {
-                rt.container = None;
-                rt.phase = Phase::None;
+            OpResult::Stopped { exit_code, kept } => {
                 rt.pid = 0;
                 rt.exit_code = exit_code.or(rt.exit_code);
+                if kept {
+                    rt.phase = Phase::Exited;
+                    return;
+                }
+                rt.container = None;
+                rt.phase = Phase::None;
                 if rt.assignment.is_none() {
                     self.tasks.remove(task_id);
                 }
@@ -796,10 +848,12 @@ impl Agent {
                 continue;
             }
             if rt.wants_stop() {
-                if rt.container.is_some() {
+                // A stopped container of a task still in the history stays.
+                let kept = rt.phase == Phase::Exited && rt.assignment.is_some();
+                if rt.container.is_some() && !kept {
                     rt.stopping = true;
                     self.launch(&task_id, OpKind::Shutdown);
-                } else if rt.assignment.is_none() {
+                } else if rt.container.is_none() && rt.assignment.is_none() {
                     self.tasks.remove(&task_id);
                 } else if !terminal(rt.reported) {
                     self.report(&task_id, TaskState::SHUTDOWN, None).await;
@@ -917,7 +971,7 @@ impl OpCtx {
             Err(e) => return OpResult::Failed(e),
         };
         // Secrets and configs: files on shoal's tmpfs, bind-mounted read-only.
-        match self.files.prepare(&a) {
+        match self.files.prepare(&a, &self.node) {
             Ok(mounts) if mounts.is_empty() => {}
             Ok(mounts) => {
                 let host = body.host_config.get_or_insert_with(Default::default);
@@ -1077,7 +1131,10 @@ impl OpCtx {
 
     async fn shutdown(self) -> OpResult {
         let Some(id) = self.container.clone() else {
-            return OpResult::Stopped { exit_code: None };
+            return OpResult::Stopped {
+                exit_code: None,
+                kept: false,
+            };
         };
         let grace = self
             .assignment
@@ -1100,6 +1157,14 @@ impl OpCtx {
         drop(stopping);
         if self.assignment.is_some() {
             self.progress_exit(TaskState::SHUTDOWN, exit_code);
+            // As Docker does, an ended task keeps its (stopped) container
+            // until the task leaves the task history, so the logs of a
+            // crashed or replaced task stay readable; it is removed when
+            // the task leaves the assignment set.
+            return OpResult::Stopped {
+                exit_code,
+                kept: true,
+            };
         }
         // The permit goes back while waiting, or waiting removals could
         // hold off the very stops they wait for.
@@ -1109,7 +1174,10 @@ impl OpCtx {
         if let Err(e) = self.exec.remove(&id).await {
             return OpResult::Failed(e);
         }
-        OpResult::Stopped { exit_code }
+        OpResult::Stopped {
+            exit_code,
+            kept: false,
+        }
     }
 
     /// Zero downtime: the data plane stops routing to the task, and its

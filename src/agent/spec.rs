@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, MountType, RestartPolicy,
     RestartPolicyNameEnum, TaskSpecContainerSpec, TaskSpecContainerSpecIsolationEnum,
-    TaskSpecContainerSpecPrivilegesAppArmorModeEnum,
-    TaskSpecContainerSpecPrivilegesSeccompModeEnum,
+    TaskSpecContainerSpecPrivilegesAppArmorModeEnum, TaskSpecContainerSpecPrivilegesCredentialSpec,
+    TaskSpecContainerSpecPrivilegesSeLinuxContext, TaskSpecContainerSpecPrivilegesSeccompModeEnum,
 };
 
-use super::{AgentError, Assignment};
+use super::{template, AgentError, Assignment};
 
 pub const LABEL_NODE_ID: &str = "com.docker.swarm.node.id";
 pub const LABEL_SERVICE_ID: &str = "com.docker.swarm.service.id";
@@ -149,62 +149,6 @@ fn stop_grace_nanos(a: &Assignment) -> i64 {
         .unwrap_or(DEFAULT_STOP_GRACE_NANOS)
 }
 
-// ---------------------------------------------------------------- templates
-
-/// Values the service templates (`{{.Service.Name}}` …) may use.
-struct TemplateContext<'a> {
-    a: &'a Assignment,
-    node: &'a NodeInfo,
-}
-
-impl TemplateContext<'_> {
-    fn lookup(&self, path: &str) -> Result<String, AgentError> {
-        let t = &self.a.task;
-        let v = match path {
-            ".Service.ID" => t.service_id.clone().unwrap_or_default(),
-            ".Service.Name" => self.a.service_name.clone(),
-            ".Node.ID" => t.node_id.clone().unwrap_or_else(|| self.node.id.clone()),
-            ".Node.Hostname" => self.node.hostname.clone(),
-            ".Node.Platform.OS" => self.node.os.clone(),
-            ".Node.Platform.Architecture" => self.node.arch.clone(),
-            ".Task.ID" => t.id.clone().unwrap_or_default(),
-            ".Task.Name" => task_name(self.a, &self.node.id),
-            ".Task.Slot" => match t.slot {
-                Some(s) if s != 0 => s.to_string(),
-                _ => String::new(),
-            },
-            other => {
-                return Err(AgentError::Template(format!(
-                    "can't evaluate field {other}"
-                )))
-            }
-        };
-        Ok(v)
-    }
-}
-
-/// Expands `{{ .Path }}` actions the way swarmkit's template package does for
-/// the fields it supports; anything else is an error (the task is rejected).
-fn expand(input: &str, ctx: &TemplateContext<'_>) -> Result<String, AgentError> {
-    if !input.contains("{{") {
-        return Ok(input.to_string());
-    }
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| AgentError::Template(format!("unclosed action in {input:?}")))?;
-        let action = after[..end].trim_matches(|c: char| c.is_whitespace() || c == '-');
-        out.push_str(&ctx.lookup(action.trim())?);
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 // ----------------------------------------------------------- create config
 
 /// The container moby's swarm executor creates for this task.
@@ -213,7 +157,8 @@ pub fn container_config(
     node: &NodeInfo,
 ) -> Result<(String, ContainerCreateBody), AgentError> {
     let name = task_name(a, &node.id);
-    let ctx = TemplateContext { a, node };
+    let ctx = template::Context::new(a, node);
+    let expand = |s: &str, ctx: &template::Context| template::expand(s, ctx, None);
     let default_spec = TaskSpecContainerSpec::default();
     let spec = container_spec(a).unwrap_or(&default_spec);
     let task_spec = a.task.spec.as_ref();
@@ -279,6 +224,8 @@ pub fn container_config(
 
     let mut security_opt = Vec::new();
     if let Some(p) = &spec.privileges {
+        security_opt.extend(credential_spec_opts(p.credential_spec.as_ref()));
+        security_opt.extend(selinux_opts(p.se_linux_context.as_ref()));
         if p.no_new_privileges == Some(true) {
             security_opt.push("no-new-privileges=true".to_string());
         }
@@ -376,6 +323,48 @@ pub fn container_config(
     Ok((name, body))
 }
 
+// ------------------------------------------------------------ privileges
+
+/// A credential spec becomes the engine's `credentialspec=` security
+/// option, as swarm's executor passes it: the engine decides what it
+/// supports (a Linux engine refuses it, and the task fails with its text).
+fn credential_spec_opts(
+    spec: Option<&TaskSpecContainerSpecPrivilegesCredentialSpec>,
+) -> Option<String> {
+    let spec = spec?;
+    let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    if let Some(file) = nonempty(&spec.file) {
+        return Some(format!("credentialspec=file://{file}"));
+    }
+    if let Some(registry) = nonempty(&spec.registry) {
+        return Some(format!("credentialspec=registry://{registry}"));
+    }
+    nonempty(&spec.config).map(|config| format!("credentialspec=config://{config}"))
+}
+
+/// An SELinux context becomes the engine's `label=` security options.
+fn selinux_opts(context: Option<&TaskSpecContainerSpecPrivilegesSeLinuxContext>) -> Vec<String> {
+    let Some(context) = context else {
+        return Vec::new();
+    };
+    let mut opts = Vec::new();
+    if context.disable == Some(true) {
+        opts.push("label=disable".to_string());
+    }
+    let parts = [
+        ("user", &context.user),
+        ("role", &context.role),
+        ("level", &context.level),
+        ("type", &context.typ),
+    ];
+    for (name, value) in parts {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            opts.push(format!("label={name}:{value}"));
+        }
+    }
+    opts
+}
+
 // ------------------------------------------------- networks and ports
 // (owned by `crate::network`; kept to this one call)
 
@@ -391,14 +380,6 @@ fn apply_networks(a: &Assignment, body: &mut ContainerCreateBody) {
 /// yet, by their Engine API names, so `service create` can refuse them.
 pub fn unsupported_fields(spec: &TaskSpecContainerSpec) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(p) = &spec.privileges {
-        if p.credential_spec.is_some() {
-            out.push("Privileges.CredentialSpec".to_string());
-        }
-        if p.se_linux_context.is_some() {
-            out.push("Privileges.SELinuxContext".to_string());
-        }
-    }
     match spec.isolation {
         None
         | Some(TaskSpecContainerSpecIsolationEnum::DEFAULT)

@@ -1,7 +1,7 @@
 //! Unit tests of the agent: the task → container mapping, and the loop
 //! against the in-memory `FakeExecutor`; one test against the real engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use bollard::models::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::fake::FakeExecutor;
+use super::fake::{FakeContainer, FakeExecutor};
 use super::spec::{self, NodeInfo};
 use super::*;
 use crate::network::NodeNetwork;
@@ -225,6 +225,50 @@ fn container_config_maps_the_spec() {
     assert_eq!(body.cmd, Some(vec!["sleep".to_string(), "1d".to_string()]));
 }
 
+/// Privileges become security options as swarm's executor writes them.
+#[test]
+fn privileges_become_security_options() {
+    let cs = TaskSpecContainerSpec {
+        privileges: Some(TaskSpecContainerSpecPrivileges {
+            credential_spec: Some(TaskSpecContainerSpecPrivilegesCredentialSpec {
+                file: Some("spec.json".to_string()),
+                ..Default::default()
+            }),
+            se_linux_context: Some(
+                bollard::models::TaskSpecContainerSpecPrivilegesSeLinuxContext {
+                    disable: Some(true),
+                    user: Some("u".to_string()),
+                    typ: Some("t".to_string()),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        }),
+        ..container_spec("busybox")
+    };
+    let (_, body) = spec::container_config(&assignment("t", Some(1), cs), &node()).unwrap();
+    let opts = body
+        .host_config
+        .and_then(|h| h.security_opt)
+        .unwrap_or_default();
+    assert_eq!(
+        opts,
+        [
+            "credentialspec=file://spec.json",
+            "label=disable",
+            "label=user:u",
+            "label=type:t"
+        ]
+    );
+    // stack deploy's empty Privileges ({CredentialSpec: null, …}) adds nothing.
+    let empty = TaskSpecContainerSpec {
+        privileges: Some(TaskSpecContainerSpecPrivileges::default()),
+        ..container_spec("busybox")
+    };
+    let (_, body) = spec::container_config(&assignment("t", Some(1), empty), &node()).unwrap();
+    assert_eq!(body.host_config.and_then(|h| h.security_opt), None);
+}
+
 #[test]
 fn bad_template_is_an_error() {
     let mut cs = container_spec("busybox");
@@ -257,12 +301,7 @@ fn unsupported_fields_are_named() {
     };
     assert_eq!(
         unsupported_fields(&cs),
-        vec![
-            "Privileges.CredentialSpec",
-            "Isolation",
-            "Mounts.Type=npipe",
-            "Env"
-        ]
+        vec!["Isolation", "Mounts.Type=npipe", "Env"]
     );
     // What the api fills in on read-back is fine.
     let ok = TaskSpecContainerSpec {
@@ -527,8 +566,21 @@ async fn exits_are_reported() {
     h.stop().await;
 }
 
+/// Polls the fake engine (which reports nothing) until `cond` holds.
+async fn until_engine(h: &Harness, what: &str, cond: impl Fn(&[FakeContainer]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond(&h.fake.containers()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            h.fake.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
-async fn shutdown_stops_and_removes() {
+async fn shutdown_stops_and_keeps_containers_until_tasks_leave_the_history() {
     let tasks: Vec<_> = (1..=3)
         .map(|i| assignment(&format!("t{i}"), Some(i), container_spec("busybox")))
         .collect();
@@ -541,7 +593,7 @@ async fn shutdown_stops_and_removes() {
     })
     .await;
     // t1 desired shutdown, t2 desired remove, t3 vanishes.
-    h.tx.send_replace(Arc::new(vec![
+    let ended = vec![
         with_desired(
             with_state(tasks[0].clone(), TaskState::RUNNING),
             TaskState::SHUTDOWN,
@@ -550,16 +602,23 @@ async fn shutdown_stops_and_removes() {
             with_state(tasks[1].clone(), TaskState::RUNNING),
             TaskState::REMOVE,
         ),
-    ]));
+    ];
+    h.tx.send_replace(Arc::new(ended.clone()));
     h.wait_until("shutdown", |h| {
         h.has("t1", TaskState::SHUTDOWN) && h.has("t2", TaskState::SHUTDOWN)
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !h.fake.containers().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(h.fake.containers().is_empty(), "{:?}", h.fake.calls());
+    // Tasks still in the history keep their stopped containers (their logs
+    // stay readable); the one that left it loses its container.
+    until_engine(&h, "t3's container removed", |cs| {
+        cs.len() == 2 && cs.iter().all(|c| c.state == RunState::Exited)
+    })
+    .await;
+    let names: HashSet<String> = h.fake.containers().into_iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        HashSet::from(["web.1.t1".to_string(), "web.2.t2".to_string()])
+    );
     assert!(h
         .fake
         .calls()
@@ -572,6 +631,18 @@ async fn shutdown_stops_and_removes() {
     h.settle().await;
     assert!(!h.has("t1", TaskState::FAILED));
     assert!(!h.has("t3", TaskState::SHUTDOWN) && !h.has("t3", TaskState::FAILED));
+    // Kept containers are not stopped again while they wait.
+    let stops = |h: &Harness| {
+        h.fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("stop "))
+            .count()
+    };
+    assert_eq!(stops(&h), 3);
+    // The tasks leave the history: their containers go.
+    h.tx.send_replace(Arc::new(Vec::new()));
+    until_engine(&h, "every container removed", |cs| cs.is_empty()).await;
     h.stop().await;
 }
 
@@ -813,7 +884,8 @@ async fn real_engine_runs_and_removes_tasks() {
                 return Err(format!("bad container {c:?}"));
             }
         }
-        // Desired shutdown: stopped (1 s grace) and removed.
+        // Desired shutdown: stopped (1 s grace) and kept while the tasks are
+        // in the history; removed once they leave it.
         let down: Vec<_> = tasks
             .iter()
             .map(|t| {
@@ -834,11 +906,23 @@ async fn real_engine_runs_and_removes_tasks() {
                 .filter(|r| r.status.state == Some(TaskState::SHUTDOWN))
                 .count();
             let left = exec.list_own(&node_id).await.map_err(|e| e.to_string())?;
-            if shut == 3 && left.is_empty() {
+            let stopped = left.len() == 3 && left.iter().all(|c| c.state == RunState::Exited);
+            if shut == 3 && stopped {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("not stopped: {left:?}; {shut} shutdown reports"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tx.send_replace(Arc::new(Vec::new()));
+        loop {
+            let left = exec.list_own(&node_id).await.map_err(|e| e.to_string())?;
+            if left.is_empty() {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("not removed: {left:?}; {shut} shutdown reports"));
+                return Err(format!("not removed: {left:?}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

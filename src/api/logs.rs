@@ -271,6 +271,9 @@ async fn pump(
 ) {
     let response = match source.logs(&task, &container, &options.engine_query).await {
         Ok(response) if response.status().is_success() => response,
+        // The container is really gone (removed by hand): the engine's
+        // service logs have no stream for such a task and skip it.
+        Ok(response) if response.status() == StatusCode::NOT_FOUND => return,
         Ok(response) => {
             let _ = tx
                 .send(error_frame(&format!(

@@ -206,10 +206,8 @@ async fn inspect(
             .iter()
             .find(|n| allocate::id_of(&n.network) == reference)
         {
-            return Ok(json(
-                StatusCode::OK,
-                &with_local_view(manager, proxy, n).await,
-            ));
+            let out = with_local_view(manager, proxy, n).await;
+            return Ok(json(StatusCode::OK, &verbose(manager, n, out, query)));
         }
     }
     if scope != "swarm" {
@@ -239,10 +237,10 @@ async fn inspect(
         by_name
     };
     match found.as_slice() {
-        [one] => Ok(json(
-            StatusCode::OK,
-            &with_local_view(manager, proxy, one).await,
-        )),
+        [one] => {
+            let out = with_local_view(manager, proxy, one).await;
+            Ok(json(StatusCode::OK, &verbose(manager, one, out, query)))
+        }
         [] => Err(ApiError::NotFound(format!("network {reference} not found"))),
         many => Err(ApiError::BadRequest(format!(
             "network {reference} is ambiguous ({} matches found)",
@@ -279,6 +277,75 @@ async fn with_local_view(manager: &Manager, proxy: &Proxy, n: &SwarmNetwork) -> 
             "Peers".into(),
             json!([{"Name": peer_name(manager.node_id()), "IP": manager.advertise_ip()}]),
         );
+    }
+    out
+}
+
+/// `?verbose=true` on a node where the network has containers: the
+/// engine adds `Services`, each service with a VIP on it by name: its VIP,
+/// ports, its load-balancer index on this node and the tasks whose
+/// containers are attached here (recorded: ports-verbose/06).
+fn verbose(manager: &Manager, n: &SwarmNetwork, mut out: Value, query: &Query) -> Value {
+    let containers = match out.get("Containers").and_then(Value::as_object) {
+        Some(c) if query.flag("verbose") && !c.is_empty() => c.clone(),
+        _ => return out,
+    };
+    let store = manager.store();
+    let id = allocate::id_of(&n.network);
+    let mut services: Vec<_> = store
+        .list(Kind::Service)
+        .iter()
+        .filter_map(crate::manager::orchestrator::as_service)
+        .filter_map(|s| {
+            let vip = s
+                .endpoint
+                .as_ref()?
+                .virtual_ips
+                .as_ref()?
+                .iter()
+                .find(|v| v.network_id.as_deref() == Some(id))?
+                .addr
+                .clone()?;
+            Some((s, vip))
+        })
+        .collect();
+    // The engine numbers a node's load balancers in the order services came.
+    services.sort_by(|a, b| a.0.created_at.cmp(&b.0.created_at));
+    let mut section = serde_json::Map::new();
+    for (index, (service, vip)) in services.iter().enumerate() {
+        let service_id = service.id.clone().unwrap_or_default();
+        let tasks: Vec<Value> = store
+            .tasks_by_service(&service_id)
+            .iter()
+            .filter_map(crate::manager::orchestrator::as_task)
+            .filter_map(|t| {
+                let attached = containers.get(&crate::manager::tasks::container_id(&t)?)?;
+                let ip = attached.get("IPv4Address")?.as_str()?.split('/').next()?;
+                Some(json!({
+                    "Name": attached.get("Name"),
+                    "EndpointID": attached.get("EndpointID"),
+                    "EndpointIP": ip,
+                    "Info": {"Host IP": manager.advertise_ip()},
+                }))
+            })
+            .collect();
+        let name = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_default();
+        section.insert(
+            name,
+            json!({
+                "VIP": vip.split('/').next().unwrap_or(""),
+                "Ports": [],
+                "LocalLBIndex": 256 + index,
+                "Tasks": tasks,
+            }),
+        );
+    }
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("Services".into(), Value::Object(section));
     }
     out
 }

@@ -324,15 +324,8 @@ fn validate(flavor: Flavor, spec: &Spec) -> Result<(), ApiError> {
             "secret drivers (shoal keeps secret data itself, encrypted)",
         ));
     }
-    // Refused up front (a 400, as the issue asks), rather than stored and
-    // then failing every task that uses it.
-    if let Some(driver) = spec.templating.as_ref().filter(|t| !t.name.is_empty()) {
-        return Err(ApiError::BadRequest(format!(
-            "templating ({:?}) is not supported by shoal: create the {} with its final content",
-            driver.name,
-            flavor.word()
-        )));
-    }
+    // Templating ("golang") is stored as given and rendered per task by the
+    // agent at delivery, as swarm does.
     let data = decode(spec.data.as_deref().unwrap_or(""))?;
     if data.is_empty() || data.len() >= flavor.max_size() {
         return Err(ApiError::rpc(

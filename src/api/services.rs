@@ -10,8 +10,9 @@ use bollard::models::{
     ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
     ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
     ServiceSpecUpdateConfigOrderEnum, ServiceUpdateStatus, ServiceUpdateStatusStateEnum,
-    TaskSpecContainerSpecDnsConfig, TaskSpecContainerSpecIsolationEnum, TaskSpecPlacement,
-    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    TaskSpecContainerSpec, TaskSpecContainerSpecDnsConfig, TaskSpecContainerSpecIsolationEnum,
+    TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -58,7 +59,12 @@ pub async fn create(manager: &Manager, body: Bytes) -> Result<Response<Body>, Ap
 }
 
 pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError> {
-    let filters = Filters::parse(query.get("filters"), &FILTERS)?;
+    // The engine's services route alone calls malformed filters a bad
+    // parameter (400); elsewhere they are a 500.
+    let filters = Filters::parse(query.get("filters"), &FILTERS).map_err(|e| match e {
+        ApiError::Internal(message) => ApiError::BadRequest(message),
+        other => other,
+    })?;
     let store = manager.store();
     let with_status = query.flag("status");
     let mut services: Vec<SwarmService> = store
@@ -405,6 +411,7 @@ fn normalise(spec: &mut ServiceSpec) {
     container
         .isolation
         .get_or_insert(TaskSpecContainerSpecIsolationEnum::DEFAULT);
+    drop_go_omitted(container);
     template.force_update.get_or_insert(0);
     let mode = spec.mode.get_or_insert_with(Default::default);
     if mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
@@ -418,7 +425,91 @@ fn normalise(spec: &mut ServiceSpec) {
     if let Some(endpoint) = spec.endpoint_spec.as_mut() {
         endpoint.mode.get_or_insert(EndpointSpecModeEnum::VIP);
     }
+    if let Some(update) = spec.update_config.as_mut() {
+        normalise_update_config(update);
+    }
+    if let Some(rollback) = spec.rollback_config.as_mut() {
+        normalise_rollback_config(rollback);
+    }
     spec.labels.get_or_insert_with(HashMap::new);
+}
+
+/// The engine's ContainerSpec marks these fields `omitempty`: a zero value
+/// a client sent (Ansible sends `TTY: false`, `Hostname: ""`…) does not come
+/// back (recorded on engine 20.10).
+fn drop_go_omitted(c: &mut TaskSpecContainerSpec) {
+    fn flag(v: &mut Option<bool>) {
+        *v = v.filter(|b| *b);
+    }
+    fn text(v: &mut Option<String>) {
+        *v = v.take().filter(|s| !s.is_empty());
+    }
+    fn list<T>(v: &mut Option<Vec<T>>) {
+        *v = v.take().filter(|l| !l.is_empty());
+    }
+    flag(&mut c.tty);
+    flag(&mut c.open_stdin);
+    flag(&mut c.read_only);
+    for t in [&mut c.hostname, &mut c.dir, &mut c.user, &mut c.stop_signal] {
+        text(t);
+    }
+    for l in [
+        &mut c.command,
+        &mut c.args,
+        &mut c.env,
+        &mut c.groups,
+        &mut c.hosts,
+        &mut c.capability_add,
+        &mut c.capability_drop,
+    ] {
+        list(l);
+    }
+    list(&mut c.mounts);
+    list(&mut c.secrets);
+    list(&mut c.configs);
+    c.labels = c.labels.take().filter(|l| !l.is_empty());
+}
+
+/// An update config as the engine reads it back (recorded on engine 20.10):
+/// Parallelism and MaxFailureRatio always written, FailureAction and Order
+/// at their enum's first value when unset, zero durations omitted.
+fn normalise_update_config(update: &mut ServiceSpecUpdateConfig) {
+    update.parallelism.get_or_insert(0);
+    update.max_failure_ratio.get_or_insert(0.0);
+    if matches!(
+        update.failure_action,
+        None | Some(ServiceSpecUpdateConfigFailureActionEnum::EMPTY)
+    ) {
+        update.failure_action = Some(ServiceSpecUpdateConfigFailureActionEnum::PAUSE);
+    }
+    if matches!(
+        update.order,
+        None | Some(ServiceSpecUpdateConfigOrderEnum::EMPTY)
+    ) {
+        update.order = Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST);
+    }
+    update.delay = update.delay.filter(|d| *d != 0);
+    update.monitor = update.monitor.filter(|m| *m != 0);
+}
+
+/// The same for a rollback config (its own enum types in bollard).
+fn normalise_rollback_config(rollback: &mut ServiceSpecRollbackConfig) {
+    rollback.parallelism.get_or_insert(0);
+    rollback.max_failure_ratio.get_or_insert(0.0);
+    if matches!(
+        rollback.failure_action,
+        None | Some(ServiceSpecRollbackConfigFailureActionEnum::EMPTY)
+    ) {
+        rollback.failure_action = Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE);
+    }
+    if matches!(
+        rollback.order,
+        None | Some(ServiceSpecRollbackConfigOrderEnum::EMPTY)
+    ) {
+        rollback.order = Some(ServiceSpecRollbackConfigOrderEnum::STOP_FIRST);
+    }
+    rollback.delay = rollback.delay.filter(|d| *d != 0);
+    rollback.monitor = rollback.monitor.filter(|m| *m != 0);
 }
 
 fn mode_kind(spec: &ServiceSpec) -> &'static str {

@@ -50,17 +50,16 @@ impl Shapes {
 
     /// Shapes the JSON answer to `method path` for a client of `version`.
     pub fn reshape(&self, method: &str, path: &str, version: &str, value: &mut Value) {
-        go_writes_empty_fields(value);
-        if !super::version_le(version, LISTED_VERSION) {
-            return;
+        if super::version_le(version, LISTED_VERSION) {
+            let route = self
+                .added
+                .iter()
+                .find(|(route, _)| matches_route(route, method, path));
+            if let Some((_, added)) = route {
+                drop_added(added, value);
+            }
         }
-        let route = self
-            .added
-            .iter()
-            .find(|(route, _)| matches_route(route, method, path));
-        if let Some((_, added)) = route {
-            drop_added(added, value);
-        }
+        as_go_writes(value);
     }
 }
 
@@ -103,17 +102,70 @@ fn drop_added(added: &Added, value: &mut Value) {
     }
 }
 
-/// Fields of the engine's Go structs without `omitempty`, by the struct
-/// holding them (found under these keys): Go writes them even when unset.
-const ALWAYS_WRITTEN: &[(&str, &str, &[&str])] = &[(
-    "ContainerSpec",
-    "Privileges",
-    &["CredentialSpec", "SELinuxContext"],
-)];
+/// A Go zero value as encoding/json writes it.
+#[derive(Clone, Copy)]
+enum Zero {
+    Null,
+    False,
+    Text,
+}
 
-fn go_writes_empty_fields(value: &mut Value) {
+impl Zero {
+    fn value(self) -> Value {
+        match self {
+            Zero::Null => Value::Null,
+            Zero::False => Value::Bool(false),
+            Zero::Text => Value::String(String::new()),
+        }
+    }
+}
+
+/// Fields of the engine's Go structs without `omitempty`, found under these
+/// two keys: Go writes them even when unset (recorded on engine 20.10:
+/// `{"SELinuxContext": {"Disable": true}}` reads back with User, Role, Type
+/// and Level "", a CredentialSpec with Config, File and Registry).
+type Rule = (&'static str, &'static str, &'static [(&'static str, Zero)]);
+const ALWAYS_WRITTEN: &[Rule] = &[
+    (
+        "ContainerSpec",
+        "Privileges",
+        &[
+            ("CredentialSpec", Zero::Null),
+            ("SELinuxContext", Zero::Null),
+        ],
+    ),
+    (
+        "Privileges",
+        "SELinuxContext",
+        &[
+            ("Disable", Zero::False),
+            ("User", Zero::Text),
+            ("Role", Zero::Text),
+            ("Type", Zero::Text),
+            ("Level", Zero::Text),
+        ],
+    ),
+    (
+        "Privileges",
+        "CredentialSpec",
+        &[
+            ("Config", Zero::Text),
+            ("File", Zero::Text),
+            ("Registry", Zero::Text),
+        ],
+    ),
+];
+
+/// Fields whose Go name (the JSON key the engine writes, having no json
+/// tag) differs from the API spec's, by the struct holding them: moby's
+/// ContainerSpec has `Healthcheck`, the spec and bollard say `HealthCheck`
+/// (recorded on engine 20.10; docker-py sends `Healthcheck` too).
+const GO_NAMES: &[(&str, &str, &str)] = &[("ContainerSpec", "HealthCheck", "Healthcheck")];
+
+/// The answer as Go's encoding/json writes the engine's structs.
+fn as_go_writes(value: &mut Value) {
     match value {
-        Value::Array(items) => items.iter_mut().for_each(go_writes_empty_fields),
+        Value::Array(items) => items.iter_mut().for_each(as_go_writes),
         Value::Object(object) => {
             for (parent, field, always) in ALWAYS_WRITTEN {
                 let inner = object
@@ -121,18 +173,38 @@ fn go_writes_empty_fields(value: &mut Value) {
                     .and_then(|p| p.get_mut(*field))
                     .and_then(Value::as_object_mut);
                 if let Some(inner) = inner {
-                    write_nulls(inner, always);
+                    write_zeros(inner, always);
                 }
             }
-            object.values_mut().for_each(go_writes_empty_fields);
+            for (parent, api, go) in GO_NAMES {
+                let inner = object.get_mut(*parent).and_then(Value::as_object_mut);
+                if let Some(inner) = inner {
+                    rename(inner, api, go);
+                }
+            }
+            object.values_mut().for_each(as_go_writes);
         }
         _ => {}
     }
 }
 
-fn write_nulls(object: &mut Map<String, Value>, fields: &[&str]) {
-    for field in fields {
-        object.entry(*field).or_insert(Value::Null);
+/// Renames a key, keeping its position.
+fn rename(object: &mut Map<String, Value>, from: &str, to: &str) {
+    if !object.contains_key(from) {
+        return;
+    }
+    *object = std::mem::take(object)
+        .into_iter()
+        .map(|(k, v)| match k == from {
+            true => (to.to_string(), v),
+            false => (k, v),
+        })
+        .collect();
+}
+
+fn write_zeros(object: &mut Map<String, Value>, fields: &[(&str, Zero)]) {
+    for (field, zero) in fields {
+        object.entry(*field).or_insert_with(|| zero.value());
     }
 }
 
@@ -168,7 +240,8 @@ mod tests {
             container["Privileges"],
             json!({"CredentialSpec": null, "SELinuxContext": null})
         );
-        assert_eq!(container["HealthCheck"], json!({"Test": ["CMD", "true"]}));
+        assert_eq!(container["Healthcheck"], json!({"Test": ["CMD", "true"]}));
+        assert!(container.get("HealthCheck").is_none());
         assert_eq!(list[0]["PreviousSpec"], json!({"Name": "kept"}));
 
         let mut one = service();

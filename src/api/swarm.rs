@@ -60,7 +60,8 @@ pub async fn init(
     let advertise_addr = advertise_addr(
         request.advertise_addr.as_deref().unwrap_or(""),
         &listen_addr,
-    )?;
+    )
+    .await?;
     let mut spec = request.spec.unwrap_or_default();
     check_spec_name(&spec)?;
     // The CLI sends --autolock both at the top level and in the spec.
@@ -395,7 +396,7 @@ fn listen_addr(raw: &str) -> Result<String, ApiError> {
 
 /// `AdvertiseAddr`: given, or the listen address when it is specific. The
 /// port defaults to the listen port.
-fn advertise_addr(raw: &str, listen: &str) -> Result<String, ApiError> {
+async fn advertise_addr(raw: &str, listen: &str) -> Result<String, ApiError> {
     let (listen_host, listen_port) =
         split_host_port(listen, DEFAULT_LISTEN_PORT).map_err(ApiError::BadRequest)?;
     if raw.is_empty() {
@@ -404,7 +405,7 @@ fn advertise_addr(raw: &str, listen: &str) -> Result<String, ApiError> {
             .map(|ip| ip.is_unspecified())
             .unwrap_or(false);
         if unspecified {
-            return system_addr(listen_port);
+            return system_addr(listen_port).await;
         }
         return Ok(join_host_port(&listen_host, listen_port));
     }
@@ -418,16 +419,48 @@ fn advertise_addr(raw: &str, listen: &str) -> Result<String, ApiError> {
     Ok(join_host_port(&host, port))
 }
 
-/// The host's one non-loopback IPv4 address, as the engine picks it.
-fn system_addr(port: u16) -> Result<String, ApiError> {
-    let addrs = crate::netutil::global_ipv4_addrs();
-    match addrs.as_slice() {
-        [] => Err(ApiError::BadRequest("could not find the system's IP address".to_string())),
-        [one] => Ok(join_host_port(&one.to_string(), port)),
-        many => Err(ApiError::BadRequest(format!(
-            "could not choose an IP address to advertise since this system has multiple addresses ({})",
-            many.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-        ))),
+/// The system's address, as the engine picks it when none is given.
+async fn system_addr(port: u16) -> Result<String, ApiError> {
+    let devices = crate::netutil::devices().await.map_err(|e| {
+        ApiError::Internal(format!("cannot list the system's addresses (ip addr): {e}"))
+    })?;
+    let ip = choose_system_addr(&devices).map_err(ApiError::BadRequest)?;
+    Ok(join_host_port(&ip.to_string(), port))
+}
+
+/// The engine's choice (daemon/cluster resolveSystemAddr on Linux): the
+/// one device with a global address (its IPv4 before its IPv6); more than
+/// one address of a family on a device, or addresses on two devices, is
+/// ambiguous, worded as the engine words it.
+fn choose_system_addr(devices: &[crate::netutil::Device]) -> Result<std::net::IpAddr, String> {
+    let mut chosen: Option<(&str, std::net::IpAddr)> = None;
+    for device in devices {
+        let name = device.name.as_str();
+        let v4 = single(name, &device.v4)?.map(std::net::IpAddr::V4);
+        let v6 = single(name, &device.v6)?.map(std::net::IpAddr::V6);
+        let Some(ip) = v4.or(v6) else {
+            continue;
+        };
+        if let Some((first, first_ip)) = chosen {
+            return Err(format!(
+                "could not choose an IP address to advertise since this system has multiple addresses on different interfaces ({first_ip} on {first} and {ip} on {name})"
+            ));
+        }
+        chosen = Some((name, ip));
+    }
+    chosen
+        .map(|(_, ip)| ip)
+        .ok_or_else(|| "could not find the system's IP address".to_string())
+}
+
+/// A device's only address of one family, if any.
+fn single<T: Copy + std::fmt::Display>(device: &str, addrs: &[T]) -> Result<Option<T>, String> {
+    match addrs {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        [a, b, ..] => Err(format!(
+            "could not choose an IP address to advertise since this system has multiple addresses on interface {device} ({a} and {b})"
+        )),
     }
 }
 
@@ -462,22 +495,63 @@ fn join_host_port(host: &str, port: u16) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn listen_and_advertise_addresses() {
+    #[tokio::test]
+    async fn listen_and_advertise_addresses() {
         assert_eq!(listen_addr("").unwrap(), "0.0.0.0:2377");
         assert_eq!(listen_addr("127.0.0.1").unwrap(), "127.0.0.1:2377");
         assert!(listen_addr("eth0:x").is_err());
         assert_eq!(
-            advertise_addr("127.0.0.1", "0.0.0.0:2377").unwrap(),
+            advertise_addr("127.0.0.1", "0.0.0.0:2377").await.unwrap(),
             "127.0.0.1:2377"
         );
         assert_eq!(
-            advertise_addr("10.0.0.2:4000", "0.0.0.0:2377").unwrap(),
+            advertise_addr("10.0.0.2:4000", "0.0.0.0:2377")
+                .await
+                .unwrap(),
             "10.0.0.2:4000"
         );
         assert_eq!(
-            advertise_addr("", "10.1.1.1:2377").unwrap(),
+            advertise_addr("", "10.1.1.1:2377").await.unwrap(),
             "10.1.1.1:2377"
+        );
+    }
+
+    fn device(name: &str, v4: &[&str], v6: &[&str]) -> crate::netutil::Device {
+        crate::netutil::Device {
+            name: name.to_string(),
+            v4: v4.iter().map(|a| a.parse().unwrap()).collect(),
+            v6: v6.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    /// The engine's choice and texts (daemon/cluster/listen_addr*.go).
+    #[test]
+    fn chooses_the_system_address_as_the_engine_does() {
+        let one = [
+            device("lo", &[], &[]),
+            device("eth0", &["192.0.2.2"], &["fd00::2"]),
+        ];
+        assert_eq!(choose_system_addr(&one).unwrap().to_string(), "192.0.2.2");
+        let v6_only = [device("eth0", &[], &["fd00::2"])];
+        assert_eq!(choose_system_addr(&v6_only).unwrap().to_string(), "fd00::2");
+        let two = [
+            device("eth0", &["192.0.2.2"], &[]),
+            device("eth1", &[], &["fd00::9"]),
+        ];
+        assert_eq!(
+            choose_system_addr(&two).unwrap_err(),
+            "could not choose an IP address to advertise since this system has multiple \
+             addresses on different interfaces (192.0.2.2 on eth0 and fd00::9 on eth1)"
+        );
+        let same = [device("eth0", &["192.0.2.2", "192.0.2.3"], &[])];
+        assert_eq!(
+            choose_system_addr(&same).unwrap_err(),
+            "could not choose an IP address to advertise since this system has multiple \
+             addresses on interface eth0 (192.0.2.2 and 192.0.2.3)"
+        );
+        assert_eq!(
+            choose_system_addr(&[]).unwrap_err(),
+            "could not find the system's IP address"
         );
     }
 

@@ -119,9 +119,11 @@ fn payloads(tables: &crate::store::Tables, task: &Task) -> (Vec<Payload>, Vec<Pa
         }
         if let Some(Object::Secret(s)) = tables.get(Kind::Secret, id).as_deref() {
             if let Some(data) = decode(s.spec.as_ref().and_then(|s| s.data.as_ref())) {
+                let templating = s.spec.as_ref().and_then(|s| s.templating.as_ref());
                 secrets.push(Payload {
                     id: id.to_string(),
                     data,
+                    templated: is_golang(templating),
                 });
             }
         }
@@ -138,14 +140,21 @@ fn payloads(tables: &crate::store::Tables, task: &Task) -> (Vec<Payload>, Vec<Pa
         }
         if let Some(Object::Config(c)) = tables.get(Kind::Config, id).as_deref() {
             if let Some(data) = decode(c.spec.as_ref().and_then(|s| s.data.as_ref())) {
+                let templating = c.spec.as_ref().and_then(|s| s.templating.as_ref());
                 configs.push(Payload {
                     id: id.to_string(),
                     data,
+                    templated: is_golang(templating),
                 });
             }
         }
     }
     (secrets, configs)
+}
+
+/// Swarm renders a payload only with the "golang" templating driver.
+fn is_golang(templating: Option<&bollard::models::Driver>) -> bool {
+    templating.is_some_and(|t| t.name == "golang")
 }
 
 /// Commits the agent's reports, many per raft entry.

@@ -524,6 +524,9 @@ pub fn endpoint(
                 continue;
             };
             let mut taken: Vec<Ipv4Addr> = vec![gateway];
+            if is_ingress(&n.network) {
+                taken.extend(ingress_sandboxes(store, &subnet, gateway));
+            }
             taken.extend(others.iter().flat_map(|o| vip_addrs(o, &id)));
             taken.extend(
                 vips.iter()
@@ -548,6 +551,25 @@ pub fn endpoint(
         ports: (!ports.is_empty()).then_some(ports),
         virtual_ips: (!vips.is_empty()).then_some(vips),
     })
+}
+
+/// The addresses the engine gives each node's ingress sandbox
+/// (`ingress-sbox`) when the node joins, before any service: the lowest
+/// ones after the gateway, one per node (measured: a one-node swarm's
+/// first ingress VIP is 10.0.0.3). shoal has no such sandbox (its ingress
+/// proxy is in userspace), but keeps the addresses so VIPs read the same.
+fn ingress_sandboxes(store: &Store, subnet: &Subnet, gateway: Ipv4Addr) -> Vec<Ipv4Addr> {
+    let nodes = store.list(Kind::Node).len();
+    let mut reserved = Vec::with_capacity(nodes);
+    while reserved.len() < nodes {
+        let mut used = reserved.clone();
+        used.push(gateway);
+        match ipam::next_lower(subnet, &used) {
+            Some(ip) => reserved.push(ip),
+            None => break,
+        }
+    }
+    reserved
 }
 
 fn networks_of(store: &Store) -> Vec<SwarmNetwork> {

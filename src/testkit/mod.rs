@@ -1071,7 +1071,14 @@ impl Shoal {
     }
 
     pub fn swarm_init(&self) -> SwarmNode {
-        let out = self.docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+        self.swarm_init_with(&["--advertise-addr", "127.0.0.1"])
+    }
+
+    /// `docker swarm init` with these flags.
+    pub fn swarm_init_with(&self, flags: &[&str]) -> SwarmNode {
+        let mut args = vec!["swarm", "init"];
+        args.extend_from_slice(flags);
+        let out = self.docker_ok(&args);
         let id = self
             .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
             .trim()

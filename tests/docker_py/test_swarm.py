@@ -203,10 +203,35 @@ class SwarmTest(unittest.TestCase):
             stop_grace_period=1_000_000_000)
         svc.reload()
         spec = svc.attrs["Spec"]
-        self.assertEqual(spec["TaskTemplate"]["ContainerSpec"]["HealthCheck"],
+        # The engine writes its Go field name, Healthcheck (the spec says HealthCheck).
+        self.assertEqual(spec["TaskTemplate"]["ContainerSpec"]["Healthcheck"],
                          {"Test": ["CMD", "true"], "Interval": 1_000_000_000, "Retries": 3})
-        self.assertEqual(spec["RollbackConfig"], {"Parallelism": 2, "Order": "start-first"})
+        # As the engine reads it back: its zero values and enum defaults written.
+        self.assertEqual(spec["RollbackConfig"], {"Parallelism": 2, "FailureAction": "pause",
+                                                  "MaxFailureRatio": 0, "Order": "start-first"})
         self.assertEqual(spec["UpdateConfig"]["Order"], "start-first")
+
+    def test_privileges_are_kept_and_read_back_as_the_engine_writes_them(self):
+        self.init()
+        svc = self.client.services.create(
+            "busybox:latest", ["sleep", "3600"], name="dp-priv",
+            privileges=docker.types.Privileges(selinux_disable=True),
+            stop_grace_period=1_000_000_000)
+        svc.reload()
+        # Go writes every field of these structs (no omitempty).
+        self.assertEqual(
+            svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Privileges"],
+            {"CredentialSpec": None,
+             "SELinuxContext": {"Disable": True, "User": "", "Role": "", "Type": "", "Level": ""}})
+        self.wait_for("the task running", lambda: len(self.running(svc)) == 1)
+
+    def test_config_with_lower_case_templating_is_accepted(self):
+        self.init()
+        config = self.client.configs.create(
+            name="dp-tpl", data=b"hello {{.Service.Name}}", templating={"name": "golang"})
+        config.reload()
+        self.assertEqual(config.attrs["Spec"]["Templating"], {"Name": "golang"})
+        self.assertEqual(config.name, "dp-tpl")
 
     def test_service_errors(self):
         self.init()

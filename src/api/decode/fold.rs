@@ -14,6 +14,7 @@
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
+use super::enums::{self, Unlisted};
 use super::names::go_struct;
 use super::DecodeError;
 
@@ -350,17 +351,26 @@ impl<'a> de::Deserializer<'a> for Folded<'a> {
         visitor.visit_map(Entries::new(entries, self.context.inside(name)))
     }
 
-    /// bollard's enums are strings (`"start-first"`); null is Go's "".
+    /// bollard's enums are strings (`"start-first"`); null is Go's "". A
+    /// value the enum lacks is what the engine makes of it (`enums`).
     fn deserialize_enum<V: Visitor<'a>>(
         self,
         _name: &'static str,
-        _variants: &'static [&'static str],
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        match self.value {
-            Value::Null => visitor.visit_enum("".into_deserializer()),
-            Value::String(s) => visitor.visit_enum(s.as_str().into_deserializer()),
-            _ => Err(self.mismatch("string")),
+        let s = match self.value {
+            Value::Null => return visitor.visit_enum("".into_deserializer()),
+            Value::String(s) => s.as_str(),
+            _ => return Err(self.mismatch("string")),
+        };
+        if variants.contains(&s) {
+            return visitor.visit_enum(s.into_deserializer());
+        }
+        match enums::unlisted(&self.context.fields, s) {
+            Some(Unlisted::Read(v)) => visitor.visit_enum(v.into_deserializer()),
+            Some(Unlisted::Refused(text)) => Err(DecodeError::Refused(text)),
+            None => visitor.visit_enum(s.into_deserializer()),
         }
     }
 

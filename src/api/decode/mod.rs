@@ -11,6 +11,7 @@
 //! the same rules without a list of fields to keep in step, and what is
 //! stored and returned is in the API's own spelling.
 
+mod enums;
 mod fold;
 mod names;
 mod syntax;
@@ -27,12 +28,18 @@ pub enum DecodeError {
     /// The body ended inside a value: Go's `io.ErrUnexpectedEOF`.
     #[error("unexpected EOF")]
     UnexpectedEof,
+    /// `json.Unmarshal` of an input that ends too early.
+    #[error("unexpected end of JSON input")]
+    UnexpectedEnd,
     /// Go's `SyntaxError` text.
     #[error("{0}")]
     Syntax(String),
     /// Go's `UnmarshalTypeError` text, or another refusal of a value.
     #[error("{0}")]
     Type(String),
+    /// A value Go reads and the engine then refuses, with the engine's text.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl serde::de::Error for DecodeError {
@@ -55,6 +62,13 @@ pub fn value(bytes: &[u8]) -> Result<Value, DecodeError> {
     // What Go's scanner accepts and serde_json does not: invalid UTF-8 in a
     // string, numbers beyond f64, nesting deeper than 128.
     serde_json::from_slice(slice).map_err(|e| DecodeError::Syntax(e.to_string()))
+}
+
+/// A whole input (not a body: a query parameter), as `json.Unmarshal`
+/// reads it; keys as sent.
+pub fn whole_value(bytes: &[u8]) -> Result<Value, DecodeError> {
+    syntax::whole_value(bytes)?;
+    serde_json::from_slice(bytes).map_err(|e| DecodeError::Syntax(e.to_string()))
 }
 
 /// Reads an already parsed body into `T` with Go's rules.

@@ -20,6 +20,25 @@ pub fn first_value(bytes: &[u8]) -> Result<usize, DecodeError> {
     Ok(scan.at)
 }
 
+/// Checks that `bytes` is exactly one JSON value, as Go's `json.Unmarshal`
+/// does (query parameters such as `filters` are read that way): a value
+/// cut short or missing is "unexpected end of JSON input", and anything but
+/// white space after it is an error.
+pub fn whole_value(bytes: &[u8]) -> Result<(), DecodeError> {
+    let end = match first_value(bytes) {
+        Err(DecodeError::Empty | DecodeError::UnexpectedEof) => {
+            return Err(DecodeError::UnexpectedEnd)
+        }
+        other => other?,
+    };
+    let mut scan = Scanner { bytes, at: end };
+    scan.skip_space();
+    match scan.peek() {
+        None => Ok(()),
+        Some(c) => Err(invalid(c, "after top-level value")),
+    }
+}
+
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -283,6 +302,18 @@ mod tests {
         for (body, want) in cases {
             assert_eq!(message(body), want, "{body}");
         }
+    }
+
+    #[test]
+    fn a_whole_value_is_read_as_unmarshal_reads_it() {
+        assert!(whole_value(b" {\"a\":1} ").is_ok());
+        let message = |b: &[u8]| whole_value(b).unwrap_err().to_string();
+        assert_eq!(
+            message(b"{\"a\":1} x"),
+            "invalid character 'x' after top-level value"
+        );
+        assert_eq!(message(b"{\"a\":"), "unexpected end of JSON input");
+        assert_eq!(message(b""), "unexpected end of JSON input");
     }
 
     #[test]
