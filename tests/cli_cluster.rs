@@ -556,15 +556,17 @@ fn a_dead_worker_is_marked_down_its_tasks_move_and_it_comes_back_clean() {
     ]);
     assert_eq!(replicas.trim(), "6/6");
 
-    // Back: ready again, and its old task containers are gone.
+    // Back: ready again, and its old tasks' containers are stopped (kept,
+    // exited, while their tasks are in the task history, as the engine
+    // keeps them for `service logs`).
     h3.start();
     wait_for("h3 ready", CONVERGE, || {
         node_rows(h1).filter(|rows| rows.iter().any(|r| r.0 == h3.hostname && r.1 == "Ready"))
     });
-    wait_for("no stale task container on h3", CONVERGE, || {
+    wait_for("no stale task container running on h3", CONVERGE, || {
         let out = h3.engine_docker(&[
             "ps",
-            "-aq",
+            "-q",
             "--filter",
             "label=com.docker.swarm.service.name=web",
         ]);
@@ -699,10 +701,10 @@ fn a_cut_off_worker_loses_its_tasks_and_a_cut_off_manager_refuses_writes() {
         let all_ready = node_rows(h1).is_some_and(|rows| rows.iter().all(|r| r.1 == "Ready"));
         (stdout(&out).trim() == "4/4" && all_ready).then_some(())
     });
-    wait_for("only 4 web containers on h4", CONVERGE, || {
+    wait_for("only 4 web containers running on h4", CONVERGE, || {
         let out = h4.engine_docker(&[
             "ps",
-            "-aq",
+            "-q",
             "--filter",
             "label=com.docker.swarm.service.name=web",
         ]);
@@ -893,4 +895,67 @@ fn leader_kills_in_a_loop_under_writes_lose_no_acknowledged_write() {
         });
         assert!(acknowledged.iter().all(|a| names.contains(a)));
     }
+}
+
+#[test]
+fn swarm_ca_rotate_gives_every_node_a_certificate_from_the_new_root() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    init(h1);
+    join_ok(h2, &token(h1, "manager"), h1);
+    join_ok(h3, &token(h1, "worker"), h1);
+    let old_root = h1.docker_ok(&["swarm", "ca"]);
+    assert!(old_root.contains("BEGIN CERTIFICATE"), "{old_root}");
+    let old_token = token(h1, "worker");
+
+    // The CLI waits until every node has a certificate from the new root,
+    // then prints it.
+    let rotated = h2.docker_ok(&["swarm", "ca", "--rotate"]);
+    let new_root = h1.docker_ok(&["swarm", "ca"]);
+    assert_ne!(new_root, old_root);
+    assert!(rotated.contains(new_root.trim()), "{rotated}");
+    let issuer = |h: &Host| {
+        h1.docker_ok(&[
+            "node",
+            "inspect",
+            &node_id(h),
+            "--format",
+            "{{.Description.TLSInfo.CertIssuerPublicKey}}",
+        ])
+    };
+    let cluster_issuer = h1.docker_ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.Cluster.TLSInfo.CertIssuerPublicKey}}",
+    ]);
+    for h in [h1, h2, h3] {
+        assert_eq!(issuer(h), cluster_issuer, "{}", h.name);
+    }
+    // The tokens carry the new root's digest; the old one admits no one.
+    let new_token = token(h1, "worker");
+    assert_ne!(new_token, old_token);
+
+    // Every node still works with its new certificate: a service spreads
+    // over all three engines through the worker's session.
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--quiet",
+        "--name",
+        "after-rotation",
+        "--replicas",
+        "3",
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    wait_for("a task on every host", CONVERGE, || {
+        let per_host = running_per_host(&hosts, "after-rotation");
+        per_host.values().all(|&n| n == 1).then_some(())
+    });
+    h1.docker_ok(&["service", "rm", "after-rotation"]);
 }

@@ -68,7 +68,8 @@ fn swarm_info(manager: &Manager) -> Value {
     let store = manager.store();
     let nodes = super::nodes::all_nodes(&store);
     let managers = super::nodes::manager_count(&store);
-    let cluster = cluster::the_cluster(&store).map(|swarm| {
+    let cluster = cluster::the_cluster(&store).map(|mut swarm| {
+        cluster::rotation::redact(&mut swarm);
         let mut value = serde_json::to_value(&swarm).unwrap_or(Value::Null);
         if let Some(object) = value.as_object_mut() {
             // /info never shows the join tokens.

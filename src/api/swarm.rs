@@ -147,7 +147,7 @@ pub async fn join(
     })?;
     let advertise = match body.advertise_addr.as_str() {
         "" => String::new(),
-        given => advertise_addr(given, &listen)?,
+        given => advertise_addr(given, &listen).await?,
     };
     match body.availability.as_str() {
         "" | "active" | "pause" | "drain" => {}
@@ -193,7 +193,9 @@ pub async fn leave(cluster: &Cluster, query: &Query) -> Result<Response<Body>, A
 
 pub async fn inspect(cluster: &Cluster) -> Result<Response<Body>, ApiError> {
     let manager = cluster.manager().await?;
-    let swarm = cluster::the_cluster(&manager.store()).ok_or(cluster::ClusterError::NotManager)?;
+    let mut swarm =
+        cluster::the_cluster(&manager.store()).ok_or(cluster::ClusterError::NotManager)?;
+    cluster::rotation::redact(&mut swarm);
     // The engine shows `DefaultAddrPool: null` for the default pool; bollard's
     // model would drop the field.
     let mut value = serde_json::to_value(&swarm).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -220,17 +222,31 @@ pub async fn update(
     let manager = cluster.manager().await?;
     let current =
         cluster::the_cluster(&manager.store()).ok_or(cluster::ClusterError::NotManager)?;
-    let root = cluster.root_ca()?;
-    let tokens = current.join_tokens.clone().unwrap_or_default();
-    let join_tokens = JoinTokens {
-        worker: rotated(tokens.worker, rotate_worker, &root)?,
-        manager: rotated(tokens.manager, rotate_manager, &root)?,
+    // `swarm ca --rotate` (or a CA of the user's own): a new root, new
+    // tokens with its digest, and the rotation under way.
+    let new_root = cluster::rotation::requested(&current, &spec)?;
+    let root = match &new_root {
+        Some(root) => root.clone(),
+        None => manager.root_ca().map_or_else(|| cluster.root_ca(), Ok)?,
     };
-    let updated = Swarm {
-        spec: Some(with_defaults(spec)),
+    let tokens = current.join_tokens.clone().unwrap_or_default();
+    let rotating = new_root.is_some();
+    let join_tokens = JoinTokens {
+        worker: rotated(tokens.worker, rotate_worker || rotating, &root)?,
+        manager: rotated(tokens.manager, rotate_manager || rotating, &root)?,
+    };
+    let mut spec = with_defaults(spec);
+    cluster::rotation::keep_root(&mut spec, &root);
+    let mut updated = Swarm {
+        spec: Some(spec),
         join_tokens: Some(join_tokens),
         ..current
     };
+    if rotating {
+        updated.tls_info = Some(cluster::rotation::tls_info(&root)?);
+        updated.root_rotation_in_progress = Some(true);
+        tracing::info!("root CA rotation started");
+    }
     let tx = Transaction::new(Timestamp::from_system(SystemTime::now()))
         .update(Object::Cluster(Box::new(updated)), version);
     manager.proposer().propose(tx).await??;

@@ -33,6 +33,7 @@ mod join;
 pub mod liveness;
 pub mod port;
 mod roles;
+pub mod rotation;
 mod wire;
 mod worker;
 
@@ -280,6 +281,12 @@ impl Manager {
         });
     }
 
+    /// The swarm's root CA as raft carries it (`None` for a swarm made
+    /// before the CA was kept in the store: then `ca.json` has it).
+    pub fn root_ca(&self) -> Option<RootCa> {
+        the_cluster(&self.store()).and_then(|swarm| rotation::stored_root(&swarm))
+    }
+
     /// Raft's members now, voters and learners: (raft ID, cluster address).
     pub fn members(&self) -> Vec<(u64, String)> {
         let metrics = self.raft.raft().metrics().borrow().clone();
@@ -517,7 +524,7 @@ pub struct Cluster {
     options: ClusterOptions,
     proxy: Option<Proxy>,
     /// Stops the cluster port's server; the certificate it presents.
-    port: std::sync::Mutex<Option<(CancellationToken, Arc<crate::transport::tls::NodeCert>)>>,
+    port: std::sync::Mutex<Option<(CancellationToken, Arc<crate::transport::tls::ServerSlot>)>>,
     /// Fires at daemon shutdown (ends the role watch).
     stopping: CancellationToken,
 }
@@ -739,8 +746,8 @@ impl Cluster {
         listener: tokio::net::TcpListener,
         identity: &Identity,
     ) -> Result<(), ClusterError> {
-        let (config, cert) = crate::transport::tls::server_config(identity)?;
-        let config = Arc::new(config);
+        let cert = Arc::new(crate::transport::tls::ServerSlot::new(identity)?);
+        let config = cert.clone();
         let stop = CancellationToken::new();
         if let Ok(local) = listener.local_addr() {
             tracing::info!(address = %local, "cluster port listening");
@@ -765,8 +772,8 @@ impl Cluster {
     /// The cluster port presents `identity` from its next handshake on.
     fn present(&self, identity: &Identity) -> Result<(), ClusterError> {
         if let Ok(port) = self.port.lock() {
-            if let Some((_, cert)) = port.as_ref() {
-                cert.set(identity)?;
+            if let Some((_, slot)) = port.as_ref() {
+                slot.set(identity)?;
             }
         }
         Ok(())
@@ -1041,9 +1048,11 @@ async fn bootstrap(
 ) -> Result<(), ClusterError> {
     let availability = params.availability;
     let tls = tls_info(root)?;
+    let mut spec = params.spec;
+    rotation::keep_root(&mut spec, root);
     let cluster = Swarm {
         id: Some(cluster_id),
-        spec: Some(params.spec),
+        spec: Some(spec),
         tls_info: Some(tls.clone()),
         root_rotation_in_progress: Some(false),
         data_path_port: Some(params.data_path_port),
@@ -1088,7 +1097,7 @@ async fn bootstrap(
     }
 }
 
-fn tls_info(root: &RootCa) -> Result<TlsInfo, ClusterError> {
+pub(super) fn tls_info(root: &RootCa) -> Result<TlsInfo, ClusterError> {
     let info = root.tls_info()?;
     Ok(TlsInfo {
         trust_root: Some(info.trust_root),

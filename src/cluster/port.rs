@@ -135,7 +135,8 @@ impl Port {
     ) -> Result<Response<Body>, PortError> {
         match path {
             CA_PATH => {
-                let root = self.cluster.root_ca()?;
+                let manager = self.cluster.manager().await?;
+                let root = current_root(&self.cluster, &manager)?;
                 answer(&CaAnswer {
                     ca_pem: root.cert_pem,
                 })
@@ -147,8 +148,8 @@ impl Port {
             }
             APPEND_PATH | VOTE_PATH | SNAPSHOT_PATH | PROPOSE_PATH | ADD_VOTER_PATH
             | REMOVE_VOTER_PATH | LOGS_PATH => {
-                manager_peer(peer)?;
-                self.manager_call(path, request).await
+                let peer = manager_peer(peer)?;
+                self.manager_call(peer, path, request).await
             }
             SESSION_PATH => {
                 let peer = member(peer)?;
@@ -173,12 +174,9 @@ impl Port {
                 let peer = member(peer)?;
                 let manager = self.cluster.manager().await?;
                 let request: CertificateRequest = read(request).await?;
-                answer(&reissue(
-                    &self.cluster,
-                    &manager,
-                    &peer.node_id,
-                    &request.csr_pem,
-                )?)
+                let reissued =
+                    reissue(&self.cluster, &manager, &peer.node_id, &request.csr_pem).await?;
+                answer(&reissued)
             }
             LEAVE_PATH => {
                 let peer = member(peer)?;
@@ -193,6 +191,7 @@ impl Port {
     /// Calls only managers make to managers.
     async fn manager_call(
         &self,
+        peer: &Peer,
         path: &str,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, PortError> {
@@ -202,6 +201,15 @@ impl Port {
         }
         let manager = self.cluster.manager().await?;
         let raft = manager.raft_node().raft();
+        if matches!(path, APPEND_PATH | VOTE_PATH | SNAPSHOT_PATH) && !raft_peer(&manager, peer) {
+            // A manager left behind (its cluster was forced anew, or it was
+            // removed) must not knock this raft's leader down with its
+            // stale, higher terms.
+            return Err(PortError::Forbidden(format!(
+                "node {} is not a member of this raft",
+                peer.node_id
+            )));
+        }
         match path {
             APPEND_PATH => answer(&raft.append_entries(read(request).await?).await),
             VOTE_PATH => answer(&raft.vote(read(request).await?).await),
@@ -242,6 +250,28 @@ impl Port {
             parts,
             body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
         ))
+    }
+}
+
+/// Whether `peer` may send raft RPCs here: it is one of raft's members
+/// (found by its node's cluster address), or this node knows no
+/// membership yet (a manager joining, before the leader's first append).
+fn raft_peer(manager: &Manager, peer: &Peer) -> bool {
+    let members = manager.members();
+    if members.is_empty() {
+        return true;
+    }
+    let addr = manager
+        .store()
+        .get(Kind::Node, &peer.node_id)
+        .and_then(|o| match &*o {
+            Object::Node(node) => node.manager_status.as_ref()?.addr.clone(),
+            _ => None,
+        });
+    match addr {
+        Some(addr) => members.iter().any(|(_, a)| *a == addr),
+        // Not in this store yet: a node this one has not caught up on.
+        None => true,
     }
 }
 
@@ -289,7 +319,7 @@ async fn admit(
     };
     let cluster_id = swarm.id.clone().unwrap_or_default();
     let node_id = new_id(&mut rand::thread_rng());
-    let root = cluster.root_ca()?;
+    let root = current_root(cluster, manager)?;
     let expiry = super::cert_expiry(&swarm);
     let cert_pem =
         super::identity::sign_request(&root, &join.csr_pem, &node_id, role, &cluster_id, expiry)?;
@@ -357,7 +387,7 @@ fn new_node(
 
 /// A certificate for the role the node's spec has now; a node that is to
 /// be a manager also gets the manager's kit (and a raft ID to join with).
-fn reissue(
+async fn reissue(
     cluster: &Cluster,
     manager: &Manager,
     node_id: &str,
@@ -383,7 +413,7 @@ fn reissue(
             "node {node_id} is still a member of raft"
         )));
     }
-    let root = cluster.root_ca()?;
+    let root = current_root(cluster, manager)?;
     let cert_pem = super::identity::sign_request(
         &root,
         csr_pem,
@@ -394,17 +424,63 @@ fn reissue(
     )?;
     let kit = (role == Role::Manager).then(|| ManagerKit {
         raft_id: rand::random::<u64>().max(2),
-        root_ca: root,
+        root_ca: root.clone(),
         data_key: manager.keys().data_key_base64(),
         unlock_key: manager.keys().unlock_key(),
     });
     tracing::info!(node = %node_id, ?role, "node certificate issued");
+    // The node's Description.TLSInfo says which root its certificate is
+    // from: what `docker swarm ca --rotate` watches converge.
+    if let Some(tls) = swarm.tls_info.clone() {
+        if let Err(error) = set_node_tls(manager, node_id, tls).await {
+            tracing::warn!(%error, "could not record the node's certificate issuer");
+        }
+    }
     Ok(CertificateAnswer {
         role,
         cert_pem,
+        issuer_pem: root.cert_pem.clone(),
         managers: manager_addrs(manager),
         manager: kit,
     })
+}
+
+/// The root that signs now: the one raft carries, else `ca.json` (a swarm
+/// made before the CA was kept in the store).
+fn current_root(cluster: &Cluster, manager: &Manager) -> Result<crate::ca::RootCa, PortError> {
+    match manager.root_ca() {
+        Some(root) => Ok(root),
+        None => Ok(cluster.root_ca()?),
+    }
+}
+
+async fn set_node_tls(
+    manager: &Manager,
+    node_id: &str,
+    tls: bollard::models::TlsInfo,
+) -> Result<(), String> {
+    let proposer = manager.proposer_arc();
+    let store = manager.store();
+    crate::manager::propose_fresh(&proposer, || {
+        let object = store.get(Kind::Node, node_id)?;
+        let Object::Node(node) = &*object else {
+            return None;
+        };
+        let current = node.description.as_ref().and_then(|d| d.tls_info.as_ref());
+        if current == Some(&tls) {
+            return None;
+        }
+        let mut node = (**node).clone();
+        let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+        node.description
+            .get_or_insert_with(Default::default)
+            .tls_info = Some(tls.clone());
+        Some(
+            crate::store::Transaction::new(Timestamp::from_system(SystemTime::now()))
+                .update(Object::Node(Box::new(node)), version),
+        )
+    })
+    .await
 }
 
 /// The cluster addresses of raft's current members.
@@ -608,10 +684,19 @@ impl SessionStream {
                 _ = tokio::time::sleep_until(heartbeat) => break None,
             }
         };
+        let swarm = the_cluster(&self.store);
         let message = SessionMessage {
             assignments,
             managers: self.managers.clone(),
             role: spec_role(&self.store, &self.node_id),
+            trust_root: swarm
+                .as_ref()
+                .and_then(|s| s.tls_info.as_ref())
+                .and_then(|t| t.trust_root.clone()),
+            rotating: swarm
+                .as_ref()
+                .and_then(|s| s.root_rotation_in_progress)
+                .unwrap_or(false),
         };
         let mut line = serde_json::to_vec(&message).ok()?;
         line.push(b'\n');

@@ -40,6 +40,9 @@ pub async fn watch(cluster: Arc<Cluster>) {
         if let Err(error) = cluster.renew_if_due(renew_at).await {
             tracing::warn!(%error, "could not renew this node's certificate; retrying");
         }
+        if let Err(error) = cluster.follow_root().await {
+            tracing::warn!(%error, "could not follow the swarm's root CA; retrying");
+        }
         let outcome = match cluster.state().await {
             LocalState::Active(manager) => follow_as_manager(&cluster, manager).await,
             LocalState::Worker(worker) if *worker.wanted_role().borrow() == Role::Manager => {
@@ -59,6 +62,7 @@ async fn follow_as_manager(
 ) -> Result<(), ClusterError> {
     if manager.leads() {
         remove_demoted_voters(&manager).await;
+        finish_rotation(&manager).await;
     }
     // A demoted leader first takes itself out of the voters (above) and
     // steps down; the managers then hand out its worker certificate only
@@ -133,7 +137,126 @@ async fn remove_demoted_voters(manager: &Manager) {
     }
 }
 
+/// The leader ends a root rotation once every node's certificate comes
+/// from the new root.
+async fn finish_rotation(manager: &Manager) {
+    let store = manager.store();
+    let Some(swarm) = super::the_cluster(&store) else {
+        return;
+    };
+    let (Some(true), Some(tls)) = (swarm.root_rotation_in_progress, swarm.tls_info.clone()) else {
+        return;
+    };
+    if !nodes(&store)
+        .iter()
+        .all(|n| super::rotation::node_rotated(n, &tls))
+    {
+        return;
+    }
+    let proposer = manager.proposer_arc();
+    let done = crate::manager::propose_fresh(&proposer, || {
+        let swarm = super::the_cluster(&store)?;
+        if swarm.root_rotation_in_progress != Some(true) {
+            return None;
+        }
+        let version = swarm.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+        let updated = bollard::models::Swarm {
+            root_rotation_in_progress: Some(false),
+            ..swarm
+        };
+        Some(
+            crate::store::Transaction::new(crate::types::Timestamp::from_system(
+                std::time::SystemTime::now(),
+            ))
+            .update(Object::Cluster(Box::new(updated)), version),
+        )
+    })
+    .await;
+    match done {
+        Ok(()) => tracing::info!("root CA rotation complete"),
+        Err(error) => tracing::warn!(%error, "could not end the root rotation"),
+    }
+}
+
+/// Same certificate, whatever the line endings and trailing blanks.
+fn same_pem(a: &str, b: &str) -> bool {
+    a.trim() == b.trim()
+}
+
+/// The root that signed this node's certificate (written when a new one
+/// arrives; before any rotation it is the first root of the bundle).
+const ISSUER_FILE: &str = "cert-issuer.pem";
+
 impl Cluster {
+    /// Follows the swarm's root CA: trusts a new root as soon as the swarm
+    /// has one, gets a certificate from it, and drops the old root once the
+    /// rotation is over.
+    async fn follow_root(&self) -> Result<(), ClusterError> {
+        let (desired, rotating, peers, managers) = match self.state().await {
+            LocalState::Active(manager) => {
+                let Some(swarm) = super::the_cluster(&manager.store()) else {
+                    return Ok(());
+                };
+                let Some(peers) = manager.peers().cloned() else {
+                    return Ok(());
+                };
+                let root = swarm.tls_info.and_then(|t| t.trust_root);
+                let rotating = swarm.root_rotation_in_progress == Some(true);
+                (root, rotating, peers, manager_addrs_of(&manager))
+            }
+            LocalState::Worker(worker) => match worker.trust() {
+                Some((root, rotating)) => {
+                    (Some(root), rotating, worker.peers_arc(), worker.managers())
+                }
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let Some(desired) = desired.filter(|r| !r.trim().is_empty()) else {
+            return Ok(());
+        };
+        let current = identity::load(&self.dir)?;
+        let bundle = tls::split_bundle(&current.ca_pem);
+        let issuer = std::fs::read_to_string(self.dir.join(ISSUER_FILE))
+            .ok()
+            .or_else(|| bundle.first().cloned())
+            .unwrap_or_default();
+        let mut next = current.clone();
+        if !bundle.iter().any(|b| same_pem(b, &desired)) {
+            // Trust the new root before anything is signed by it.
+            next.ca_pem = format!("{}\n{}", desired.trim(), current.ca_pem.trim());
+            self.adopt_identity(&next, &peers)?;
+            tracing::info!("trusting the swarm's new root CA");
+        }
+        if !same_pem(&issuer, &desired) {
+            let (csr_pem, key_pem) = identity::new_request()?;
+            let answer = ask_certificate(&peers, &managers, &csr_pem).await?;
+            if !same_pem(&answer.issuer_pem, &desired) {
+                return Ok(()); // That manager has not seen the new root yet.
+            }
+            next.cert_pem = answer.cert_pem;
+            next.key_pem = key_pem;
+            self.adopt_identity(&next, &peers)?;
+            super::write_private(&self.dir.join(ISSUER_FILE), desired.as_bytes())?;
+            tracing::info!("certificate from the swarm's new root CA");
+            return Ok(());
+        }
+        if !rotating && tls::split_bundle(&next.ca_pem).len() > 1 {
+            next.ca_pem = format!("{}\n", desired.trim());
+            self.adopt_identity(&next, &peers)?;
+            tracing::info!("the old root CA is no longer trusted");
+        }
+        Ok(())
+    }
+
+    /// Saves `identity` and makes the cluster port and the peer pool use it.
+    fn adopt_identity(&self, identity: &Identity, peers: &Peers) -> Result<(), ClusterError> {
+        identity::save(&self.dir, identity)?;
+        self.present(identity)?;
+        peers.renew(tls::client_config(identity)?);
+        Ok(())
+    }
+
     /// Renews this node's certificate once `renew_at` of its lifetime has
     /// passed: a new key, signed for the role the node has now.
     async fn renew_if_due(&self, renew_at: f64) -> Result<(), ClusterError> {

@@ -78,6 +78,9 @@ pub struct CertificateRequest {
 pub struct CertificateAnswer {
     pub role: Role,
     pub cert_pem: String,
+    /// The root that signed `cert_pem`.
+    #[serde(default)]
+    pub issuer_pem: String,
     pub managers: Vec<String>,
     pub manager: Option<ManagerKit>,
 }
@@ -107,6 +110,12 @@ pub struct SessionMessage {
     pub managers: Vec<String>,
     /// The role the node's spec asks for (promote/demote).
     pub role: Role,
+    /// The swarm's root CA certificate now (it changes with a rotation).
+    #[serde(default)]
+    pub trust_root: Option<String>,
+    /// A root rotation is under way: keep trusting the old root too.
+    #[serde(default)]
+    pub rotating: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

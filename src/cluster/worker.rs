@@ -36,6 +36,9 @@ pub struct Worker {
     managers: Arc<Mutex<Vec<String>>>,
     /// The role the node's spec asks for, as its session last said.
     wanted_role: watch::Receiver<Role>,
+    /// The swarm's root CA now and whether a rotation is under way, as
+    /// its session last said.
+    trust: Arc<Mutex<Option<(String, bool)>>>,
     loops: CancellationToken,
     running: TaskTracker,
 }
@@ -53,11 +56,13 @@ impl Worker {
         let (sets_tx, sets_rx) = watch::channel(Arc::new(Vec::new()));
         let (reports_tx, reports_rx) = mpsc::channel(4096);
         let (role_tx, wanted_role) = watch::channel(Role::Worker);
+        let trust = Arc::new(Mutex::new(None));
         let session = Session {
             peers: peers.clone(),
             managers: managers.clone(),
             sets: sets_tx,
             role: role_tx,
+            trust: trust.clone(),
         };
         running.spawn(session.run(loops.clone()));
         running.spawn(send_reports(
@@ -80,9 +85,15 @@ impl Worker {
             peers,
             managers,
             wanted_role,
+            trust,
             loops,
             running,
         }
+    }
+
+    /// The root CA the swarm has now, and whether it is rotating.
+    pub fn trust(&self) -> Option<(String, bool)> {
+        self.trust.lock().ok().and_then(|t| t.clone())
     }
 
     pub fn peers(&self) -> &Peers {
@@ -132,6 +143,7 @@ struct Session {
     managers: Arc<Mutex<Vec<String>>>,
     sets: watch::Sender<Arc<Vec<Assignment>>>,
     role: watch::Sender<Role>,
+    trust: Arc<Mutex<Option<(String, bool)>>>,
 }
 
 impl Session {
@@ -184,6 +196,9 @@ impl Session {
             if let Ok(mut managers) = self.managers.lock() {
                 *managers = message.managers;
             }
+        }
+        if let (Some(root), Ok(mut trust)) = (message.trust_root, self.trust.lock()) {
+            *trust = Some((root, message.rotating));
         }
         self.role.send_if_modified(|role| {
             let changed = *role != message.role;

@@ -308,7 +308,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 fn lost_quorum(raft: &Raft<TypeConfig>) -> bool {
     let metrics = raft.metrics();
     let m = metrics.borrow();
-    m.state == openraft::ServerState::Leader
+    // A lone voter is its own quorum (its ack time only moves on writes).
+    let alone = m.membership_config.membership().voter_ids().count() <= 1;
+    !alone
+        && m.state == openraft::ServerState::Leader
         && m.millis_since_quorum_ack
             .is_some_and(|ms| ms > QUORUM_LOST_AFTER_MS)
 }

@@ -30,13 +30,18 @@ impl SecretCodec {
     }
 }
 
+/// Secrets, and the cluster object (it holds the root CA's key).
+fn sealed_kind(kind: Kind) -> bool {
+    matches!(kind, Kind::Secret | Kind::Cluster)
+}
+
 fn aad(kind: Kind) -> Aad<String> {
     Aad::from(format!("shoal/{kind}"))
 }
 
 impl Codec for SecretCodec {
     fn seal(&self, kind: Kind, plain: Vec<u8>) -> Result<Vec<u8>, CodecError> {
-        if kind != Kind::Secret {
+        if !sealed_kind(kind) {
             return Ok(plain);
         }
         let mut nonce = [0u8; NONCE_LEN];
@@ -55,7 +60,7 @@ impl Codec for SecretCodec {
     }
 
     fn open(&self, kind: Kind, sealed: Vec<u8>) -> Result<Vec<u8>, CodecError> {
-        if kind != Kind::Secret {
+        if !sealed_kind(kind) {
             return Ok(sealed);
         }
         let Some(rest) = sealed.strip_prefix(MAGIC) else {

@@ -38,11 +38,10 @@ pub trait Handler: Send + Sync + 'static {
 /// Serves `listener` until `shutdown`; open connections are closed then too.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    config: Arc<tls::ServerSlot>,
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(config);
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -59,8 +58,13 @@ pub async fn serve<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
+        // The configuration of the moment (certificates rotate).
+        let Some(current) = config.current() else {
+            continue;
+        };
+        let acceptor = TlsAcceptor::from(current);
         connections.spawn(connection(
-            acceptor.clone(),
+            acceptor,
             stream,
             addr,
             handler.clone(),

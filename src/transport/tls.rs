@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
+use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use super::{Role, TransportError};
@@ -66,57 +65,67 @@ fn tls_error(e: impl std::fmt::Display) -> TransportError {
     TransportError::Tls(e.to_string())
 }
 
-/// The certificate the cluster port presents; replaced when the node's
-/// role changes or its certificate is renewed, without closing the port.
+/// The cluster port's TLS configuration, replaced when the node's role
+/// changes, its certificate is renewed or the swarm's root CA rotates,
+/// without closing the port: each new connection takes the current one.
 #[derive(Debug)]
-pub struct NodeCert(std::sync::RwLock<Arc<CertifiedKey>>);
+pub struct ServerSlot(std::sync::RwLock<Arc<ServerConfig>>);
 
-impl NodeCert {
-    pub fn new(identity: &Identity) -> Result<NodeCert, TransportError> {
-        Ok(NodeCert(std::sync::RwLock::new(certified(identity)?)))
+impl ServerSlot {
+    pub fn new(identity: &Identity) -> Result<ServerSlot, TransportError> {
+        Ok(ServerSlot(std::sync::RwLock::new(Arc::new(server_config(
+            identity,
+        )?))))
     }
 
     pub fn set(&self, identity: &Identity) -> Result<(), TransportError> {
-        let next = certified(identity)?;
+        let next = Arc::new(server_config(identity)?);
         if let Ok(mut current) = self.0.write() {
             *current = next;
         }
         Ok(())
     }
-}
 
-fn certified(identity: &Identity) -> Result<Arc<CertifiedKey>, TransportError> {
-    let key = provider()
-        .key_provider
-        .load_private_key(key(&identity.key_pem)?)
-        .map_err(tls_error)?;
-    Ok(Arc::new(CertifiedKey::new(certs(&identity.cert_pem)?, key)))
-}
-
-impl ResolvesServerCert for NodeCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    pub fn current(&self) -> Option<Arc<ServerConfig>> {
         self.0.read().ok().map(|c| c.clone())
     }
 }
 
 /// The cluster port's server side: our node certificate; a client
-/// certificate is checked against the root CA when given, and may be
-/// missing (a joining node has none yet; such a peer reaches only the
-/// join calls).
-pub fn server_config(identity: &Identity) -> Result<(ServerConfig, Arc<NodeCert>), TransportError> {
+/// certificate is checked against the root CA (every root of the bundle
+/// while one rotates) when given, and may be missing (a joining node has
+/// none yet; such a peer reaches only the join calls).
+fn server_config(identity: &Identity) -> Result<ServerConfig, TransportError> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(roots(&identity.ca_pem)?, provider())
             .allow_unauthenticated()
             .build()
             .map_err(tls_error)?;
-    let cert = Arc::new(NodeCert::new(identity)?);
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(cert.clone());
+        .with_single_cert(certs(&identity.cert_pem)?, key(&identity.key_pem)?)
+        .map_err(tls_error)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok((config, cert))
+    Ok(config)
+}
+
+/// The PEM certificates of a bundle, each as its own PEM text.
+pub fn split_bundle(pem: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN CERTIFICATE-----") {
+            current.clear();
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.starts_with("-----END CERTIFICATE-----") {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    out
 }
 
 /// A member's client side: the root CA as the only trust root, our node
