@@ -75,12 +75,12 @@ fn assignment_set(store: &Store, node_id: &str, dns: Dns) -> Vec<Assignment> {
                     (Vec::new(), Vec::new())
                 };
                 let networking = if will_run {
-                    crate::network::task::for_task(tables, &task, &cluster_id, dns)
+                    crate::network::task::for_task(tables, &task, &cluster_id, node_id, dns)
                 } else {
                     TaskNetworking::default()
                 };
                 Assignment {
-                    task,
+                    task: task.task,
                     service_name,
                     secrets,
                     configs,
@@ -217,10 +217,8 @@ fn status_transaction(store: &Store, batch: &HashMap<String, StatusReport>) -> O
         let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
         let mut status = report.status.clone();
         status.port_status.get_or_insert_with(Default::default);
-        let updated = Task {
-            status: Some(status),
-            ..*task
-        };
+        let mut updated = *task;
+        updated.status = Some(status);
         tx = tx.update(Object::Task(Box::new(updated)), version);
         changed = true;
     }
@@ -283,7 +281,7 @@ mod tests {
     }
 
     fn task() -> Object {
-        Object::Task(Box::new(Task {
+        Object::Task(Box::from(Task {
             id: Some("task1".into()),
             service_id: Some("svc1".into()),
             node_id: Some("node1".into()),

@@ -6,13 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bollard::models::{Node, NodeSpecAvailabilityEnum, NodeState, Service, Task, TaskState};
+use bollard::models::{
+    Node, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, Service, Task, TaskState,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::orchestrator::{as_node, as_service, as_task};
 use super::tasks::{self, is_live, is_terminal, state};
+use crate::network::address::Addresses;
+use crate::network::allocate;
 use crate::store::{Proposer, Store, Transaction};
-use crate::types::{Kind, Object, Timestamp};
+use crate::types::{Kind, Object, SwarmTask, Timestamp};
 
 pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: CancellationToken) {
     let mut watcher = store.watch_from(store.index());
@@ -68,14 +72,22 @@ fn plan(store: &Store) -> Option<Transaction> {
             .filter_map(as_service)
             .map(|s| (s.id.clone().unwrap_or_default(), s))
             .collect();
-        let tasks: Vec<Task> = t.iter(Kind::Task).filter_map(as_task).collect();
+        let tasks: Vec<SwarmTask> = t.iter(Kind::Task).filter_map(as_task).collect();
         let nodes: Vec<Node> = t.iter(Kind::Node).filter_map(as_node).collect();
         (services, tasks, nodes)
     });
     let mut load = Load::from_tasks(&tasks);
     let mut tx = Transaction::new(Timestamp::from_system(SystemTime::now()));
     let mut changed = false;
-    let mut pending: Vec<&Task> = tasks
+    let services_list: Vec<_> = services.values().cloned().collect();
+    let mut addresses = Addresses::new(allocate::networks(store), &tasks, &services_list);
+    // A manager realises every swarm network, tasks or not.
+    for node in nodes.iter().filter(|n| is_manager(n)) {
+        if let Err(error) = addresses.gateways_everywhere(node.id.as_deref().unwrap_or("")) {
+            tracing::warn!(%error, "no gateway address for a manager");
+        }
+    }
+    let mut pending: Vec<&SwarmTask> = tasks
         .iter()
         .filter(|t| state(t) == TaskState::PENDING && is_live(t))
         .filter(|t| t.node_id.is_none() || is_global_task(t))
@@ -89,6 +101,22 @@ fn plan(store: &Store) -> Option<Transaction> {
         let mut updated = task.clone();
         match decision {
             Ok(node_id) => {
+                // Addresses first: a task without them must not be placed.
+                if let Err(error) = addresses.attach(&mut updated, &node_id) {
+                    let err = Some(error.to_string());
+                    if task.status.as_ref().and_then(|s| s.err.clone()) == err {
+                        continue;
+                    }
+                    updated.status = Some(tasks::status(
+                        TaskState::PENDING,
+                        "pending task scheduling",
+                        err,
+                    ));
+                    let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+                    tx = tx.update(Object::Task(Box::new(updated)), version);
+                    changed = true;
+                    continue;
+                }
                 load.add(&node_id, task, service);
                 updated.node_id = Some(node_id);
                 updated.status = Some(tasks::status(
@@ -113,7 +141,16 @@ fn plan(store: &Store) -> Option<Transaction> {
         tx = tx.update(Object::Task(Box::new(updated)), version);
         changed = true;
     }
+    for network in addresses.changed_networks() {
+        let version = network.version.index.unwrap_or(0);
+        tx = tx.update(Object::Network(Box::new(network)), version);
+        changed = true;
+    }
     changed.then_some(tx)
+}
+
+fn is_manager(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER)
 }
 
 /// Global tasks are created for a node but still pass through the scheduler.
@@ -385,7 +422,7 @@ struct Load {
 }
 
 impl Load {
-    fn from_tasks(tasks: &[Task]) -> Self {
+    fn from_tasks(tasks: &[SwarmTask]) -> Self {
         let mut load = Load::default();
         for task in tasks
             .iter()

@@ -95,7 +95,30 @@ pub fn primary(n: &Network) -> Option<(Subnet, Ipv4Addr)> {
     Some((subnet, gateway))
 }
 
-fn vxlan_of(n: &Network) -> Option<u32> {
+/// `node_id`'s address on the network: its gateway. Networks made before
+/// per-node gateways have none recorded, and their IPAM gateway serves
+/// every node; otherwise a node without one waits for the leader.
+pub fn gateway_on(n: &SwarmNetwork, node_id: &str) -> Option<Ipv4Addr> {
+    if n.node_gateways.is_empty() {
+        return primary(&n.network).map(|(_, gateway)| gateway);
+    }
+    n.node_gateways.get(node_id).copied()
+}
+
+/// The network as `node_id` realises it: with its own gateway.
+pub fn for_node(n: &SwarmNetwork, node_id: &str) -> Option<Network> {
+    let gateway = gateway_on(n, node_id)?;
+    let mut network = n.network.clone();
+    let first = network
+        .ipam
+        .as_mut()
+        .and_then(|i| i.config.as_mut())
+        .and_then(|c| c.first_mut())?;
+    first.gateway = Some(gateway.to_string());
+    Some(network)
+}
+
+pub fn vxlan_of(n: &Network) -> Option<u32> {
     n.options
         .as_ref()?
         .get(VXLAN_OPTION)?
@@ -524,6 +547,7 @@ pub fn endpoint(
                 continue;
             };
             let mut taken: Vec<Ipv4Addr> = vec![gateway];
+            taken.extend(n.node_gateways.values());
             taken.extend(others.iter().flat_map(|o| vip_addrs(o, &id)));
             taken.extend(
                 vips.iter()

@@ -36,6 +36,7 @@
 //!   worker, which runs no data plane, creates its tasks' bridges itself
 //!   before their containers, and removes them when it leaves.
 
+pub mod address;
 pub mod allocate;
 pub mod dns;
 pub mod drain;
@@ -46,6 +47,7 @@ mod node;
 pub mod owners;
 pub mod task;
 pub mod vip;
+pub mod vxlan;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -178,12 +180,18 @@ const REPAIR_EVERY: Duration = Duration::from_secs(3);
 /// the ingress listeners, the VIPs and the DNS servers. Ends when
 /// `shutdown` fires, closing every listener and removing the VIPs. A
 /// node without an engine has no data plane.
-pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationToken) {
+pub async fn run(
+    node: NodeNetwork,
+    node_id: String,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+) {
     let Some(engine) = node.engine().cloned() else {
         return;
     };
     let mut proxy = ingress::Ingress::new(shutdown.clone());
     let mut vips = vip::Vips::new();
+    let mut vxlans = vxlan::Vxlans::new();
     let mut dns = dns::Dns::new(shutdown.clone());
     let (applied_tx, applied_rx) = watch::channel(0);
     node.publish(Some(Arc::new(drain::DataPlane::new(
@@ -218,8 +226,8 @@ pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationTok
             .as_ref()
             .is_none_or(|(last, at)| *last != inputs || at.elapsed() >= REPAIR_EVERY);
         if due {
-            local::reconcile(&engine, &store).await;
-            bridges = local::bridges(&engine, &store).await;
+            local::reconcile(&engine, &store, &node_id).await;
+            bridges = local::bridges(&engine, &store, &node_id).await;
             bridges_checked = Some((inputs, tokio::time::Instant::now()));
         }
         let backends = local::backends(&engine, &store).await;
@@ -228,6 +236,12 @@ pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationTok
             .await;
         if let Some(bridges) = &bridges {
             if let Some(cluster_id) = cluster_of(&store) {
+                let overlays = store.read(|t| vxlan::overlays(t, &node_id, None));
+                let ifaces = bridges
+                    .iter()
+                    .map(|(id, b)| (id.clone(), (b.iface.clone(), b.gateway)))
+                    .collect();
+                vxlans.reconcile(&cluster_id, &overlays, &ifaces, due).await;
                 let routes = vip::desired(&store, &backends.tasks, bridges);
                 // nft and ip run only when the routes or bridges changed,
                 // or to repair: a stop waits for this pass.
@@ -253,6 +267,7 @@ pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationTok
     // The VIPs first: the nft table must not outlive shoal even when the
     // rest is cut short by the stop deadline.
     vips.remove().await;
+    vxlans.remove().await;
     proxy.stop().await;
     dns.stop().await;
 }

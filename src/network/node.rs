@@ -3,12 +3,16 @@
 //! the agent (a worker's task bridges, drains) and [`super::leave`]. Several
 //! nodes in one process each have their own.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
 use super::drain::DataPlane;
 use super::local::{self, Engine, LocalError};
+use super::vxlan::{Overlay, Vxlans};
 use super::TaskNetworking;
 
 /// This node's network side. Clones share it. One made with
@@ -23,6 +27,16 @@ pub struct NodeNetwork {
     /// Clusters whose bridges the agent made for its tasks (no data plane
     /// here), for leave.
     task_bridges: Arc<Mutex<HashSet<String>>>,
+    /// Without a data plane (a worker): what the VXLAN ports should be,
+    /// followed by [`follow_overlays`] once the first assignments came.
+    overlays: Arc<Mutex<Option<watch::Sender<WorkerOverlays>>>>,
+}
+
+/// The overlays of a worker's tasks, merged per network.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct WorkerOverlays {
+    cluster_id: String,
+    overlays: Vec<Overlay>,
 }
 
 /// No engine: what options built by hand (tests) get.
@@ -39,6 +53,7 @@ impl NodeNetwork {
             engine: Some(Arc::new(Engine::new(engine_addr))),
             data_plane: Arc::default(),
             task_bridges: Arc::default(),
+            overlays: Arc::default(),
         }
     }
 
@@ -48,6 +63,7 @@ impl NodeNetwork {
             engine: None,
             data_plane: Arc::default(),
             task_bridges: Arc::default(),
+            overlays: Arc::default(),
         }
     }
 
@@ -81,7 +97,54 @@ impl NodeNetwork {
         if let Ok(mut clusters) = self.task_bridges.lock() {
             clusters.insert(networking.cluster_id.clone());
         }
-        local::realise_task_bridges(engine, networking).await
+        local::realise_task_bridges(engine, networking).await?;
+        // The new bridges want their VXLAN ports now, not at the next repair.
+        if let Ok(slot) = self.overlays.lock() {
+            if let Some(tx) = slot.as_ref() {
+                tx.send_modify(|_| {});
+            }
+        }
+        Ok(())
+    }
+
+    /// A node without a data plane (a worker) joins its tasks' networks to
+    /// the other hosts from its assignments: called with every new set;
+    /// the first call starts the loop that keeps the VXLAN ports as the
+    /// latest set says (and repairs them) until `shutdown`.
+    pub fn follow_overlays<'a>(
+        &self,
+        set: impl IntoIterator<Item = &'a TaskNetworking>,
+        shutdown: &CancellationToken,
+    ) {
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        if self.running().is_some() {
+            return;
+        }
+        let wanted = merge(set);
+        let Ok(mut slot) = self.overlays.lock() else {
+            return;
+        };
+        match slot.as_ref() {
+            Some(tx) => {
+                tx.send_if_modified(|current| {
+                    let changed = *current != wanted;
+                    *current = wanted;
+                    changed
+                });
+            }
+            None => {
+                let (tx, rx) = watch::channel(wanted);
+                *slot = Some(tx);
+                tokio::spawn(keep_overlays(
+                    engine.clone(),
+                    self.data_plane.clone(),
+                    rx,
+                    shutdown.clone(),
+                ));
+            }
+        }
     }
 
     /// A worker leaving the swarm: the bridges [`NodeNetwork::prepare_task`]
@@ -94,6 +157,10 @@ impl NodeNetwork {
             Ok(mut clusters) => clusters.drain().collect(),
             Err(_) => return,
         };
+        if let Ok(mut slot) = self.overlays.lock() {
+            // Dropping the sender ends `keep_overlays`, which removes its ports.
+            *slot = None;
+        }
         for cluster_id in clusters {
             local::remove_cluster_bridges(engine, &cluster_id).await;
         }
@@ -105,6 +172,72 @@ impl NodeNetwork {
     pub async fn before_stop(&self, changed_at: Option<u64>, container: &str, grace: Duration) {
         if let Some(data_plane) = self.running() {
             data_plane.before_stop(changed_at, container, grace).await;
+        }
+    }
+}
+
+/// Every task's overlays in one list, one entry per network with the
+/// union of the remote endpoints.
+fn merge<'a>(set: impl IntoIterator<Item = &'a TaskNetworking>) -> WorkerOverlays {
+    let mut cluster_id = String::new();
+    let mut by_network: BTreeMap<String, Overlay> = BTreeMap::new();
+    for networking in set {
+        if !networking.cluster_id.is_empty() {
+            cluster_id = networking.cluster_id.clone();
+        }
+        for overlay in &networking.overlays {
+            let entry = by_network
+                .entry(overlay.network_id.clone())
+                .or_insert_with(|| Overlay {
+                    remote: Vec::new(),
+                    ..overlay.clone()
+                });
+            entry.remote.extend(overlay.remote.iter().cloned());
+        }
+    }
+    let overlays = by_network
+        .into_values()
+        .map(|mut o| {
+            o.remote.sort();
+            o.remote.dedup();
+            o
+        })
+        .collect();
+    WorkerOverlays {
+        cluster_id,
+        overlays,
+    }
+}
+
+/// How often a worker replays its VXLAN entries without a new assignment.
+const REPAIR_EVERY: Duration = Duration::from_secs(3);
+
+/// A worker's VXLAN ports, kept as the latest assignments say until
+/// `shutdown` or until the node leaves (the sender is dropped).
+async fn keep_overlays(
+    engine: Arc<Engine>,
+    data_plane: Arc<RwLock<Option<Arc<DataPlane>>>>,
+    mut wanted: watch::Receiver<WorkerOverlays>,
+    shutdown: CancellationToken,
+) {
+    let mut vxlans = Vxlans::new();
+    loop {
+        let current = wanted.borrow_and_update().clone();
+        // A node promoted to manager: its data plane owns the ports now.
+        let managed = data_plane.read().map(|d| d.is_some()).unwrap_or(false);
+        if !current.cluster_id.is_empty() && !managed {
+            let bridges = local::bridge_ifaces(&engine, &current.cluster_id).await;
+            vxlans
+                .reconcile(&current.cluster_id, &current.overlays, &bridges, true)
+                .await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = wanted.changed() => if changed.is_err() {
+                vxlans.remove().await;
+                return;
+            },
+            _ = tokio::time::sleep(REPAIR_EVERY) => {}
         }
     }
 }

@@ -3,11 +3,11 @@
 //! node without a store (a worker) has all of it; the agent applies it to
 //! the container it creates.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointPortConfig, EndpointPortConfigProtocolEnum,
+    ContainerCreateBody, EndpointIpamConfig, EndpointPortConfig, EndpointPortConfigProtocolEnum,
     EndpointPortConfigPublishModeEnum, EndpointSettings, HostConfig, Network, NetworkCreateRequest,
     NetworkingConfig, PortBinding, Task,
 };
@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use super::allocate::{self, is_ingress, primary};
 use super::bridge_name;
 use super::local::{bridge_request, task_attachments};
+use super::vxlan::{overlays, Overlay};
 use crate::store::Tables;
-use crate::types::{Kind, Object};
+use crate::types::{Kind, Object, SwarmTask};
 
 /// Whether the node a task runs on serves shoal's DNS on its networks'
 /// gateways. A manager's own agent is served beside its data plane, which
@@ -42,18 +43,46 @@ pub struct TaskNetworking {
     /// Shoal's DNS servers to put first in the container's `Dns`; empty
     /// where the node has none, and then `Dns` is left as the spec has it.
     pub dns: Vec<Ipv4Addr>,
+    /// The task's address on each of its networks (network ID → address),
+    /// chosen by the leader: the engine's IPAM must not pick them.
+    #[serde(default)]
+    pub addresses: BTreeMap<String, Ipv4Addr>,
+    /// How the task's networks reach the other hosts: a node without a
+    /// store programs its VXLAN ports from these.
+    #[serde(default)]
+    pub overlays: Vec<Overlay>,
 }
 
 /// Reads what `task` needs from the store's tables (the dispatcher does,
 /// for every task it assigns).
-pub fn for_task(tables: &Tables, task: &Task, cluster_id: &str, dns: Dns) -> TaskNetworking {
-    let networks: Vec<Network> = task_attachments(task)
+pub fn for_task(
+    tables: &Tables,
+    task: &SwarmTask,
+    cluster_id: &str,
+    node_id: &str,
+    dns: Dns,
+) -> TaskNetworking {
+    let attached = task_attachments(task);
+    // As this node realises them: with its own gateway.
+    let networks: Vec<Network> = attached
         .iter()
         .filter_map(|(id, _)| match tables.get(Kind::Network, id).as_deref() {
-            Some(Object::Network(n)) => Some(n.network.clone()),
+            Some(Object::Network(n)) => {
+                Some(allocate::for_node(n, node_id).unwrap_or_else(|| n.network.clone()))
+            }
             _ => None,
         })
         .collect();
+    let addresses = attached
+        .iter()
+        .filter_map(|(id, _)| Some((id.clone(), task.address_on(id)?)))
+        .collect();
+    let ids: Vec<String> = attached.into_iter().map(|(id, _)| id).collect();
+    let overlays = if ids.is_empty() {
+        Vec::new()
+    } else {
+        overlays(tables, node_id, Some(&ids))
+    };
     let dns = match dns {
         Dns::Absent => Vec::new(),
         Dns::OnGateways => networks
@@ -67,6 +96,8 @@ pub fn for_task(tables: &Tables, task: &Task, cluster_id: &str, dns: Dns) -> Tas
         networks,
         host_ports: host_ports(tables, task),
         dns,
+        addresses,
+        overlays,
     }
 }
 
@@ -116,9 +147,12 @@ pub fn apply_to_container(
         let name = bridge_name(id);
         let host = body.host_config.get_or_insert_with(HostConfig::default);
         host.network_mode = Some(name.clone());
+        // The engine derives the MAC from this address (API 1.41 has no
+        // way to give it here), as other hosts do: `address::mac_of`.
+        let address = networking.addresses.get(id).copied();
         // No aliases: the engine's DNS would answer them before shoal's.
         body.networking_config = Some(NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(name, EndpointSettings::default())])),
+            endpoints_config: Some(HashMap::from([(name, endpoint_at(address))])),
         });
     }
     if !networking.dns.is_empty() {
@@ -126,6 +160,17 @@ pub fn apply_to_container(
         host.dns = Some(super::dns::servers_for(&networking.dns, host.dns.take()));
     }
     apply_host_ports(&networking.host_ports, body);
+}
+
+/// A container's endpoint on a bridge, at the leader's address if any.
+pub fn endpoint_at(address: Option<Ipv4Addr>) -> EndpointSettings {
+    EndpointSettings {
+        ipam_config: address.map(|ip| EndpointIpamConfig {
+            ipv4_address: Some(ip.to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn apply_host_ports(ports: &[EndpointPortConfig], body: &mut ContainerCreateBody) {
@@ -216,6 +261,7 @@ mod tests {
                 ..Default::default()
             }],
             dns,
+            ..Default::default()
         }
     }
 
@@ -245,7 +291,7 @@ mod tests {
         assert_eq!(config.and_then(|c| c.gateway.as_deref()), Some("10.0.1.1"));
         assert_eq!(
             config.and_then(|c| c.ip_range.as_deref()),
-            Some("10.0.1.128/25")
+            Some("10.0.1.192/26")
         );
     }
 

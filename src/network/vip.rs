@@ -193,7 +193,11 @@ pub fn ruleset(table: &str, routes: &[VipRoute]) -> String {
 }
 
 /// Runs `tool args`, feeding `input` on stdin.
-async fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, VipError> {
+pub(super) async fn run(
+    tool: &'static str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, VipError> {
     let mut child = Command::new(tool)
         .args(args)
         .stdin(if input.is_some() {

@@ -85,6 +85,102 @@ pub struct SwarmNetwork {
     pub updated_at: Option<String>,
     #[serde(rename = "Network")]
     pub network: Network,
+    /// This network's address on each node that realises it (node ID →
+    /// gateway of its bridge): bridges joined over VXLAN must not share
+    /// one. Chosen by the leader; empty for networks made before, whose
+    /// IPAM gateway serves every node.
+    #[serde(
+        rename = "NodeGateways",
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub node_gateways: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+}
+
+/// A task as the engine shows it: bollard's `Task` plus the
+/// `NetworksAttachments` the API has and bollard's model lacks: the
+/// addresses the leader chose for the task on each of its networks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmTask {
+    #[serde(flatten)]
+    pub task: Task,
+    #[serde(
+        rename = "NetworksAttachments",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub networks_attachments: Option<Vec<NetworkAttachment>>,
+}
+
+/// One entry of a task's `NetworksAttachments`, in the engine's shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    #[serde(rename = "Network")]
+    pub network: AttachedNetwork,
+    /// `10.0.1.5/24`, as the engine lists them.
+    #[serde(rename = "Addresses", default)]
+    pub addresses: Vec<String>,
+}
+
+/// The network of an attachment, in the swarm object shape the engine
+/// nests there (ID and the spec's name suffice for clients).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachedNetwork {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(rename = "Spec", default)]
+    pub spec: AttachedNetworkSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachedNetworkSpec {
+    #[serde(rename = "Name", default)]
+    pub name: String,
+}
+
+impl SwarmTask {
+    /// The task's address on swarm network `network_id`, if the leader
+    /// has chosen one.
+    pub fn address_on(&self, network_id: &str) -> Option<std::net::Ipv4Addr> {
+        self.networks_attachments
+            .iter()
+            .flatten()
+            .find(|a| a.network.id == network_id)?
+            .addresses
+            .first()?
+            .split('/')
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl std::ops::Deref for SwarmTask {
+    type Target = Task;
+    fn deref(&self) -> &Task {
+        &self.task
+    }
+}
+
+impl std::ops::DerefMut for SwarmTask {
+    fn deref_mut(&mut self) -> &mut Task {
+        &mut self.task
+    }
+}
+
+impl From<Task> for SwarmTask {
+    fn from(task: Task) -> Self {
+        SwarmTask {
+            task,
+            networks_attachments: None,
+        }
+    }
+}
+
+impl From<Task> for Box<SwarmTask> {
+    fn from(task: Task) -> Self {
+        Box::new(SwarmTask::from(task))
+    }
 }
 
 /// A service as the engine shows it: bollard's `Service` plus the
@@ -138,7 +234,7 @@ pub enum Object {
     Cluster(Box<Swarm>),
     Node(Box<Node>),
     Service(Box<SwarmService>),
-    Task(Box<Task>),
+    Task(Box<SwarmTask>),
     Secret(Box<Secret>),
     Config(Box<Config>),
     Network(Box<SwarmNetwork>),

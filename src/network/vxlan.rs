@@ -1,0 +1,377 @@
+//! Swarm networks across hosts: each node's bridge for a network gets a
+//! VXLAN port (the network's VNI), and every endpoint on another host (a
+//! task's address, another node's gateway) a static neighbour entry (its
+//! MAC, derived from its address) and a static FDB entry (the host to send
+//! its frames to). This is libnetwork's overlay with the store instead of
+//! gossip: nothing is learnt from the wire, nothing is flooded.
+//!
+//! - The VXLAN device has `proxy` on: the containers' ARP requests are
+//!   answered from its neighbour table on this host, so they never leave
+//!   it; `nolearning`, so only the entries programmed here count.
+//! - Each bridge's own MAC is set from its gateway address, as containers'
+//!   are from theirs ([`super::address::mac_of`]), so other hosts program
+//!   it without asking: a VIP's traffic is masqueraded to the gateway of
+//!   the node that balanced it, and replies come back to that address.
+//! - A device exists only while a network has endpoints on other hosts: a
+//!   one-node swarm creates none (several one-node swarms may share a
+//!   kernel and would clash on the VNI).
+//! - Everything is replayed every few seconds and whenever the inputs
+//!   change (`ip -batch`, `bridge -batch`, replace semantics): an engine
+//!   restart that recreated a bridge, or an entry removed by hand, is
+//!   repaired.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::address::mac_of;
+use super::allocate::{self, is_ingress};
+use super::local::task_attachments;
+use super::vip::{run, VipError};
+use crate::manager::orchestrator::{as_node, as_task};
+use crate::manager::tasks;
+use crate::store::Tables;
+use crate::types::{Kind, Object};
+
+/// The UDP port of VXLAN when the swarm names none (IANA's, as swarm's).
+pub const DEFAULT_PORT: u16 = 4789;
+/// An Ethernet underlay's 1500 less VXLAN's 50 bytes (outer IPv4, UDP,
+/// VXLAN and inner Ethernet headers).
+pub const DEFAULT_MTU: u32 = 1450;
+
+/// Outer IPv4 (20), UDP (8), VXLAN (8) and inner Ethernet (14) headers.
+pub const OVERHEAD: u32 = 50;
+
+/// The MTU of the interface that carries this host's default route (the
+/// VXLAN frames' way out), read from the kernel; 1500 when there is none.
+pub fn underlay_mtu() -> u32 {
+    let iface = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|table| default_route_iface(&table));
+    iface
+        .and_then(|i| std::fs::read_to_string(format!("/sys/class/net/{i}/mtu")).ok())
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or(1500)
+}
+
+/// The interface of the default route in `/proc/net/route`'s text.
+fn default_route_iface(table: &str) -> Option<String> {
+    table.lines().skip(1).find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let iface = fields.next()?;
+        (fields.next()? == "00000000").then(|| iface.to_string())
+    })
+}
+
+const IP: &str = "ip";
+const BRIDGE: &str = "bridge";
+
+/// What one node needs to join one swarm network to the other hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Overlay {
+    pub network_id: String,
+    pub vni: u32,
+    pub port: u16,
+    pub mtu: u32,
+    /// Endpoints on other hosts, sorted.
+    pub remote: Vec<RemoteEndpoint>,
+}
+
+/// An address on the network that lives on another host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RemoteEndpoint {
+    pub ip: Ipv4Addr,
+    /// The host's address on the underlay (its advertised address).
+    pub host: Ipv4Addr,
+}
+
+/// The overlays `node_id` takes part in, among `networks` (IDs; `None`
+/// for every swarm network, as on a manager), from the store's tables.
+pub fn overlays(tables: &Tables, node_id: &str, networks: Option<&[String]>) -> Vec<Overlay> {
+    let hosts: HashMap<String, Ipv4Addr> = tables
+        .iter(Kind::Node)
+        .filter_map(as_node)
+        .filter_map(|n| {
+            let addr = n.status.as_ref()?.addr.as_deref()?.parse().ok()?;
+            Some((n.id.clone()?, addr))
+        })
+        .collect();
+    let port = data_path_port(tables);
+    let mut remote: BTreeMap<String, BTreeSet<RemoteEndpoint>> = BTreeMap::new();
+    for task in tables.iter(Kind::Task).filter_map(as_task) {
+        let Some(owner) = task.node_id.as_deref().filter(|n| *n != node_id) else {
+            continue;
+        };
+        let Some(host) = hosts.get(owner) else {
+            continue;
+        };
+        // Entries go in before the task starts, and stay while its
+        // container may still answer.
+        if tasks::rank(tasks::state(&task)) >= tasks::rank(bollard::models::TaskState::COMPLETE) {
+            continue;
+        }
+        for (network, _) in task_attachments(&task) {
+            if let Some(ip) = task.address_on(&network) {
+                remote
+                    .entry(network)
+                    .or_default()
+                    .insert(RemoteEndpoint { ip, host: *host });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for object in tables.iter(Kind::Network) {
+        let Object::Network(network) = &**object else {
+            continue;
+        };
+        let id = allocate::id_of(&network.network).to_string();
+        if is_ingress(&network.network) || networks.is_some_and(|w| !w.contains(&id)) {
+            continue;
+        }
+        let Some(vni) = allocate::vxlan_of(&network.network) else {
+            continue;
+        };
+        let mut endpoints = remote.remove(&id).unwrap_or_default();
+        for (node, gateway) in &network.node_gateways {
+            if let Some(host) = hosts.get(node).filter(|_| node != node_id) {
+                endpoints.insert(RemoteEndpoint {
+                    ip: *gateway,
+                    host: *host,
+                });
+            }
+        }
+        out.push(Overlay {
+            network_id: id,
+            vni,
+            port,
+            mtu: super::local::mtu_of(&network.network),
+            remote: endpoints.into_iter().collect(),
+        });
+    }
+    out
+}
+
+/// The swarm's `DataPathPort`, else VXLAN's own.
+fn data_path_port(tables: &Tables) -> u16 {
+    tables
+        .iter(Kind::Cluster)
+        .find_map(|c| match &**c {
+            Object::Cluster(c) => c.data_path_port,
+            _ => None,
+        })
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(DEFAULT_PORT)
+}
+
+/// The VXLAN device of network `vni` of the swarm `cluster_id` (at most 15
+/// bytes, the kernel's limit; the swarm's prefix keeps several swarms on
+/// one kernel apart).
+pub fn device_name(cluster_id: &str, vni: u32) -> String {
+    let mut name = format!("vx{vni}{}", super::owners::short_id(cluster_id));
+    name.truncate(15);
+    name
+}
+
+/// What one bridge should look like on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Plan {
+    device: String,
+    bridge: String,
+    gateway: Ipv4Addr,
+    overlay: Overlay,
+}
+
+/// The VXLAN ports this node made, and what was last applied.
+#[derive(Default)]
+pub struct Vxlans {
+    applied: BTreeMap<String, Plan>,
+    warned: Option<String>,
+}
+
+/// A bridge on this node: its host interface and gateway, by network ID.
+pub type BridgeIfaces = HashMap<String, (String, Ipv4Addr)>;
+
+impl Vxlans {
+    pub fn new() -> Vxlans {
+        Vxlans::default()
+    }
+
+    /// Makes the VXLAN ports match `overlays` on `bridges`; `repair`
+    /// replays the entries even when nothing changed.
+    pub async fn reconcile(
+        &mut self,
+        cluster_id: &str,
+        overlays: &[Overlay],
+        bridges: &BridgeIfaces,
+        repair: bool,
+    ) {
+        let mut wanted: BTreeMap<String, Plan> = BTreeMap::new();
+        for overlay in overlays.iter().filter(|o| !o.remote.is_empty()) {
+            let Some((bridge, gateway)) = bridges.get(&overlay.network_id) else {
+                continue;
+            };
+            let device = device_name(cluster_id, overlay.vni);
+            wanted.insert(
+                device.clone(),
+                Plan {
+                    device,
+                    bridge: bridge.clone(),
+                    gateway: *gateway,
+                    overlay: overlay.clone(),
+                },
+            );
+        }
+        let gone: Vec<String> = self
+            .applied
+            .keys()
+            .filter(|d| !wanted.contains_key(*d))
+            .cloned()
+            .collect();
+        for device in gone {
+            if let Err(error) = remove_device(&device).await {
+                tracing::debug!(%device, %error, "VXLAN port not removed");
+            }
+            self.applied.remove(&device);
+        }
+        for (device, plan) in wanted {
+            if !repair && self.applied.get(&device) == Some(&plan) {
+                continue;
+            }
+            match apply(&plan, self.applied.get(&device)).await {
+                Ok(()) => {
+                    self.applied.insert(device, plan);
+                    self.warned = None;
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    if self.warned.as_ref() != Some(&text) {
+                        tracing::warn!(%device, %error, "cannot join the network to other hosts");
+                        self.warned = Some(text);
+                    }
+                    self.applied.remove(&device);
+                }
+            }
+        }
+    }
+
+    /// Removes every VXLAN port made here (shutdown, leave).
+    pub async fn remove(&mut self) {
+        for device in std::mem::take(&mut self.applied).into_keys() {
+            if let Err(error) = remove_device(&device).await {
+                tracing::debug!(%device, %error, "VXLAN port not removed");
+            }
+        }
+    }
+}
+
+/// Creates the device if missing, attaches it, and replays the entries;
+/// entries of `before` no longer wanted are deleted.
+async fn apply(plan: &Plan, before: Option<&Plan>) -> Result<(), VipError> {
+    let device = plan.device.as_str();
+    let exists = run(IP, &["link", "show", "dev", device], None)
+        .await
+        .is_ok();
+    if !exists {
+        let vni = plan.overlay.vni.to_string();
+        let port = plan.overlay.port.to_string();
+        run(
+            IP,
+            &[
+                "link",
+                "add",
+                device,
+                "type",
+                "vxlan",
+                "id",
+                &vni,
+                "dstport",
+                &port,
+                "nolearning",
+                "proxy",
+            ],
+            None,
+        )
+        .await?;
+        tracing::info!(%device, bridge = %plan.bridge, vni = plan.overlay.vni, "VXLAN port created");
+    }
+    let mtu = plan.overlay.mtu.to_string();
+    let mac = mac_of(plan.gateway);
+    let mut links = String::new();
+    links.push_str(&format!("link set dev {} address {mac}\n", plan.bridge));
+    links.push_str(&format!(
+        "link set dev {device} mtu {mtu} master {}\n",
+        plan.bridge
+    ));
+    links.push_str(&format!("link set dev {device} up\n"));
+    for e in &plan.overlay.remote {
+        links.push_str(&format!(
+            "neigh replace {} lladdr {} dev {device} nud permanent\n",
+            e.ip,
+            mac_of(e.ip)
+        ));
+    }
+    let stale: Vec<&RemoteEndpoint> = before
+        .into_iter()
+        .flat_map(|b| b.overlay.remote.iter())
+        .filter(|e| !plan.overlay.remote.iter().any(|w| w.ip == e.ip))
+        .collect();
+    for e in &stale {
+        links.push_str(&format!("neigh del {} dev {device}\n", e.ip));
+    }
+    run(IP, &["-force", "-batch", "-"], Some(&links)).await?;
+    let mut fdb = String::new();
+    for e in &plan.overlay.remote {
+        fdb.push_str(&format!(
+            "fdb replace {} dev {device} dst {} self permanent\n",
+            mac_of(e.ip),
+            e.host
+        ));
+    }
+    for e in &stale {
+        fdb.push_str(&format!("fdb del {} dev {device} self\n", mac_of(e.ip)));
+    }
+    run(BRIDGE, &["-force", "-batch", "-"], Some(&fdb)).await?;
+    Ok(())
+}
+
+async fn remove_device(device: &str) -> Result<(), VipError> {
+    match run(IP, &["link", "del", "dev", device], None).await {
+        Ok(_) => {
+            tracing::info!(%device, "VXLAN port removed");
+            Ok(())
+        }
+        // Gone already (its bridge went with an engine restart, say).
+        Err(VipError::Failed { .. })
+            if run(IP, &["link", "show", "dev", device], None)
+                .await
+                .is_err() =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_underlay_is_the_default_routes_interface() {
+        let table = "Iface\tDestination\tGateway\n\
+                     br0\t0000A8C0\t00000000\n\
+                     eth0\t00000000\t010200C0\n";
+        assert_eq!(default_route_iface(table).as_deref(), Some("eth0"));
+        assert_eq!(default_route_iface("Iface\tDestination\n"), None);
+    }
+
+    #[test]
+    fn device_names_fit_the_kernel_and_keep_swarms_apart() {
+        let a = device_name("abcdefghijklmnopqrstuvwxy", 4097);
+        assert_eq!(a, "vx4097abcdefghi");
+        assert!(device_name("x", 4_294_967).len() <= 15);
+        assert_ne!(a, device_name("zbcdefghijklmnopqrstuvwxy", 4097));
+    }
+}
