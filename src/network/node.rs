@@ -30,6 +30,10 @@ pub struct NodeNetwork {
     /// Without a data plane (a worker): what the VXLAN ports should be,
     /// followed by [`follow_overlays`] once the first assignments came.
     overlays: Arc<Mutex<Option<watch::Sender<WorkerOverlays>>>>,
+    /// One bridge creation at a time: tasks prepared together would both
+    /// find a bridge missing, and the engine refuses the second with
+    /// "Pool overlaps" rather than a conflict.
+    creating: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The overlays of a worker's tasks, merged per network.
@@ -54,6 +58,7 @@ impl NodeNetwork {
             data_plane: Arc::default(),
             task_bridges: Arc::default(),
             overlays: Arc::default(),
+            creating: Arc::default(),
         }
     }
 
@@ -64,6 +69,7 @@ impl NodeNetwork {
             data_plane: Arc::default(),
             task_bridges: Arc::default(),
             overlays: Arc::default(),
+            creating: Arc::default(),
         }
     }
 
@@ -97,7 +103,10 @@ impl NodeNetwork {
         if let Ok(mut clusters) = self.task_bridges.lock() {
             clusters.insert(networking.cluster_id.clone());
         }
-        local::realise_task_bridges(engine, networking).await?;
+        {
+            let _one_at_a_time = self.creating.lock().await;
+            local::realise_task_bridges(engine, networking).await?;
+        }
         // The new bridges want their VXLAN ports now, not at the next repair.
         if let Ok(slot) = self.overlays.lock() {
             if let Some(tx) = slot.as_ref() {
