@@ -1,7 +1,7 @@
 //! Overlay networks across hosts: simulated hosts ([`common::hosts`]), one
 //! swarm, one overlay network spread over their engines. Task addresses
 //! come from the leader, VXLAN joins the hosts' bridges, and service names
-//! and VIPs reach tasks wherever they run.
+//! and VIPs reach tasks wherever they run, from managers and workers.
 //!
 //! Needs root (skipped without it, unless SHOAL_REQUIRE_HOSTS=1 as in CI).
 
@@ -200,6 +200,23 @@ fn a_service_spread_over_three_hosts_answers_by_name_address_and_vip() {
         6,
         "round robin over all six: {through_vip:?}"
     );
+
+    // A worker has no store: its names and VIPs come in its assignments.
+    let on_worker = containers_on(h3, "web")[0].clone();
+    let resolved = wait_for("tasks.web from the worker", CONVERGE, || {
+        let found = resolve(h3, &on_worker, "tasks.web");
+        (found.len() == 6).then_some(found)
+    });
+    assert_eq!(resolved, chosen);
+    let mut from_worker = BTreeSet::new();
+    for _ in 0..12 {
+        let body = wait_for("a page through the VIP from the worker", CONVERGE, || {
+            fetch(h3, &on_worker, "http://web/")
+        });
+        from_worker.insert(body);
+    }
+    assert!(from_worker.is_subset(&pages), "{from_worker:?}");
+    assert_eq!(from_worker.len(), 6, "{from_worker:?}");
 
     h1.docker_ok(&["service", "rm", "web", "cli"]);
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::orchestrator::as_task;
 use super::tasks::{rank, state};
 use crate::agent::{Assignment, Payload, StatusReport};
+use crate::network::task::ServiceView;
 use crate::network::{Dns, TaskNetworking};
 use crate::store::{Proposer, Store, Transaction};
 use crate::types::{Kind, Object, Timestamp};
@@ -52,6 +53,7 @@ pub async fn publish_assignments(
 fn assignment_set(store: &Store, node_id: &str, dns: Dns) -> Vec<Assignment> {
     let cluster_id = crate::network::cluster_of(store).unwrap_or_default();
     let mut set: Vec<Assignment> = store.read(|tables| {
+        let view = (dns == Dns::Carried).then(|| ServiceView::new(tables));
         tables
             .tasks_by_node(node_id)
             .iter()
@@ -75,7 +77,14 @@ fn assignment_set(store: &Store, node_id: &str, dns: Dns) -> Vec<Assignment> {
                     (Vec::new(), Vec::new())
                 };
                 let networking = if will_run {
-                    crate::network::task::for_task(tables, &task, &cluster_id, node_id, dns)
+                    crate::network::task::for_task(
+                        tables,
+                        &task,
+                        &cluster_id,
+                        node_id,
+                        dns,
+                        view.as_ref(),
+                    )
                 } else {
                     TaskNetworking::default()
                 };
@@ -335,11 +344,14 @@ mod tests {
     }
 
     #[test]
-    fn a_node_without_dns_servers_gets_none_to_set() {
+    fn a_worker_serves_dns_from_what_its_assignments_carry() {
         let store = store();
-        let set = assignment_set(&store, "node1", Dns::Absent);
+        let set = assignment_set(&store, "node1", Dns::Carried);
         assert_eq!(set.len(), 1);
-        assert!(set[0].networking.dns.is_empty());
-        assert_eq!(set[0].networking.networks.len(), 1);
+        let networking = &set[0].networking;
+        assert_eq!(networking.dns, vec![Ipv4Addr::new(10, 0, 1, 1)]);
+        assert_eq!(networking.networks.len(), 1);
+        // Only the task's own networks' names travel.
+        assert!(networking.zones.keys().all(|id| id == "net1"));
     }
 }

@@ -20,7 +20,7 @@ use super::task::{bridges_to_create, TaskNetworking};
 use super::{bridge_name, LABEL_NETWORK_ID};
 use crate::manager::orchestrator::{as_service, as_task};
 use crate::manager::tasks;
-use crate::store::Store;
+use crate::store::{Store, Tables};
 use crate::types::Kind;
 
 /// Marks the engine bridges of one swarm, so a shoal touches only its own.
@@ -502,10 +502,7 @@ fn iface_of(n: &Network) -> Option<String> {
 
 /// A node without a store (a worker): its bridges for the swarm, with the
 /// gateway each was created with, by swarm network ID.
-pub async fn bridge_ifaces(
-    engine: &Engine,
-    cluster_id: &str,
-) -> HashMap<String, (String, Ipv4Addr)> {
+pub async fn bridge_ifaces(engine: &Engine, cluster_id: &str) -> HashMap<String, Bridge> {
     let Ok(docker) = engine.client().await else {
         return HashMap::new();
     };
@@ -525,7 +522,13 @@ pub async fn bridge_ifaces(
                 .as_deref()?
                 .parse()
                 .ok()?;
-            Some((id, (iface_of(n)?, gateway)))
+            Some((
+                id,
+                Bridge {
+                    iface: iface_of(n)?,
+                    gateway,
+                },
+            ))
         })
         .collect()
 }
@@ -668,6 +671,37 @@ fn chosen_addresses(
         out.by_network.insert(bridge_name(id), ip);
     }
     Some(out)
+}
+
+/// The serving tasks with the addresses the leader chose, from the store
+/// alone: what a node without a store is told of its networks.
+pub fn endpoints_in(tables: &Tables) -> Vec<TaskEndpoint> {
+    let mut out: Vec<TaskEndpoint> = tables
+        .iter(Kind::Task)
+        .filter_map(as_task)
+        .filter(|t| serves(t))
+        .filter_map(|task| {
+            let attached = task_attachments(&task);
+            let chosen = chosen_addresses(&task, &attached)?;
+            let service_id = task.service_id.clone().unwrap_or_default();
+            let service = tables
+                .get(Kind::Service, &service_id)
+                .and_then(|s| s.name().map(str::to_string))
+                .unwrap_or_default();
+            let networks = attached
+                .iter()
+                .filter_map(|(id, _)| Some((id.clone(), *chosen.by_network.get(&bridge_name(id))?)))
+                .collect();
+            Some(TaskEndpoint {
+                task_id: task.id.clone().unwrap_or_default(),
+                name: tasks::name(&service, &task),
+                service_id,
+                networks,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    out
 }
 
 /// The address the ingress proxy reaches `container` at, for a drain.

@@ -237,12 +237,8 @@ pub async fn run(
         if let Some(bridges) = &bridges {
             if let Some(cluster_id) = cluster_of(&store) {
                 let overlays = store.read(|t| vxlan::overlays(t, &node_id, None));
-                let ifaces = bridges
-                    .iter()
-                    .map(|(id, b)| (id.clone(), (b.iface.clone(), b.gateway)))
-                    .collect();
-                vxlans.reconcile(&cluster_id, &overlays, &ifaces, due).await;
-                let routes = vip::desired(&store, &backends.tasks, bridges);
+                vxlans.reconcile(&cluster_id, &overlays, bridges, due).await;
+                let routes = store.read(|t| vip::desired(t, &backends.tasks, bridges));
                 // nft and ip run only when the routes or bridges changed,
                 // or to repair: a stop waits for this pass.
                 if due || applied_routes.as_ref() != Some(&routes) {
@@ -251,7 +247,7 @@ pub async fn run(
                     applied_routes = Some(routes);
                 }
             }
-            dns.reconcile(bridges, dns::zones(&store, &backends.tasks))
+            dns.reconcile(bridges, store.read(|t| dns::zones(t, &backends.tasks)))
                 .await;
         }
         // Last: every step above routes by the store at `index` or later,

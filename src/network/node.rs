@@ -3,15 +3,17 @@
 //! the agent (a worker's task bridges, drains) and [`super::leave`]. Several
 //! nodes in one process each have their own.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::dns::{Dns, Zone};
 use super::drain::DataPlane;
 use super::local::{self, Engine, LocalError};
+use super::vip::{self, NetworkVip, Vips};
 use super::vxlan::{Overlay, Vxlans};
 use super::TaskNetworking;
 
@@ -29,18 +31,21 @@ pub struct NodeNetwork {
     task_bridges: Arc<Mutex<HashSet<String>>>,
     /// Without a data plane (a worker): what the VXLAN ports should be,
     /// followed by [`follow_overlays`] once the first assignments came.
-    overlays: Arc<Mutex<Option<watch::Sender<WorkerOverlays>>>>,
+    overlays: Arc<Mutex<Option<watch::Sender<WorkerPlane>>>>,
     /// One bridge creation at a time: tasks prepared together would both
     /// find a bridge missing, and the engine refuses the second with
     /// "Pool overlaps" rather than a conflict.
     creating: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The overlays of a worker's tasks, merged per network.
+/// What a worker's tasks' assignments say of their networks, merged:
+/// VXLAN peers, names and VIPs per network.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct WorkerOverlays {
+struct WorkerPlane {
     cluster_id: String,
     overlays: Vec<Overlay>,
+    zones: HashMap<String, Zone>,
+    vips: Vec<NetworkVip>,
 }
 
 /// No engine: what options built by hand (tests) get.
@@ -146,7 +151,7 @@ impl NodeNetwork {
             None => {
                 let (tx, rx) = watch::channel(wanted);
                 *slot = Some(tx);
-                tokio::spawn(keep_overlays(
+                tokio::spawn(keep_worker_plane(
                     engine.clone(),
                     self.data_plane.clone(),
                     rx,
@@ -167,7 +172,7 @@ impl NodeNetwork {
             Err(_) => return,
         };
         if let Ok(mut slot) = self.overlays.lock() {
-            // Dropping the sender ends `keep_overlays`, which removes its ports.
+            // Dropping the sender ends `keep_worker_plane`, which removes its ports.
             *slot = None;
         }
         for cluster_id in clusters {
@@ -187,13 +192,18 @@ impl NodeNetwork {
 
 /// Every task's overlays in one list, one entry per network with the
 /// union of the remote endpoints.
-fn merge<'a>(set: impl IntoIterator<Item = &'a TaskNetworking>) -> WorkerOverlays {
+fn merge<'a>(set: impl IntoIterator<Item = &'a TaskNetworking>) -> WorkerPlane {
     let mut cluster_id = String::new();
     let mut by_network: BTreeMap<String, Overlay> = BTreeMap::new();
+    let mut zones = HashMap::new();
+    let mut vips = BTreeSet::new();
     for networking in set {
         if !networking.cluster_id.is_empty() {
             cluster_id = networking.cluster_id.clone();
         }
+        // Every assignment of a set was computed from the same store state.
+        zones.extend(networking.zones.iter().map(|(k, v)| (k.clone(), v.clone())));
+        vips.extend(networking.vips.iter().cloned());
         for overlay in &networking.overlays {
             let entry = by_network
                 .entry(overlay.network_id.clone())
@@ -212,9 +222,11 @@ fn merge<'a>(set: impl IntoIterator<Item = &'a TaskNetworking>) -> WorkerOverlay
             o
         })
         .collect();
-    WorkerOverlays {
+    WorkerPlane {
         cluster_id,
         overlays,
+        zones,
+        vips: vips.into_iter().collect(),
     }
 }
 
@@ -223,32 +235,45 @@ const REPAIR_EVERY: Duration = Duration::from_secs(3);
 
 /// A worker's VXLAN ports, kept as the latest assignments say until
 /// `shutdown` or until the node leaves (the sender is dropped).
-async fn keep_overlays(
+async fn keep_worker_plane(
     engine: Arc<Engine>,
     data_plane: Arc<RwLock<Option<Arc<DataPlane>>>>,
-    mut wanted: watch::Receiver<WorkerOverlays>,
+    mut wanted: watch::Receiver<WorkerPlane>,
     shutdown: CancellationToken,
 ) {
     let mut vxlans = Vxlans::new();
-    loop {
+    let mut vips = Vips::new();
+    let mut dns = Dns::new(shutdown.clone());
+    let left = loop {
         let current = wanted.borrow_and_update().clone();
-        // A node promoted to manager: its data plane owns the ports now.
+        // A node promoted to manager: its data plane owns all this now.
         let managed = data_plane.read().map(|d| d.is_some()).unwrap_or(false);
         if !current.cluster_id.is_empty() && !managed {
-            let bridges = local::bridge_ifaces(&engine, &current.cluster_id).await;
+            let cluster_id = &current.cluster_id;
+            let bridges = local::bridge_ifaces(&engine, cluster_id).await;
             vxlans
-                .reconcile(&current.cluster_id, &current.overlays, &bridges, true)
+                .reconcile(cluster_id, &current.overlays, &bridges, true)
                 .await;
+            let routes = vip::on_bridges(&current.vips, &bridges);
+            vips.reconcile(&vip::table_name(cluster_id), &routes, &bridges)
+                .await;
+            dns.reconcile(&bridges, current.zones.clone()).await;
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break false,
             changed = wanted.changed() => if changed.is_err() {
-                vxlans.remove().await;
-                return;
+                break true;
             },
             _ = tokio::time::sleep(REPAIR_EVERY) => {}
         }
+    };
+    // The nft table must not outlive shoal; VXLAN ports (like bridges and
+    // containers) stay across a restart, and go when the node leaves.
+    vips.remove().await;
+    if left {
+        vxlans.remove().await;
     }
+    dns.stop().await;
 }
 
 #[cfg(test)]

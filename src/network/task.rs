@@ -15,19 +15,39 @@ use serde::{Deserialize, Serialize};
 
 use super::allocate::{self, is_ingress, primary};
 use super::bridge_name;
+use super::dns::Zone;
 use super::local::{bridge_request, task_attachments};
+use super::vip::NetworkVip;
 use super::vxlan::{overlays, Overlay};
 use crate::store::Tables;
 use crate::types::{Kind, Object, SwarmTask};
 
-/// Whether the node a task runs on serves shoal's DNS on its networks'
-/// gateways. A manager's own agent is served beside its data plane, which
-/// does; a worker has no DNS server yet (cross-host service discovery is
-/// to come), so its containers keep the engine's resolvers.
+/// Whether, and from what, the node a task runs on serves shoal's DNS
+/// (and VIPs) on its networks' gateways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dns {
+    /// A manager: its data plane serves them from the store.
     OnGateways,
-    Absent,
+    /// A worker: it serves them from the names and VIPs its assignments
+    /// carry ([`ServiceView`]), having no store.
+    Carried,
+}
+
+/// The names and VIPs of every network, computed once per assignment set
+/// for a node without a store; each task gets its own networks' part.
+pub struct ServiceView {
+    zones: HashMap<String, Zone>,
+    vips: Vec<NetworkVip>,
+}
+
+impl ServiceView {
+    pub fn new(tables: &Tables) -> ServiceView {
+        let endpoints = super::local::endpoints_in(tables);
+        ServiceView {
+            zones: super::dns::zones(tables, &endpoints),
+            vips: super::vip::by_network(tables, &endpoints),
+        }
+    }
 }
 
 /// The network side of an assignment.
@@ -51,6 +71,13 @@ pub struct TaskNetworking {
     /// store programs its VXLAN ports from these.
     #[serde(default)]
     pub overlays: Vec<Overlay>,
+    /// A node without a store: the names of the task's networks (network
+    /// ID → zone) its DNS servers answer.
+    #[serde(default)]
+    pub zones: HashMap<String, Zone>,
+    /// A node without a store: the VIPs on the task's networks it routes.
+    #[serde(default)]
+    pub vips: Vec<NetworkVip>,
 }
 
 /// Reads what `task` needs from the store's tables (the dispatcher does,
@@ -61,6 +88,7 @@ pub fn for_task(
     cluster_id: &str,
     node_id: &str,
     dns: Dns,
+    view: Option<&ServiceView>,
 ) -> TaskNetworking {
     let attached = task_attachments(task);
     // As this node realises them: with its own gateway.
@@ -83,14 +111,27 @@ pub fn for_task(
     } else {
         overlays(tables, node_id, Some(&ids))
     };
-    let dns = match dns {
-        Dns::Absent => Vec::new(),
-        Dns::OnGateways => networks
-            .iter()
-            .filter(|n| !is_ingress(n))
-            .filter_map(|n| primary(n).map(|(_, gateway)| gateway))
-            .collect(),
+    let (zones, vips) = match view.filter(|_| dns == Dns::Carried) {
+        Some(view) => (
+            view.zones
+                .iter()
+                .filter(|(id, _)| ids.contains(id))
+                .map(|(id, zone)| (id.clone(), zone.clone()))
+                .collect(),
+            view.vips
+                .iter()
+                .filter(|v| ids.contains(&v.network_id))
+                .cloned()
+                .collect(),
+        ),
+        None => (HashMap::new(), Vec::new()),
     };
+    // Either way this node's DNS servers listen on its gateways.
+    let dns = networks
+        .iter()
+        .filter(|n| !is_ingress(n))
+        .filter_map(|n| primary(n).map(|(_, gateway)| gateway))
+        .collect();
     TaskNetworking {
         cluster_id: cluster_id.to_string(),
         networks,
@@ -98,6 +139,8 @@ pub fn for_task(
         dns,
         addresses,
         overlays,
+        zones,
+        vips,
     }
 }
 

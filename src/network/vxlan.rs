@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::address::mac_of;
 use super::allocate::{self, is_ingress};
-use super::local::task_attachments;
+use super::local::{task_attachments, Bridge};
 use super::vip::{run, VipError};
 use crate::manager::orchestrator::{as_node, as_task};
 use crate::manager::tasks;
@@ -190,9 +190,6 @@ pub struct Vxlans {
     warned: Option<String>,
 }
 
-/// A bridge on this node: its host interface and gateway, by network ID.
-pub type BridgeIfaces = HashMap<String, (String, Ipv4Addr)>;
-
 impl Vxlans {
     pub fn new() -> Vxlans {
         Vxlans::default()
@@ -204,12 +201,12 @@ impl Vxlans {
         &mut self,
         cluster_id: &str,
         overlays: &[Overlay],
-        bridges: &BridgeIfaces,
+        bridges: &HashMap<String, Bridge>,
         repair: bool,
     ) {
         let mut wanted: BTreeMap<String, Plan> = BTreeMap::new();
         for overlay in overlays.iter().filter(|o| !o.remote.is_empty()) {
-            let Some((bridge, gateway)) = bridges.get(&overlay.network_id) else {
+            let Some(bridge) = bridges.get(&overlay.network_id) else {
                 continue;
             };
             let device = device_name(cluster_id, overlay.vni);
@@ -217,8 +214,8 @@ impl Vxlans {
                 device.clone(),
                 Plan {
                     device,
-                    bridge: bridge.clone(),
-                    gateway: *gateway,
+                    bridge: bridge.iface.clone(),
+                    gateway: bridge.gateway,
                     overlay: overlay.clone(),
                 },
             );
