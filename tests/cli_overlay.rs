@@ -218,5 +218,57 @@ fn a_service_spread_over_three_hosts_answers_by_name_address_and_vip() {
     assert!(from_worker.is_subset(&pages), "{from_worker:?}");
     assert_eq!(from_worker.len(), 6, "{from_worker:?}");
 
+    // A VXLAN port removed by hand comes back, on a manager and a worker.
+    let remote_of_h1 = resolved_on(h2, "web", &chosen);
+    for h in [h1, h3] {
+        let ports = vxlan_ports(h);
+        assert_eq!(
+            ports.len(),
+            1,
+            "one overlay, one VXLAN port on {}: {ports:?}",
+            h.name
+        );
+        let out = h.command("ip").args(["link", "del", &ports[0]]).output();
+        assert!(
+            out.is_ok_and(|o| o.status.success()),
+            "ip link del on {}",
+            h.name
+        );
+        let c = containers_on(h, if h.name == h1.name { "cli" } else { "web" })[0].clone();
+        wait_for(&format!("VXLAN repaired on {}", h.name), CONVERGE, || {
+            fetch(h, &c, &format!("http://{remote_of_h1}/"))
+        });
+        assert_eq!(vxlan_ports(h), ports);
+    }
+
     h1.docker_ok(&["service", "rm", "web", "cli"]);
+}
+
+/// The VXLAN devices in `h`'s namespace.
+fn vxlan_ports(h: &Host) -> Vec<String> {
+    let out = h
+        .command("ip")
+        .args(["-br", "link", "show", "type", "vxlan"])
+        .output()
+        .map(|o| stdout(&o))
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The address of one of `service`'s tasks running on `h` (from `chosen`,
+/// the addresses the leader gave the service's tasks).
+fn resolved_on(h: &Host, service: &str, chosen: &BTreeSet<String>) -> String {
+    let c = containers_on(h, service)[0].clone();
+    let out = h.engine_docker_ok(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &c,
+    ]);
+    let ip = out.trim().to_string();
+    assert!(chosen.contains(&ip), "{ip} not among {chosen:?}");
+    ip
 }

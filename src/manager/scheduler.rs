@@ -81,6 +81,9 @@ fn plan(store: &Store) -> Option<Transaction> {
     let mut changed = false;
     let services_list: Vec<_> = services.values().cloned().collect();
     let mut addresses = Addresses::new(allocate::networks(store), &tasks, &services_list);
+    let members: std::collections::HashSet<String> =
+        nodes.iter().filter_map(|n| n.id.clone()).collect();
+    addresses.forget_nodes_except(&members);
     // A manager realises every swarm network, tasks or not.
     for node in nodes.iter().filter(|n| is_manager(n)) {
         if let Err(error) = addresses.gateways_everywhere(node.id.as_deref().unwrap_or("")) {

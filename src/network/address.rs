@@ -23,9 +23,7 @@ use super::ipam::Subnet;
 use super::local::task_attachments;
 use super::NetworkError;
 use crate::manager::tasks;
-use crate::types::{
-    AttachedNetwork, AttachedNetworkSpec, NetworkAttachment, SwarmNetwork, SwarmService, SwarmTask,
-};
+use crate::types::{AttachedNetwork, NetworkAttachment, SwarmNetwork, SwarmService, SwarmTask};
 
 /// One round of choices: what is taken, and the networks given new
 /// gateways (to be written with the round's other changes).
@@ -93,7 +91,7 @@ impl Addresses {
             if is_ingress(&network.network) {
                 continue;
             }
-            let name = network.network.name.clone().unwrap_or_default();
+            let shown = AttachedNetwork::of(network);
             self.gateway(&network_id, node_id)?;
             let address = match task.address_on(&network_id) {
                 Some(ip) => ip,
@@ -107,10 +105,7 @@ impl Addresses {
                 continue;
             };
             attachments.push(NetworkAttachment {
-                network: AttachedNetwork {
-                    id: network_id,
-                    spec: AttachedNetworkSpec { name },
-                },
+                network: shown,
                 addresses: vec![subnet.with_prefix(address)],
             });
         }
@@ -131,6 +126,17 @@ impl Addresses {
             self.gateway(&id, node_id)?;
         }
         Ok(())
+    }
+
+    /// Gateways of nodes no longer in the swarm are freed.
+    pub fn forget_nodes_except(&mut self, nodes: &HashSet<String>) {
+        for (id, network) in self.networks.iter_mut() {
+            let before = network.node_gateways.len();
+            network.node_gateways.retain(|node, _| nodes.contains(node));
+            if network.node_gateways.len() != before {
+                self.changed.insert(id.clone());
+            }
+        }
     }
 
     /// The networks given a gateway this round, to be written.

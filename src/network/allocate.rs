@@ -56,6 +56,9 @@ pub struct CreateIpamConfig {
     pub gateway: Option<String>,
 }
 
+/// The driver option asking for IPsec between hosts (`--opt encrypted`).
+const ENCRYPTED_OPTION: &str = "encrypted";
+
 /// Every swarm network in the store.
 pub fn networks(store: &Store) -> Vec<SwarmNetwork> {
     store
@@ -142,6 +145,14 @@ pub fn new_network(
     let name = request.name.clone().unwrap_or_default();
     if ["bridge", "host", "none"].contains(&name.as_str()) {
         return Err(NetworkError::Predefined(name));
+    }
+    // Refused rather than silently left unencrypted.
+    if request
+        .options
+        .as_ref()
+        .is_some_and(|o| o.contains_key(ENCRYPTED_OPTION))
+    {
+        return Err(NetworkError::Encrypted);
     }
     let existing = networks(store);
     if existing.iter().any(|n| {
@@ -668,6 +679,15 @@ mod tests {
         assert_eq!(
             new_network(&store, &bad, &mut rng).unwrap_err(),
             NetworkError::InvalidSubnet("10.0.0.300/24".into())
+        );
+        let encrypted = CreateRequest {
+            name: Some("secret".into()),
+            options: Some(HashMap::from([("encrypted".into(), String::new())])),
+            ..CreateRequest::default()
+        };
+        assert_eq!(
+            new_network(&store, &encrypted, &mut rng).unwrap_err(),
+            NetworkError::Encrypted
         );
         let host = CreateRequest {
             name: Some("host".into()),

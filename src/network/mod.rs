@@ -102,6 +102,8 @@ pub enum NetworkError {
         "rpc error: code = FailedPrecondition desc = network {network} is in use by task {task}"
     )]
     InUseByTask { network: String, task: String },
+    #[error("rpc error: code = InvalidArgument desc = encrypted overlay networks are not supported: shoal carries overlay traffic in plain VXLAN (these hosts' kernels have no IPsec); create the network without --opt encrypted")]
+    Encrypted,
     #[error("network {0} not found")]
     NotFound(String),
     #[error("rpc error: code = InvalidArgument desc = Service cannot be explicitly attached to the ingress network \"{0}\"")]

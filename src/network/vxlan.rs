@@ -186,7 +186,9 @@ struct Plan {
 /// The VXLAN ports this node made, and what was last applied.
 #[derive(Default)]
 pub struct Vxlans {
-    applied: BTreeMap<String, Plan>,
+    applied: BTreeMap<String, Option<Plan>>,
+    /// Whether ports left by an earlier run were looked for.
+    adopted: bool,
     warned: Option<String>,
 }
 
@@ -204,6 +206,13 @@ impl Vxlans {
         bridges: &HashMap<String, Bridge>,
         repair: bool,
     ) {
+        if !self.adopted {
+            // Ports made before a restart are ours to keep or remove.
+            for device in leftover_devices(cluster_id).await {
+                self.applied.entry(device).or_insert(None);
+            }
+            self.adopted = true;
+        }
         let mut wanted: BTreeMap<String, Plan> = BTreeMap::new();
         for overlay in overlays.iter().filter(|o| !o.remote.is_empty()) {
             let Some(bridge) = bridges.get(&overlay.network_id) else {
@@ -233,12 +242,12 @@ impl Vxlans {
             self.applied.remove(&device);
         }
         for (device, plan) in wanted {
-            if !repair && self.applied.get(&device) == Some(&plan) {
+            if !repair && self.applied.get(&device) == Some(&Some(plan.clone())) {
                 continue;
             }
-            match apply(&plan, self.applied.get(&device)).await {
+            match apply(&plan).await {
                 Ok(()) => {
-                    self.applied.insert(device, plan);
+                    self.applied.insert(device, Some(plan));
                     self.warned = None;
                 }
                 Err(error) => {
@@ -263,9 +272,54 @@ impl Vxlans {
     }
 }
 
-/// Creates the device if missing, attaches it, and replays the entries;
-/// entries of `before` no longer wanted are deleted.
-async fn apply(plan: &Plan, before: Option<&Plan>) -> Result<(), VipError> {
+/// This swarm's VXLAN devices on the host, by name.
+async fn leftover_devices(cluster_id: &str) -> Vec<String> {
+    let Ok(text) = run(IP, &["-j", "-d", "link", "show", "type", "vxlan"], None).await else {
+        return Vec::new();
+    };
+    devices_of(&text, cluster_id)
+}
+
+/// The devices in `ip -j -d link show type vxlan` output named as this
+/// swarm names its ports.
+fn devices_of(listing: &str, cluster_id: &str) -> Vec<String> {
+    let parsed: serde_json::Value = serde_json::from_str(listing).unwrap_or_default();
+    parsed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|link| {
+            let name = link.get("ifname")?.as_str()?;
+            let vni = link
+                .get("linkinfo")?
+                .get("info_data")?
+                .get("id")?
+                .as_u64()?;
+            let vni = u32::try_from(vni).ok()?;
+            (device_name(cluster_id, vni) == name).then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Remote addresses (neighbours) or MACs (FDB) present on the device
+/// that no endpoint of `plan` accounts for.
+fn stale_entries(listing: &str, key: &str, wanted: &BTreeSet<String>) -> Vec<String> {
+    let parsed: serde_json::Value = serde_json::from_str(listing).unwrap_or_default();
+    parsed
+        .as_array()
+        .into_iter()
+        .flatten()
+        // Only entries pointing somewhere: the kernel's own have no dst.
+        .filter(|e| e.get("dst").is_some() || key == "dst")
+        .filter_map(|e| e.get(key)?.as_str().map(str::to_string))
+        .filter(|v| !wanted.contains(v))
+        .collect()
+}
+
+/// Creates the device if missing, attaches it, replays the entries and
+/// deletes those no endpoint accounts for (also ones left by a previous
+/// run, or a task gone while shoal was down).
+async fn apply(plan: &Plan) -> Result<(), VipError> {
     let device = plan.device.as_str();
     let exists = run(IP, &["link", "show", "dev", device], None)
         .await
@@ -309,13 +363,15 @@ async fn apply(plan: &Plan, before: Option<&Plan>) -> Result<(), VipError> {
             mac_of(e.ip)
         ));
     }
-    let stale: Vec<&RemoteEndpoint> = before
-        .into_iter()
-        .flat_map(|b| b.overlay.remote.iter())
-        .filter(|e| !plan.overlay.remote.iter().any(|w| w.ip == e.ip))
+    let ips: BTreeSet<String> = plan
+        .overlay
+        .remote
+        .iter()
+        .map(|e| e.ip.to_string())
         .collect();
-    for e in &stale {
-        links.push_str(&format!("neigh del {} dev {device}\n", e.ip));
+    let neighbours = run(IP, &["-j", "neigh", "show", "dev", device], None).await?;
+    for ip in stale_entries(&neighbours, "dst", &ips) {
+        links.push_str(&format!("neigh del {ip} dev {device}\n"));
     }
     run(IP, &["-force", "-batch", "-"], Some(&links)).await?;
     let mut fdb = String::new();
@@ -326,8 +382,10 @@ async fn apply(plan: &Plan, before: Option<&Plan>) -> Result<(), VipError> {
             e.host
         ));
     }
-    for e in &stale {
-        fdb.push_str(&format!("fdb del {} dev {device} self\n", mac_of(e.ip)));
+    let macs: BTreeSet<String> = plan.overlay.remote.iter().map(|e| mac_of(e.ip)).collect();
+    let entries = run(BRIDGE, &["-j", "fdb", "show", "dev", device], None).await?;
+    for mac in stale_entries(&entries, "mac", &macs) {
+        fdb.push_str(&format!("fdb del {mac} dev {device} self\n"));
     }
     run(BRIDGE, &["-force", "-batch", "-"], Some(&fdb)).await?;
     Ok(())
@@ -362,6 +420,24 @@ mod tests {
                      eth0\t00000000\t010200C0\n";
         assert_eq!(default_route_iface(table).as_deref(), Some("eth0"));
         assert_eq!(default_route_iface("Iface\tDestination\n"), None);
+    }
+
+    #[test]
+    fn leftovers_and_stale_entries_are_found_in_ip_json() {
+        let cluster = "abcdefghijklmnopqrstuvwxy";
+        let links = r#"[{"ifname": "vx4097abcdefghi", "linkinfo": {"info_kind": "vxlan",
+            "info_data": {"id": 4097}}}, {"ifname": "vx4097other", "linkinfo":
+            {"info_kind": "vxlan", "info_data": {"id": 4097}}}]"#;
+        assert_eq!(devices_of(links, cluster), vec!["vx4097abcdefghi"]);
+        let wanted: BTreeSet<String> = ["10.0.1.130".to_string()].into();
+        let neigh = r#"[{"dst": "10.0.1.130", "lladdr": "02:42:0a:00:01:82"},
+            {"dst": "10.0.1.131", "lladdr": "02:42:0a:00:01:83"}]"#;
+        assert_eq!(stale_entries(neigh, "dst", &wanted), vec!["10.0.1.131"]);
+        let macs: BTreeSet<String> = ["02:42:0a:00:01:82".to_string()].into();
+        let fdb = r#"[{"mac": "02:42:0a:00:01:82", "dst": "10.231.1.12"},
+            {"mac": "02:42:0a:00:01:83", "dst": "10.231.1.12"},
+            {"mac": "1a:ae:18:c8:85:e3", "flags": []}]"#;
+        assert_eq!(stale_entries(fdb, "mac", &macs), vec!["02:42:0a:00:01:83"]);
     }
 
     #[test]

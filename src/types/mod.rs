@@ -123,19 +123,100 @@ pub struct NetworkAttachment {
 }
 
 /// The network of an attachment, in the swarm object shape the engine
-/// nests there (ID and the spec's name suffice for clients).
+/// nests there (not the `/networks` shape the store keeps).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AttachedNetwork {
     #[serde(rename = "ID", default)]
     pub id: String,
+    #[serde(rename = "Version", default)]
+    pub version: ObjectVersion,
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
     #[serde(rename = "Spec", default)]
     pub spec: AttachedNetworkSpec,
+    #[serde(rename = "DriverState", default)]
+    pub driver_state: Driver,
+    #[serde(rename = "IPAMOptions", default)]
+    pub ipam_options: IpamOptions,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AttachedNetworkSpec {
     #[serde(rename = "Name", default)]
     pub name: String,
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    #[serde(rename = "DriverConfiguration", default)]
+    pub driver_configuration: Driver,
+    #[serde(rename = "Scope", default)]
+    pub scope: String,
+}
+
+/// A driver as swarm objects name it, with its options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Driver {
+    #[serde(rename = "Name", default)]
+    pub name: String,
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IpamOptions {
+    #[serde(rename = "Driver", default)]
+    pub driver: Driver,
+    #[serde(rename = "Configs", default)]
+    pub configs: Vec<IpamSubnet>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IpamSubnet {
+    #[serde(rename = "Subnet", default)]
+    pub subnet: String,
+    #[serde(rename = "Gateway", default)]
+    pub gateway: String,
+}
+
+impl AttachedNetwork {
+    /// `network` as the engine nests it in a task's attachments.
+    pub fn of(network: &SwarmNetwork) -> AttachedNetwork {
+        let n = &network.network;
+        let driver = |name: Option<&String>| Driver {
+            name: name.cloned().unwrap_or_default(),
+            options: None,
+        };
+        let ipam = n.ipam.as_ref();
+        AttachedNetwork {
+            id: n.id.clone().unwrap_or_default(),
+            version: network.version.clone(),
+            created_at: n.created.clone(),
+            updated_at: network.updated_at.clone(),
+            spec: AttachedNetworkSpec {
+                name: n.name.clone().unwrap_or_default(),
+                labels: n.labels.clone().filter(|l| !l.is_empty()),
+                driver_configuration: driver(n.driver.as_ref()),
+                scope: n.scope.clone().unwrap_or_default(),
+            },
+            driver_state: Driver {
+                name: n.driver.clone().unwrap_or_default(),
+                options: n.options.clone(),
+            },
+            ipam_options: IpamOptions {
+                driver: driver(ipam.and_then(|i| i.driver.as_ref())),
+                configs: ipam
+                    .and_then(|i| i.config.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|c| IpamSubnet {
+                        subnet: c.subnet.clone().unwrap_or_default(),
+                        gateway: c.gateway.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            },
+        }
+    }
 }
 
 impl SwarmTask {
