@@ -115,7 +115,9 @@ fn a_service_spread_over_three_hosts_answers_by_name_address_and_vip() {
         IMAGE,
         "sh",
         "-c",
-        "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+        "mkdir -p /www && hostname > /www/index.html \
+         && dd if=/dev/zero of=/www/big bs=1024 count=256 2>/dev/null \
+         && exec httpd -f -p 80 -h /www",
     ]);
     // The client runs on host A (h1).
     h1.docker_ok(&[
@@ -182,6 +184,16 @@ fn a_service_spread_over_three_hosts_answers_by_name_address_and_vip() {
         pages.insert(body);
     }
     assert_eq!(pages.len(), 6, "six tasks, six hostnames: {pages:?}");
+    // Full-size frames cross too: the MTU leaves room for VXLAN's header.
+    let remote = resolved_on(h3, "web", &chosen);
+    let out = h1.engine_docker(&[
+        "exec",
+        &client,
+        "sh",
+        "-c",
+        &format!("wget -q -O - http://{remote}/big | wc -c"),
+    ]);
+    assert_eq!(stdout(&out).trim(), "262144", "{}", stderr(&out));
 
     // And through the VIP, balanced over tasks of every host.
     let vip = resolve(h1, &client, "web");
