@@ -2,17 +2,23 @@
 //! service gets from them (VIPs, published ports), and the data plane that
 //! makes them real on this node.
 //!
-//! Design (one node now, more nodes later only add peers):
+//! Design:
 //! - A swarm network lives in the store (`Object::Network`). Subnets come
 //!   from swarm's default pool (10.0.N.0/24) unless given; VIPs come from the
-//!   lower half of the subnet, task addresses from the upper half (the
-//!   engine's IPAM, through the bridge's `IPRange`).
+//!   lower half of the subnet. Task addresses and each node's gateway are
+//!   chosen by the leader when the scheduler places a task ([`address`]):
+//!   engines on different hosts must not pick them. Tasks keep theirs in
+//!   `NetworksAttachments`; the engine's IPAM keeps only the subnet's top
+//!   quarter, for containers joined by hand.
 //! - On each node [`local`] realises every swarm network as an ordinary
 //!   bridge network on the engine, `shoal_<id>`, labelled
 //!   [`LABEL_NETWORK_ID`], and hides it from listings; its gateway is this
-//!   node's address on the network. Task containers join it without engine
-//!   aliases. The multi-host step adds a VXLAN port to that bridge with FDB
-//!   entries from the store.
+//!   node's own address on the network. Task containers join it at their
+//!   address without engine aliases.
+//! - [`vxlan`] joins the bridges of one network across hosts: a VXLAN port
+//!   per bridge with static neighbour/FDB entries for every endpoint on
+//!   another host (from the store on a manager, from the assignments on a
+//!   worker).
 //! - Service discovery is [`dns`]: a DNS server in shoal on each bridge's
 //!   gateway, set as the containers' `Dns` (before the host's resolvers);
 //!   it answers the network's service names, `tasks.<service>`, aliases and
@@ -31,10 +37,12 @@
 //!   connections) before it stops a task: [`drain`].
 //! - The node's handle to all of this is one [`NodeNetwork`], passed to
 //!   whatever needs it: no process-wide state.
-//! - What a task's container needs (its networks, host-mode ports, DNS
-//!   servers) comes in its assignment ([`task`]): a worker has no store. A
-//!   worker, which runs no data plane, creates its tasks' bridges itself
-//!   before their containers, and removes them when it leaves.
+//! - What a task's container needs (its networks, address, host-mode
+//!   ports, DNS servers) comes in its assignment ([`task`]): a worker has no
+//!   store. A worker, which runs no data plane, creates its tasks' bridges
+//!   itself before their containers, and removes them when it leaves; its
+//!   VXLAN ports, DNS servers and VIPs follow what its assignments carry
+//!   (peers, names and VIPs of its tasks' networks; [`NodeNetwork`]).
 
 pub mod address;
 pub mod allocate;
