@@ -53,7 +53,7 @@ pub async fn publish_assignments(
 fn assignment_set(store: &Store, node_id: &str, dns: Dns) -> Vec<Assignment> {
     let cluster_id = crate::network::cluster_of(store).unwrap_or_default();
     let mut set: Vec<Assignment> = store.read(|tables| {
-        let view = (dns == Dns::Carried).then(|| ServiceView::new(tables));
+        let view = (dns == Dns::Carried).then(|| ServiceView::new(tables, node_id));
         tables
             .tasks_by_node(node_id)
             .iter()

@@ -246,7 +246,7 @@ pub async fn run(
             .await;
         if let Some(bridges) = &bridges {
             if let Some(cluster_id) = cluster_of(&store) {
-                let overlays = store.read(|t| vxlan::overlays(t, &node_id, None));
+                let overlays = store.read(|t| vxlan::overlays(t, &node_id));
                 vxlans.reconcile(&cluster_id, &overlays, bridges, due).await;
                 let routes = store.read(|t| vip::desired(t, &backends.tasks, bridges));
                 // nft and ip run only when the routes or bridges changed,

@@ -33,17 +33,20 @@ pub enum Dns {
     Carried,
 }
 
-/// The names and VIPs of every network, computed once per assignment set
-/// for a node without a store; each task gets its own networks' part.
+/// The peers, names and VIPs of every network as `node_id` sees them,
+/// computed once per assignment set for a node without a store (each
+/// pass is over every task); each task gets its own networks' part.
 pub struct ServiceView {
+    overlays: Vec<Overlay>,
     zones: HashMap<String, Zone>,
     vips: Vec<NetworkVip>,
 }
 
 impl ServiceView {
-    pub fn new(tables: &Tables) -> ServiceView {
+    pub fn new(tables: &Tables, node_id: &str) -> ServiceView {
         let endpoints = super::local::endpoints_in(tables);
         ServiceView {
+            overlays: overlays(tables, node_id),
             zones: super::dns::zones(tables, &endpoints),
             vips: super::vip::by_network(tables, &endpoints),
         }
@@ -106,13 +109,14 @@ pub fn for_task(
         .filter_map(|(id, _)| Some((id.clone(), task.address_on(id)?)))
         .collect();
     let ids: Vec<String> = attached.into_iter().map(|(id, _)| id).collect();
-    let overlays = if ids.is_empty() {
-        Vec::new()
-    } else {
-        overlays(tables, node_id, Some(&ids))
-    };
-    let (zones, vips) = match view.filter(|_| dns == Dns::Carried) {
+    // A manager's data plane works from the store: only a worker needs these.
+    let (overlays, zones, vips) = match view.filter(|_| dns == Dns::Carried) {
         Some(view) => (
+            view.overlays
+                .iter()
+                .filter(|o| ids.contains(&o.network_id))
+                .cloned()
+                .collect(),
             view.zones
                 .iter()
                 .filter(|(id, _)| ids.contains(id))
@@ -124,7 +128,7 @@ pub fn for_task(
                 .cloned()
                 .collect(),
         ),
-        None => (HashMap::new(), Vec::new()),
+        None => (Vec::new(), HashMap::new(), Vec::new()),
     };
     // Either way this node's DNS servers listen on its gateways.
     let dns = networks

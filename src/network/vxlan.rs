@@ -86,9 +86,9 @@ pub struct RemoteEndpoint {
     pub host: Ipv4Addr,
 }
 
-/// The overlays `node_id` takes part in, among `networks` (IDs; `None`
-/// for every swarm network, as on a manager), from the store's tables.
-pub fn overlays(tables: &Tables, node_id: &str, networks: Option<&[String]>) -> Vec<Overlay> {
+/// Every swarm network's overlay as `node_id` sees it (the endpoints on
+/// other hosts), from the store's tables.
+pub fn overlays(tables: &Tables, node_id: &str) -> Vec<Overlay> {
     let hosts: HashMap<String, Ipv4Addr> = tables
         .iter(Kind::Node)
         .filter_map(as_node)
@@ -126,7 +126,7 @@ pub fn overlays(tables: &Tables, node_id: &str, networks: Option<&[String]>) -> 
             continue;
         };
         let id = allocate::id_of(&network.network).to_string();
-        if is_ingress(&network.network) || networks.is_some_and(|w| !w.contains(&id)) {
+        if is_ingress(&network.network) {
             continue;
         }
         let Some(vni) = allocate::vxlan_of(&network.network) else {
