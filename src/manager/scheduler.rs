@@ -605,3 +605,125 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+    use bollard::models::{
+        Ipam, IpamConfig, Network, NetworkAttachmentConfig, NodeSpec, NodeStatus, ServiceSpec,
+        TaskSpec, TaskStatus,
+    };
+    use std::collections::HashSet;
+    use std::net::Ipv4Addr;
+
+    fn node(id: &str, role: bollard::models::NodeSpecRoleEnum) -> Object {
+        Object::Node(Box::new(Node {
+            id: Some(id.into()),
+            spec: Some(NodeSpec {
+                role: Some(role),
+                availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                state: Some(NodeState::READY),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    fn network() -> Object {
+        Object::Network(Box::new(crate::types::SwarmNetwork {
+            network: Network {
+                id: Some("net".into()),
+                name: Some("front".into()),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some("10.0.1.0/24".into()),
+                        gateway: Some("10.0.1.1".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }))
+    }
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            networks: Some(vec![NetworkAttachmentConfig {
+                target: Some("net".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    fn pending(id: &str, secs: i64) -> Object {
+        Object::Task(Box::from(Task {
+            id: Some(id.into()),
+            service_id: Some("svc".into()),
+            spec: Some(spec()),
+            status: Some(TaskStatus {
+                state: Some(TaskState::PENDING),
+                ..Default::default()
+            }),
+            desired_state: Some(TaskState::RUNNING),
+            created_at: Some(format!("2026-01-01T00:00:{secs:02}Z")),
+            ..Default::default()
+        }))
+    }
+
+    /// One batch places tasks over two nodes: every task gets its own
+    /// address, every node its own gateway, in the same transaction.
+    #[test]
+    fn a_batch_gives_distinct_addresses_and_one_gateway_per_node() {
+        use bollard::models::NodeSpecRoleEnum::{MANAGER, WORKER};
+        let store = Store::new();
+        let service = Object::Service(Box::new(
+            bollard::models::Service {
+                id: Some("svc".into()),
+                spec: Some(ServiceSpec {
+                    name: Some("web".into()),
+                    task_template: Some(spec()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .into(),
+        ));
+        let mut tx = Transaction::new(Timestamp { secs: 1, nanos: 0 })
+            .create(node("m1", MANAGER))
+            .create(node("w1", WORKER))
+            .create(network())
+            .create(service);
+        for (i, id) in ["t1", "t2", "t3", "t4"].iter().enumerate() {
+            tx = tx.create(pending(id, i as i64));
+        }
+        assert!(store.apply(1, &tx).is_ok());
+        let Some(plan) = plan(&store) else {
+            panic!("nothing planned");
+        };
+        assert!(store.apply(2, &plan).is_ok());
+        let tasks: Vec<SwarmTask> = store.list(Kind::Task).iter().filter_map(as_task).collect();
+        let addresses: HashSet<Ipv4Addr> =
+            tasks.iter().filter_map(|t| t.address_on("net")).collect();
+        assert_eq!(addresses.len(), 4, "{tasks:?}");
+        let nodes: HashSet<String> = tasks.iter().filter_map(|t| t.node_id.clone()).collect();
+        assert_eq!(nodes.len(), 2, "spread over both nodes");
+        let Some(Object::Network(n)) = store.get(Kind::Network, "net").as_deref().cloned() else {
+            panic!("network gone");
+        };
+        let gateways: HashSet<Ipv4Addr> = n.node_gateways.values().copied().collect();
+        assert_eq!(n.node_gateways.len(), 2, "{:?}", n.node_gateways);
+        assert_eq!(gateways.len(), 2);
+        assert!(gateways.is_disjoint(&addresses));
+        assert_eq!(
+            n.node_gateways.get("m1"),
+            Some(&Ipv4Addr::new(10, 0, 1, 1)),
+            "the manager realises every network, and took the IPAM gateway first"
+        );
+    }
+}
