@@ -230,6 +230,23 @@ fn a_service_spread_over_three_hosts_answers_by_name_address_and_vip() {
     assert!(from_worker.is_subset(&pages), "{from_worker:?}");
     assert_eq!(from_worker.len(), 6, "{from_worker:?}");
 
+    // VXLAN datagrams of the swarm's networks come only from its nodes.
+    for h in [h1, h3] {
+        let out = h
+            .command("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .map(|o| stdout(&o))
+            .unwrap_or_default();
+        let others: Vec<String> = [h1, h2, h3]
+            .iter()
+            .filter(|o| o.name != h.name)
+            .map(|o| o.ip.to_string())
+            .collect();
+        let rule = format!("ip saddr != {{ {} }} drop", others.join(", "));
+        assert!(out.contains(&rule), "{} lacks {rule:?}:\n{out}", h.name);
+    }
+
     // A VXLAN port removed by hand comes back, on a manager and a worker.
     let remote_of_h1 = resolved_on(h2, "web", &chosen);
     for h in [h1, h3] {

@@ -15,6 +15,10 @@
 //! - A device exists only while a network has endpoints on other hosts: a
 //!   one-node swarm creates none (several one-node swarms may share a
 //!   kernel and would clash on the VNI).
+//! - One nft table per swarm (`shoalvx_<swarm>`) drops datagrams to the
+//!   VXLAN port that carry one of the swarm's VNIs and come from a host
+//!   that is none of its nodes: nothing else may inject frames into its
+//!   networks. (VNIs, not the port: several swarms may share a kernel.)
 //! - Everything is replayed every few seconds and whenever the inputs
 //!   change (`ip -batch`, `bridge -batch`, replace semantics): an engine
 //!   restart that recreated a bridge, or an entry removed by hand, is
@@ -65,6 +69,42 @@ fn default_route_iface(table: &str) -> Option<String> {
 }
 
 const IP: &str = "ip";
+const NFT: &str = "nft";
+
+/// The swarm's VXLAN source filter table. Not `shoal_…`: those are VIP
+/// tables, which other shoals on the kernel sweep by that prefix.
+pub fn filter_table(cluster_id: &str) -> String {
+    format!("shoalvx_{}", super::owners::short_id(cluster_id))
+}
+
+/// Replaces the filter table: datagrams to `port` whose VXLAN header
+/// (8 bytes after the UDP header's 8: bit 96 on) carries one of `vnis`
+/// are dropped unless they come from one of `hosts`.
+fn filter_ruleset(
+    table: &str,
+    port: u16,
+    vnis: &BTreeSet<u32>,
+    hosts: &BTreeSet<Ipv4Addr>,
+) -> String {
+    let join = |items: Vec<String>| items.join(", ");
+    let vnis = join(vnis.iter().map(u32::to_string).collect());
+    let rule = if hosts.is_empty() {
+        format!("udp dport {port} @th,96,24 {{ {vnis} }} drop")
+    } else {
+        let hosts = join(hosts.iter().map(Ipv4Addr::to_string).collect());
+        format!("udp dport {port} @th,96,24 {{ {vnis} }} ip saddr != {{ {hosts} }} drop")
+    };
+    format!(
+        "table ip {table} {{}}\n\
+         delete table ip {table}\n\
+         table ip {table} {{\n\
+         \x20 chain input {{\n\
+         \x20   type filter hook input priority -10; policy accept;\n\
+         \x20   {rule}\n\
+         \x20 }}\n\
+         }}\n"
+    )
+}
 const BRIDGE: &str = "bridge";
 
 /// What one node needs to join one swarm network to the other hosts.
@@ -187,6 +227,8 @@ struct Plan {
 #[derive(Default)]
 pub struct Vxlans {
     applied: BTreeMap<String, Option<Plan>>,
+    /// The source filter's table and the script last applied to it.
+    filter: Option<(String, String)>,
     /// Whether ports left by an earlier run were looked for.
     adopted: bool,
     warned: Option<String>,
@@ -241,6 +283,8 @@ impl Vxlans {
             }
             self.applied.remove(&device);
         }
+        self.reconcile_filter(cluster_id, wanted.values(), repair)
+            .await;
         for (device, plan) in wanted {
             if !repair && self.applied.get(&device) == Some(&Some(plan.clone())) {
                 continue;
@@ -262,8 +306,51 @@ impl Vxlans {
         }
     }
 
+    /// Keeps the source filter of this swarm's VNIs as `plans` need it.
+    async fn reconcile_filter<'a>(
+        &mut self,
+        cluster_id: &str,
+        plans: impl Iterator<Item = &'a Plan>,
+        repair: bool,
+    ) {
+        let table = filter_table(cluster_id);
+        let mut vnis = BTreeSet::new();
+        let mut hosts = BTreeSet::new();
+        let mut port = DEFAULT_PORT;
+        for plan in plans {
+            vnis.insert(plan.overlay.vni);
+            hosts.extend(plan.overlay.remote.iter().map(|e| e.host));
+            port = plan.overlay.port;
+        }
+        if vnis.is_empty() {
+            self.remove_filter().await;
+            return;
+        }
+        let script = filter_ruleset(&table, port, &vnis, &hosts);
+        if !repair && self.filter.as_ref() == Some(&(table.clone(), script.clone())) {
+            return;
+        }
+        match run(NFT, &["-f", "-"], Some(&script)).await {
+            Ok(_) => self.filter = Some((table, script)),
+            Err(error) => {
+                tracing::warn!(%table, %error, "cannot filter VXLAN sources");
+                self.filter = None;
+            }
+        }
+    }
+
+    async fn remove_filter(&mut self) {
+        if let Some((table, _)) = self.filter.take() {
+            let script = format!("table ip {table} {{}}\ndelete table ip {table}\n");
+            if let Err(error) = run(NFT, &["-f", "-"], Some(&script)).await {
+                tracing::debug!(%table, %error, "VXLAN filter not removed");
+            }
+        }
+    }
+
     /// Removes every VXLAN port made here (shutdown, leave).
     pub async fn remove(&mut self) {
+        self.remove_filter().await;
         for device in std::mem::take(&mut self.applied).into_keys() {
             if let Err(error) = remove_device(&device).await {
                 tracing::debug!(%device, %error, "VXLAN port not removed");
@@ -438,6 +525,21 @@ mod tests {
             {"mac": "02:42:0a:00:01:83", "dst": "10.231.1.12"},
             {"mac": "1a:ae:18:c8:85:e3", "flags": []}]"#;
         assert_eq!(stale_entries(fdb, "mac", &macs), vec!["02:42:0a:00:01:83"]);
+    }
+
+    #[test]
+    fn only_the_swarms_nodes_may_send_its_vnis() {
+        let vnis: BTreeSet<u32> = [4097, 4098].into();
+        let hosts: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 231, 1, 12)].into();
+        let script = filter_ruleset("shoalvx_abc", 4789, &vnis, &hosts);
+        assert!(
+            script.contains(
+                "udp dport 4789 @th,96,24 { 4097, 4098 } ip saddr != { 10.231.1.12 } drop"
+            ),
+            "{script}"
+        );
+        assert!(script.starts_with("table ip shoalvx_abc {}\ndelete table ip shoalvx_abc\n"));
+        assert!(!filter_table("abc").starts_with("shoal_"));
     }
 
     #[test]
