@@ -268,6 +268,14 @@ fn a_service_spread_over_three_hosts_answers_by_name_address_and_vip() {
             fetch(h, &c, &format!("http://{remote_of_h1}/"))
         });
         assert_eq!(vxlan_ports(h), ports);
+        // Sent from the address the other nodes' filters know the host by.
+        let details = h
+            .command("ip")
+            .args(["-d", "link", "show", &ports[0]])
+            .output()
+            .map(|o| stdout(&o))
+            .unwrap_or_default();
+        assert!(details.contains(&format!("local {} ", h.ip)), "{details}");
     }
 
     h1.docker_ok(&["service", "rm", "web", "cli"]);

@@ -114,6 +114,11 @@ pub struct Overlay {
     pub vni: u32,
     pub port: u16,
     pub mtu: u32,
+    /// This node's advertised address: the datagrams' source, so that
+    /// other nodes' filters (which know nodes by it) let them in even on a
+    /// host whose route to them would pick another address.
+    #[serde(default)]
+    pub local: Option<Ipv4Addr>,
     /// Endpoints on other hosts, sorted.
     pub remote: Vec<RemoteEndpoint>,
 }
@@ -186,6 +191,7 @@ pub fn overlays(tables: &Tables, node_id: &str) -> Vec<Overlay> {
             vni,
             port,
             mtu: super::local::mtu_of(&network.network),
+            local: hosts.get(node_id).copied(),
             remote: endpoints.into_iter().collect(),
         });
     }
@@ -414,24 +420,24 @@ async fn apply(plan: &Plan) -> Result<(), VipError> {
     if !exists {
         let vni = plan.overlay.vni.to_string();
         let port = plan.overlay.port.to_string();
-        run(
-            IP,
-            &[
-                "link",
-                "add",
-                device,
-                "type",
-                "vxlan",
-                "id",
-                &vni,
-                "dstport",
-                &port,
-                "nolearning",
-                "proxy",
-            ],
-            None,
-        )
-        .await?;
+        let local = plan.overlay.local.map(|l| l.to_string());
+        let mut args = vec![
+            "link",
+            "add",
+            device,
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "dstport",
+            &port,
+            "nolearning",
+            "proxy",
+        ];
+        if let Some(local) = &local {
+            args.extend(["local", local.as_str()]);
+        }
+        run(IP, &args, None).await?;
         tracing::info!(%device, bridge = %plan.bridge, vni = plan.overlay.vni, "VXLAN port created");
     }
     let mtu = plan.overlay.mtu.to_string();
