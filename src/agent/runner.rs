@@ -292,6 +292,9 @@ pub async fn run(
     }
     let current = assignments.borrow_and_update().clone();
     agent.set_assignments(&current);
+    agent
+        .network
+        .follow_overlays(current.iter().map(|a| &a.networking), &shutdown);
 
     let mut assignments_open = true;
     let mut retry_at = tokio::time::Instant::now();
@@ -309,6 +312,9 @@ pub async fn run(
                 } else {
                     let current = assignments.borrow_and_update().clone();
                     agent.set_assignments(&current);
+                    agent
+                        .network
+                        .follow_overlays(current.iter().map(|a| &a.networking), &shutdown);
                 }
             }
             ev = next_event(&mut agent.events) => match ev {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use bollard::models::Task;
+use crate::types::SwarmTask;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Response, StatusCode};
 use http_body::Frame;
@@ -76,7 +76,7 @@ pub fn service_logs(
     let store = manager.store();
     let service = super::services::find(&store, reference)?;
     let service_id = service.id.clone().unwrap_or_default();
-    let tasks: Vec<Task> = store
+    let tasks: Vec<SwarmTask> = store
         .tasks_by_service(&service_id)
         .iter()
         .filter_map(as_task)
@@ -116,7 +116,7 @@ pub fn task_logs(
 fn stream_logs(
     store: Arc<Store>,
     source: LogSource,
-    tasks: Vec<Task>,
+    tasks: Vec<SwarmTask>,
     follow_service: Option<String>,
     options: LogOptions,
 ) -> Response<Body> {
@@ -229,7 +229,7 @@ impl LogSource {
 
     async fn logs(
         &self,
-        task: &Task,
+        task: &SwarmTask,
         container: &str,
         query: &str,
     ) -> Result<Response<hyper::body::Incoming>, String> {
@@ -265,7 +265,7 @@ impl LogSource {
 async fn pump(
     source: LogSource,
     container: String,
-    task: Task,
+    task: SwarmTask,
     options: Arc<LogOptions>,
     tx: mpsc::Sender<Bytes>,
 ) {
@@ -321,7 +321,7 @@ fn has_timestamp(options: &LogOptions) -> bool {
 }
 
 /// `k=v,k=v,k=v` with sorted keys, as the engine's details.
-fn details_of(task: &Task) -> String {
+fn details_of(task: &SwarmTask) -> String {
     let pairs = [
         (
             "com.docker.swarm.node.id",

@@ -382,7 +382,14 @@ async fn create(
             );
         }
     }
-    let network = allocate::new_network(&store, &request, &mut rand::thread_rng())?;
+    let mut network = allocate::new_network(&store, &request, &mut rand::thread_rng())?;
+    // The creating manager realises it at once with the IPAM gateway; the
+    // leader gives other nodes theirs (see `network::address`).
+    if let Some((_, gateway)) = allocate::primary(&network.network) {
+        network
+            .node_gateways
+            .insert(manager.node_id().to_string(), gateway);
+    }
     let id = network.network.id.clone().unwrap_or_default();
     let tx = Transaction::new(Timestamp::from_system(std::time::SystemTime::now()))
         .create(Object::Network(Box::new(network)));
@@ -451,7 +458,7 @@ fn rewrite_networks(manager: &Manager, value: &mut Value) -> Result<bool, ApiErr
         }
         match swarm_target(manager, name) {
             Some(n) if n.network.attachable == Some(true) => {
-                if let Some((_, gateway)) = allocate::primary(&n.network) {
+                if let Some(gateway) = allocate::gateway_on(&n, manager.node_id()) {
                     gateways.push(gateway);
                 }
                 Ok(Some(bridge_name(allocate::id_of(&n.network))))

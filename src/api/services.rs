@@ -233,10 +233,8 @@ pub async fn remove(manager: &Manager, reference: &str) -> Result<Response<Body>
         for task in store.tasks_by_service(&id).iter().filter_map(as_task) {
             if task.desired_state != Some(TaskState::REMOVE) {
                 let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-                let updated = bollard::models::Task {
-                    desired_state: Some(TaskState::REMOVE),
-                    ..task
-                };
+                let mut updated = task;
+                updated.desired_state = Some(TaskState::REMOVE);
                 tx = tx.update(Object::Task(Box::new(updated)), version);
             }
         }

@@ -1,6 +1,6 @@
 //! `/tasks`: list and inspect, read from the store.
 
-use bollard::models::Task;
+use crate::types::SwarmTask;
 use http::{Response, StatusCode};
 
 use super::filters::{label_matches, Filters};
@@ -51,7 +51,7 @@ pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError
     // The engine resolves node and service references first: unknown → 404.
     let node_ids = resolve_all(&store, Kind::Node, filters.values("node"))?;
     let service_ids = resolve_all(&store, Kind::Service, filters.values("service"))?;
-    let mut tasks: Vec<Task> = store
+    let mut tasks: Vec<SwarmTask> = store
         .list(Kind::Task)
         .iter()
         .filter_map(|o| match &**o {
@@ -101,7 +101,10 @@ fn resolve_all(store: &Store, kind: Kind, references: &[String]) -> Result<Vec<S
 }
 
 /// A task `label` filter matches the labels of its service, not its own.
-fn service_labels(store: &Store, task: &Task) -> Option<std::collections::HashMap<String, String>> {
+fn service_labels(
+    store: &Store,
+    task: &SwarmTask,
+) -> Option<std::collections::HashMap<String, String>> {
     let object = store.get(Kind::Service, task.service_id.as_deref()?)?;
     match &*object {
         Object::Service(service) => service.spec.as_ref()?.labels.clone(),

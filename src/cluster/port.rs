@@ -622,8 +622,8 @@ fn session(manager: &Manager, node_id: &str) -> Response<Body> {
     tokio::spawn(crate::manager::dispatcher::publish_assignments(
         node_id.to_string(),
         manager.store(),
-        // Sessions serve workers, which run no DNS server yet.
-        crate::network::Dns::Absent,
+        // Sessions serve workers: no store, so names and VIPs come along.
+        crate::network::Dns::Carried,
         sets_tx,
         ended.clone(),
     ));

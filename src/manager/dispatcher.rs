@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::orchestrator::as_task;
 use super::tasks::{rank, state};
 use crate::agent::{Assignment, Payload, StatusReport};
+use crate::network::task::ServiceView;
 use crate::network::{Dns, TaskNetworking};
 use crate::store::{Proposer, Store, Transaction};
 use crate::types::{Kind, Object, Timestamp};
@@ -52,6 +53,7 @@ pub async fn publish_assignments(
 fn assignment_set(store: &Store, node_id: &str, dns: Dns) -> Vec<Assignment> {
     let cluster_id = crate::network::cluster_of(store).unwrap_or_default();
     let mut set: Vec<Assignment> = store.read(|tables| {
+        let view = (dns == Dns::Carried).then(|| ServiceView::new(tables, node_id));
         tables
             .tasks_by_node(node_id)
             .iter()
@@ -75,12 +77,19 @@ fn assignment_set(store: &Store, node_id: &str, dns: Dns) -> Vec<Assignment> {
                     (Vec::new(), Vec::new())
                 };
                 let networking = if will_run {
-                    crate::network::task::for_task(tables, &task, &cluster_id, dns)
+                    crate::network::task::for_task(
+                        tables,
+                        &task,
+                        &cluster_id,
+                        node_id,
+                        dns,
+                        view.as_ref(),
+                    )
                 } else {
                     TaskNetworking::default()
                 };
                 Assignment {
-                    task,
+                    task: task.task,
                     service_name,
                     secrets,
                     configs,
@@ -226,10 +235,8 @@ fn status_transaction(store: &Store, batch: &HashMap<String, StatusReport>) -> O
         let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
         let mut status = report.status.clone();
         status.port_status.get_or_insert_with(Default::default);
-        let updated = Task {
-            status: Some(status),
-            ..*task
-        };
+        let mut updated = *task;
+        updated.status = Some(status);
         tx = tx.update(Object::Task(Box::new(updated)), version);
         changed = true;
     }
@@ -292,7 +299,7 @@ mod tests {
     }
 
     fn task() -> Object {
-        Object::Task(Box::new(Task {
+        Object::Task(Box::from(Task {
             id: Some("task1".into()),
             service_id: Some("svc1".into()),
             node_id: Some("node1".into()),
@@ -346,11 +353,14 @@ mod tests {
     }
 
     #[test]
-    fn a_node_without_dns_servers_gets_none_to_set() {
+    fn a_worker_serves_dns_from_what_its_assignments_carry() {
         let store = store();
-        let set = assignment_set(&store, "node1", Dns::Absent);
+        let set = assignment_set(&store, "node1", Dns::Carried);
         assert_eq!(set.len(), 1);
-        assert!(set[0].networking.dns.is_empty());
-        assert_eq!(set[0].networking.networks.len(), 1);
+        let networking = &set[0].networking;
+        assert_eq!(networking.dns, vec![Ipv4Addr::new(10, 0, 1, 1)]);
+        assert_eq!(networking.networks.len(), 1);
+        // Only the task's own networks' names travel.
+        assert!(networking.zones.keys().all(|id| id == "net1"));
     }
 }

@@ -3,11 +3,11 @@
 //! completion on every eligible node. Each run is a JobIteration: updating
 //! the service starts a new one, and tasks of older iterations stop.
 
-use bollard::models::{Node, ObjectVersion, Task, TaskSpecRestartPolicyConditionEnum, TaskState};
+use bollard::models::{Node, ObjectVersion, TaskSpecRestartPolicyConditionEnum, TaskState};
 
 use super::orchestrator::Plan;
 use super::tasks::{desired, is_live, is_terminal, new_task, state};
-use crate::types::SwarmService;
+use crate::types::{SwarmService, SwarmTask};
 
 pub fn iteration(service: &SwarmService) -> u64 {
     service
@@ -18,7 +18,7 @@ pub fn iteration(service: &SwarmService) -> u64 {
         .unwrap_or(0)
 }
 
-fn of_iteration(task: &Task, iteration: u64) -> bool {
+fn of_iteration(task: &SwarmTask, iteration: u64) -> bool {
     task.job_iteration
         .as_ref()
         .and_then(|v| v.index)
@@ -60,7 +60,7 @@ pub fn is_global_job(service: &SwarmService) -> bool {
 }
 
 /// Jobs restart failed tasks unless told otherwise; a finished task is done.
-fn retries(service: &SwarmService, task: &Task) -> bool {
+fn retries(service: &SwarmService, task: &SwarmTask) -> bool {
     let condition = service
         .spec
         .as_ref()
@@ -73,13 +73,13 @@ fn retries(service: &SwarmService, task: &Task) -> bool {
 
 pub fn reconcile(
     service: &SwarmService,
-    tasks: &[Task],
+    tasks: &[SwarmTask],
     eligible: &[&Node],
     plan: &mut Plan,
     rng: &mut impl rand::RngCore,
 ) {
     let iteration = iteration(service);
-    let mut current: Vec<&Task> = Vec::new();
+    let mut current: Vec<&SwarmTask> = Vec::new();
     for task in tasks {
         if !of_iteration(task, iteration) {
             // An older run: stop what still runs.
@@ -132,7 +132,7 @@ pub fn reconcile(
             .map_or(0, |s| s + 1);
         for n in 0..remaining.min(room) {
             plan.creates
-                .push(new_job_task(slot(next_slot + n as i64), None, rng));
+                .push(new_job_task(slot(next_slot + n as i64), None, rng).into());
         }
     } else if is_global_job(service) {
         for node in eligible {
@@ -142,16 +142,16 @@ pub fn reconcile(
                     && (is_live(t) || state(t) == TaskState::COMPLETE || !retries(service, t))
             });
             if !has_task {
-                plan.creates.push(new_job_task(None, Some(id), rng));
+                plan.creates.push(new_job_task(None, Some(id), rng).into());
             }
         }
     }
 }
 
 /// `ServiceStatus` of a job: (running, desired, completed) of the current run.
-pub fn status(service: &SwarmService, tasks: &[Task]) -> (u64, u64, u64) {
+pub fn status(service: &SwarmService, tasks: &[SwarmTask]) -> (u64, u64, u64) {
     let iteration = iteration(service);
-    let current: Vec<&Task> = tasks
+    let current: Vec<&SwarmTask> = tasks
         .iter()
         .filter(|t| of_iteration(t, iteration))
         .collect();

@@ -46,7 +46,13 @@ pub fn start_node(
     };
     spawn(
         "network",
-        crate::network::run(network.clone(), store.clone(), shutdown.clone()).boxed(),
+        crate::network::run(
+            network.clone(),
+            node_id.clone(),
+            store.clone(),
+            shutdown.clone(),
+        )
+        .boxed(),
     );
     spawn(
         "dispatcher (assignments)",

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bollard::models::{
-    Node, NodeSpecAvailabilityEnum, Service, Task, TaskSpecRestartPolicyConditionEnum, TaskState,
+    Node, NodeSpecAvailabilityEnum, Service, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::tasks::{self, desired, is_live, is_terminal, is_up_to_date, new_task, state};
 use super::updater;
 use crate::store::{Proposer, Store, Transaction};
-use crate::types::{Kind, Object, SwarmService, Timestamp};
+use crate::types::{Kind, Object, SwarmService, SwarmTask, Timestamp};
 
 /// swarmkit's default restart delay.
 const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(5);
@@ -45,14 +45,14 @@ pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: Cance
 #[derive(Default)]
 pub struct Plan {
     pub(super) services: Vec<SwarmService>,
-    pub(super) creates: Vec<Task>,
-    updates: BTreeMap<String, Task>,
+    pub(super) creates: Vec<SwarmTask>,
+    updates: BTreeMap<String, SwarmTask>,
     deletes: Vec<(String, u64)>,
     wake: Option<Duration>,
 }
 
 impl Plan {
-    fn update(&mut self, mut task: Task, f: impl FnOnce(&mut Task)) {
+    fn update(&mut self, mut task: SwarmTask, f: impl FnOnce(&mut SwarmTask)) {
         let id = task.id.clone().unwrap_or_default();
         if let Some(pending) = self.updates.get(&id) {
             task = pending.clone();
@@ -61,7 +61,7 @@ impl Plan {
         self.updates.insert(id, task);
     }
 
-    pub(super) fn set_desired(&mut self, task: &Task, state: TaskState) {
+    pub(super) fn set_desired(&mut self, task: &SwarmTask, state: TaskState) {
         if desired(task) != state {
             self.update(task.clone(), |t| t.desired_state = Some(state));
         }
@@ -103,7 +103,7 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
     let (services, tasks, nodes, history) = store.read(|tables| {
         let services: Vec<SwarmService> =
             tables.iter(Kind::Service).filter_map(as_service).collect();
-        let tasks: Vec<Task> = tables.iter(Kind::Task).filter_map(as_task).collect();
+        let tasks: Vec<SwarmTask> = tables.iter(Kind::Task).filter_map(as_task).collect();
         let nodes: Vec<Node> = tables.iter(Kind::Node).filter_map(as_node).collect();
         let history = tables
             .iter(Kind::Cluster)
@@ -123,7 +123,7 @@ pub fn plan(store: &Store, now: SystemTime) -> Plan {
     });
     // Read once: the reaper works from the same snapshot as the rest.
     let reapable = reapable(&tasks);
-    let mut by_service: HashMap<String, Vec<Task>> = HashMap::new();
+    let mut by_service: HashMap<String, Vec<SwarmTask>> = HashMap::new();
     for task in tasks {
         by_service
             .entry(task.service_id.clone().unwrap_or_default())
@@ -193,12 +193,12 @@ struct ServiceCtx<'a> {
 
 fn reconcile_replicated(
     ctx: &ServiceCtx,
-    tasks: &[Task],
+    tasks: &[SwarmTask],
     count: u64,
     plan: &mut Plan,
     rng: &mut impl rand::RngCore,
 ) {
-    let mut slots: BTreeMap<i64, Vec<&Task>> = BTreeMap::new();
+    let mut slots: BTreeMap<i64, Vec<&SwarmTask>> = BTreeMap::new();
     for task in tasks {
         slots.entry(task.slot.unwrap_or(0)).or_default().push(task);
     }
@@ -224,12 +224,12 @@ fn reconcile_replicated(
 
 fn reconcile_global(
     ctx: &ServiceCtx,
-    tasks: &[Task],
+    tasks: &[SwarmTask],
     nodes: &[Node],
     plan: &mut Plan,
     rng: &mut impl rand::RngCore,
 ) {
-    let mut by_node: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, Vec<&SwarmTask>> = BTreeMap::new();
     for task in tasks {
         by_node
             .entry(task.node_id.clone().unwrap_or_default())
@@ -268,7 +268,7 @@ fn reconcile_global(
 /// the rolling update's budget allows, stop-first or start-first.
 fn reconcile_slot(
     ctx: &ServiceCtx,
-    slot_tasks: &[&Task],
+    slot_tasks: &[&SwarmTask],
     slot: Option<i64>,
     node: Option<String>,
     plan: &mut Plan,
@@ -277,7 +277,7 @@ fn reconcile_slot(
 ) {
     let service = ctx.service;
     let mut occupied = false;
-    let mut alive: Vec<&Task> = Vec::new();
+    let mut alive: Vec<&SwarmTask> = Vec::new();
     for task in slot_tasks.iter().copied().filter(|t| is_live(t)) {
         let on_drained = task
             .node_id
@@ -305,7 +305,7 @@ fn reconcile_slot(
             alive.push(task);
         }
     }
-    let (fresh, stale): (Vec<&Task>, Vec<&Task>) =
+    let (fresh, stale): (Vec<&SwarmTask>, Vec<&SwarmTask>) =
         alive.iter().partition(|t| is_up_to_date(t, service));
     if let Some(current) = fresh.last() {
         // A replacement waiting in `ready` starts once its predecessor is down.
@@ -327,11 +327,11 @@ fn reconcile_slot(
         budget.slots -= 1;
         let mut task = new_task(service, slot, node, rng);
         if budget.start_first {
-            plan.creates.push(task);
+            plan.creates.push(task.into());
         } else {
             plan.set_desired(old, TaskState::SHUTDOWN);
             task.desired_state = Some(TaskState::READY);
-            plan.creates.push(task);
+            plan.creates.push(task.into());
         }
         return;
     }
@@ -349,20 +349,20 @@ fn reconcile_slot(
     if predecessor_running {
         task.desired_state = Some(TaskState::READY);
     }
-    plan.creates.push(task);
+    plan.creates.push(task.into());
 }
 
-fn rank_started(task: &Task) -> bool {
+fn rank_started(task: &SwarmTask) -> bool {
     tasks::rank(state(task)) >= tasks::rank(TaskState::ASSIGNED)
 }
 
-fn on_node_in(task: &Task, nodes: &HashSet<String>) -> bool {
+fn on_node_in(task: &SwarmTask, nodes: &HashSet<String>) -> bool {
     task.node_id.as_ref().is_some_and(|n| nodes.contains(n))
 }
 
 fn promote_when_predecessor_down(
-    task: &Task,
-    slot_tasks: &[&Task],
+    task: &SwarmTask,
+    slot_tasks: &[&SwarmTask],
     down_nodes: &HashSet<String>,
     plan: &mut Plan,
 ) {
@@ -376,7 +376,12 @@ fn promote_when_predecessor_down(
 }
 
 /// Restart policy: condition, and MaxAttempts within Window.
-fn should_restart(service: &Service, task: &Task, slot_tasks: &[&Task], now: SystemTime) -> bool {
+fn should_restart(
+    service: &Service,
+    task: &SwarmTask,
+    slot_tasks: &[&SwarmTask],
+    now: SystemTime,
+) -> bool {
     let policy = service
         .spec
         .as_ref()
@@ -424,7 +429,7 @@ fn restart_delay(service: &Service) -> Duration {
         .unwrap_or(DEFAULT_RESTART_DELAY)
 }
 
-fn died_at(task: &Task) -> SystemTime {
+fn died_at(task: &SwarmTask) -> SystemTime {
     task.status
         .as_ref()
         .and_then(|s| s.timestamp.as_deref())
@@ -440,7 +445,7 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
 }
 
 /// Failure handling and completion of a rolling update (see `updater`).
-fn progress_update(service: &SwarmService, tasks: &[Task], now: SystemTime, plan: &mut Plan) {
+fn progress_update(service: &SwarmService, tasks: &[SwarmTask], now: SystemTime, plan: &mut Plan) {
     let replicas = replicas(service)
         .map(|r| r as usize)
         .unwrap_or_else(|| tasks.iter().filter(|t| is_live(t)).count());
@@ -459,8 +464,8 @@ fn progress_update(service: &SwarmService, tasks: &[Task], now: SystemTime, plan
 }
 
 /// Keeps `limit` tasks per slot (live ones included); older dead ones go.
-fn trim_history(tasks: &[Task], limit: usize, plan: &mut Plan) {
-    let mut groups: BTreeMap<(i64, String), Vec<&Task>> = BTreeMap::new();
+fn trim_history(tasks: &[SwarmTask], limit: usize, plan: &mut Plan) {
+    let mut groups: BTreeMap<(i64, String), Vec<&SwarmTask>> = BTreeMap::new();
     for task in tasks {
         let key = match task.slot {
             Some(slot) if slot > 0 => (slot, String::new()),
@@ -482,7 +487,7 @@ fn trim_history(tasks: &[Task], limit: usize, plan: &mut Plan) {
 }
 
 /// Tasks with desired `remove` that ended or never started: (ID, version).
-fn reapable(tasks: &[Task]) -> Vec<(String, u64)> {
+fn reapable(tasks: &[SwarmTask]) -> Vec<(String, u64)> {
     tasks
         .iter()
         .filter(|task| {
@@ -539,7 +544,7 @@ pub fn as_service(object: &Arc<Object>) -> Option<SwarmService> {
     }
 }
 
-pub fn as_task(object: &Arc<Object>) -> Option<Task> {
+pub fn as_task(object: &Arc<Object>) -> Option<SwarmTask> {
     match &**object {
         Object::Task(t) => Some((**t).clone()),
         _ => None,

@@ -6,13 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bollard::models::{Node, NodeSpecAvailabilityEnum, NodeState, Service, Task, TaskState};
+use bollard::models::{
+    Node, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, Service, Task, TaskState,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::orchestrator::{as_node, as_service, as_task};
 use super::tasks::{self, is_live, is_terminal, state};
+use crate::network::address::Addresses;
+use crate::network::allocate;
 use crate::store::{Proposer, Store, Transaction};
-use crate::types::{Kind, Object, Timestamp};
+use crate::types::{Kind, Object, SwarmTask, Timestamp};
 
 pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: CancellationToken) {
     let mut watcher = store.watch_from(store.index());
@@ -68,14 +72,25 @@ fn plan(store: &Store) -> Option<Transaction> {
             .filter_map(as_service)
             .map(|s| (s.id.clone().unwrap_or_default(), s))
             .collect();
-        let tasks: Vec<Task> = t.iter(Kind::Task).filter_map(as_task).collect();
+        let tasks: Vec<SwarmTask> = t.iter(Kind::Task).filter_map(as_task).collect();
         let nodes: Vec<Node> = t.iter(Kind::Node).filter_map(as_node).collect();
         (services, tasks, nodes)
     });
     let mut load = Load::from_tasks(&tasks);
     let mut tx = Transaction::new(Timestamp::from_system(SystemTime::now()));
     let mut changed = false;
-    let mut pending: Vec<&Task> = tasks
+    let services_list: Vec<_> = services.values().cloned().collect();
+    let mut addresses = Addresses::new(allocate::networks(store), &tasks, &services_list);
+    let members: std::collections::HashSet<String> =
+        nodes.iter().filter_map(|n| n.id.clone()).collect();
+    addresses.forget_nodes_except(&members);
+    // A manager realises every swarm network, tasks or not.
+    for node in nodes.iter().filter(|n| is_manager(n)) {
+        if let Err(error) = addresses.gateways_everywhere(node.id.as_deref().unwrap_or("")) {
+            tracing::warn!(%error, "no gateway address for a manager");
+        }
+    }
+    let mut pending: Vec<&SwarmTask> = tasks
         .iter()
         .filter(|t| state(t) == TaskState::PENDING && is_live(t))
         .filter(|t| t.node_id.is_none() || is_global_task(t))
@@ -89,6 +104,22 @@ fn plan(store: &Store) -> Option<Transaction> {
         let mut updated = task.clone();
         match decision {
             Ok(node_id) => {
+                // Addresses first: a task without them must not be placed.
+                if let Err(error) = addresses.attach(&mut updated, &node_id) {
+                    let err = Some(error.to_string());
+                    if task.status.as_ref().and_then(|s| s.err.clone()) == err {
+                        continue;
+                    }
+                    updated.status = Some(tasks::status(
+                        TaskState::PENDING,
+                        "pending task scheduling",
+                        err,
+                    ));
+                    let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+                    tx = tx.update(Object::Task(Box::new(updated)), version);
+                    changed = true;
+                    continue;
+                }
                 load.add(&node_id, task, service);
                 updated.node_id = Some(node_id);
                 updated.status = Some(tasks::status(
@@ -113,7 +144,16 @@ fn plan(store: &Store) -> Option<Transaction> {
         tx = tx.update(Object::Task(Box::new(updated)), version);
         changed = true;
     }
+    for network in addresses.changed_networks() {
+        let version = network.version.index.unwrap_or(0);
+        tx = tx.update(Object::Network(Box::new(network)), version);
+        changed = true;
+    }
     changed.then_some(tx)
+}
+
+fn is_manager(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER)
 }
 
 /// Global tasks are created for a node but still pass through the scheduler.
@@ -385,7 +425,7 @@ struct Load {
 }
 
 impl Load {
-    fn from_tasks(tasks: &[Task]) -> Self {
+    fn from_tasks(tasks: &[SwarmTask]) -> Self {
         let mut load = Load::default();
         for task in tasks
             .iter()
@@ -562,6 +602,128 @@ mod tests {
             placed.iter().filter(|n| *n == "a1").count(),
             1,
             "{placed:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+    use bollard::models::{
+        Ipam, IpamConfig, Network, NetworkAttachmentConfig, NodeSpec, NodeStatus, ServiceSpec,
+        TaskSpec, TaskStatus,
+    };
+    use std::collections::HashSet;
+    use std::net::Ipv4Addr;
+
+    fn node(id: &str, role: bollard::models::NodeSpecRoleEnum) -> Object {
+        Object::Node(Box::new(Node {
+            id: Some(id.into()),
+            spec: Some(NodeSpec {
+                role: Some(role),
+                availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                state: Some(NodeState::READY),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    fn network() -> Object {
+        Object::Network(Box::new(crate::types::SwarmNetwork {
+            network: Network {
+                id: Some("net".into()),
+                name: Some("front".into()),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some("10.0.1.0/24".into()),
+                        gateway: Some("10.0.1.1".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }))
+    }
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            networks: Some(vec![NetworkAttachmentConfig {
+                target: Some("net".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    fn pending(id: &str, secs: i64) -> Object {
+        Object::Task(Box::from(Task {
+            id: Some(id.into()),
+            service_id: Some("svc".into()),
+            spec: Some(spec()),
+            status: Some(TaskStatus {
+                state: Some(TaskState::PENDING),
+                ..Default::default()
+            }),
+            desired_state: Some(TaskState::RUNNING),
+            created_at: Some(format!("2026-01-01T00:00:{secs:02}Z")),
+            ..Default::default()
+        }))
+    }
+
+    /// One batch places tasks over two nodes: every task gets its own
+    /// address, every node its own gateway, in the same transaction.
+    #[test]
+    fn a_batch_gives_distinct_addresses_and_one_gateway_per_node() {
+        use bollard::models::NodeSpecRoleEnum::{MANAGER, WORKER};
+        let store = Store::new();
+        let service = Object::Service(Box::new(
+            bollard::models::Service {
+                id: Some("svc".into()),
+                spec: Some(ServiceSpec {
+                    name: Some("web".into()),
+                    task_template: Some(spec()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .into(),
+        ));
+        let mut tx = Transaction::new(Timestamp { secs: 1, nanos: 0 })
+            .create(node("m1", MANAGER))
+            .create(node("w1", WORKER))
+            .create(network())
+            .create(service);
+        for (i, id) in ["t1", "t2", "t3", "t4"].iter().enumerate() {
+            tx = tx.create(pending(id, i as i64));
+        }
+        assert!(store.apply(1, &tx).is_ok());
+        let Some(plan) = plan(&store) else {
+            panic!("nothing planned");
+        };
+        assert!(store.apply(2, &plan).is_ok());
+        let tasks: Vec<SwarmTask> = store.list(Kind::Task).iter().filter_map(as_task).collect();
+        let addresses: HashSet<Ipv4Addr> =
+            tasks.iter().filter_map(|t| t.address_on("net")).collect();
+        assert_eq!(addresses.len(), 4, "{tasks:?}");
+        let nodes: HashSet<String> = tasks.iter().filter_map(|t| t.node_id.clone()).collect();
+        assert_eq!(nodes.len(), 2, "spread over both nodes");
+        let Some(Object::Network(n)) = store.get(Kind::Network, "net").as_deref().cloned() else {
+            panic!("network gone");
+        };
+        let gateways: HashSet<Ipv4Addr> = n.node_gateways.values().copied().collect();
+        assert_eq!(n.node_gateways.len(), 2, "{:?}", n.node_gateways);
+        assert_eq!(gateways.len(), 2);
+        assert!(gateways.is_disjoint(&addresses));
+        assert_eq!(
+            n.node_gateways.get("m1"),
+            Some(&Ipv4Addr::new(10, 0, 1, 1)),
+            "the manager realises every network, and took the IPAM gateway first"
         );
     }
 }

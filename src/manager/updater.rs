@@ -11,12 +11,12 @@ use std::time::{Duration, SystemTime};
 
 use bollard::models::{
     ServiceSpecUpdateConfigFailureActionEnum as Failure, ServiceSpecUpdateConfigOrderEnum as Order,
-    ServiceUpdateStatus, ServiceUpdateStatusStateEnum as State, Task, TaskState,
+    ServiceUpdateStatus, ServiceUpdateStatusStateEnum as State, TaskState,
 };
 
 use super::orchestrator::parse_time;
 use super::tasks::{self, desired, is_live, is_terminal, is_up_to_date, state};
-use crate::types::SwarmService;
+use crate::types::{SwarmService, SwarmTask};
 
 const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
 
@@ -108,7 +108,7 @@ pub struct Budget {
     pub wake: Option<Duration>,
 }
 
-pub fn budget(service: &SwarmService, tasks: &[Task], now: SystemTime) -> Budget {
+pub fn budget(service: &SwarmService, tasks: &[SwarmTask], now: SystemTime) -> Budget {
     let config = Config::of(service);
     if paused(service) {
         return Budget {
@@ -160,19 +160,19 @@ enum SlotKey {
     Node(String),
 }
 
-fn slot_key(task: &Task) -> SlotKey {
+fn slot_key(task: &SwarmTask) -> SlotKey {
     match task.slot {
         Some(slot) if slot > 0 => SlotKey::Slot(slot),
         _ => SlotKey::Node(task.node_id.clone().unwrap_or_default()),
     }
 }
 
-fn started(task: &Task) -> bool {
+fn started(task: &SwarmTask) -> bool {
     tasks::rank(state(task)) >= tasks::rank(TaskState::ASSIGNED)
 }
 
 /// When the task's current status began (its running time, once running).
-fn since(task: &Task) -> SystemTime {
+fn since(task: &SwarmTask) -> SystemTime {
     task.status
         .as_ref()
         .and_then(|s| s.timestamp.as_deref())
@@ -184,7 +184,7 @@ fn since(task: &Task) -> SystemTime {
 /// the failure action decides. Returns the service as it must be written.
 pub fn on_failures(
     service: &SwarmService,
-    tasks: &[Task],
+    tasks: &[SwarmTask],
     replicas: usize,
 ) -> Option<SwarmService> {
     let state_now = status_state(service)?;
@@ -193,7 +193,7 @@ pub fn on_failures(
     }
     let config = Config::of(service);
     let start = started_at(service);
-    let failed: Vec<&Task> = tasks
+    let failed: Vec<&SwarmTask> = tasks
         .iter()
         .filter(|t| is_up_to_date(t, service))
         .filter(|t| matches!(state(t), TaskState::FAILED | TaskState::REJECTED))
@@ -242,7 +242,7 @@ pub fn on_failures(
 
 /// A task that failed within `monitor` of being created (swarmkit watches
 /// each new task for that long).
-fn ran_less_than(task: &Task, monitor: Duration) -> bool {
+fn ran_less_than(task: &SwarmTask, monitor: Duration) -> bool {
     let created = task
         .created_at
         .as_deref()
@@ -258,7 +258,7 @@ fn ran_less_than(task: &Task, monitor: Duration) -> bool {
 /// them has been running for `Monitor`; otherwise when to look again.
 pub fn completion(
     service: &SwarmService,
-    tasks: &[Task],
+    tasks: &[SwarmTask],
     now: SystemTime,
 ) -> Result<Option<SwarmService>, Duration> {
     let Some(current) = service.update_status.as_ref() else {
@@ -269,7 +269,7 @@ pub fn completion(
         Some(State::ROLLBACK_STARTED) => (State::ROLLBACK_COMPLETED, "rollback completed"),
         _ => return Ok(None),
     };
-    let live: Vec<&Task> = tasks.iter().filter(|t| is_live(t)).collect();
+    let live: Vec<&SwarmTask> = tasks.iter().filter(|t| is_live(t)).collect();
     let converged = live.iter().all(|t| {
         is_up_to_date(t, service)
             && state(t) == TaskState::RUNNING
@@ -344,14 +344,15 @@ mod tests {
         }
     }
 
-    fn task(service: &SwarmService, slot: i64, state: TaskState, desired: TaskState) -> Task {
-        Task {
+    fn task(service: &SwarmService, slot: i64, state: TaskState, desired: TaskState) -> SwarmTask {
+        bollard::models::Task {
             slot: Some(slot),
             spec: Some(tasks::task_spec(service)),
             status: Some(tasks::status(state, "", None)),
             desired_state: Some(desired),
             ..Default::default()
         }
+        .into()
     }
 
     #[test]

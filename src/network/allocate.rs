@@ -56,6 +56,9 @@ pub struct CreateIpamConfig {
     pub gateway: Option<String>,
 }
 
+/// The driver option asking for IPsec between hosts (`--opt encrypted`).
+const ENCRYPTED_OPTION: &str = "encrypted";
+
 /// Every swarm network in the store.
 pub fn networks(store: &Store) -> Vec<SwarmNetwork> {
     store
@@ -95,7 +98,30 @@ pub fn primary(n: &Network) -> Option<(Subnet, Ipv4Addr)> {
     Some((subnet, gateway))
 }
 
-fn vxlan_of(n: &Network) -> Option<u32> {
+/// `node_id`'s address on the network: its gateway. Networks made before
+/// per-node gateways have none recorded, and their IPAM gateway serves
+/// every node; otherwise a node without one waits for the leader.
+pub fn gateway_on(n: &SwarmNetwork, node_id: &str) -> Option<Ipv4Addr> {
+    if n.node_gateways.is_empty() {
+        return primary(&n.network).map(|(_, gateway)| gateway);
+    }
+    n.node_gateways.get(node_id).copied()
+}
+
+/// The network as `node_id` realises it: with its own gateway.
+pub fn for_node(n: &SwarmNetwork, node_id: &str) -> Option<Network> {
+    let gateway = gateway_on(n, node_id)?;
+    let mut network = n.network.clone();
+    let first = network
+        .ipam
+        .as_mut()
+        .and_then(|i| i.config.as_mut())
+        .and_then(|c| c.first_mut())?;
+    first.gateway = Some(gateway.to_string());
+    Some(network)
+}
+
+pub fn vxlan_of(n: &Network) -> Option<u32> {
     n.options
         .as_ref()?
         .get(VXLAN_OPTION)?
@@ -119,6 +145,14 @@ pub fn new_network(
     let name = request.name.clone().unwrap_or_default();
     if ["bridge", "host", "none"].contains(&name.as_str()) {
         return Err(NetworkError::Predefined(name));
+    }
+    // Refused rather than silently left unencrypted.
+    if request
+        .options
+        .as_ref()
+        .is_some_and(|o| o.contains_key(ENCRYPTED_OPTION))
+    {
+        return Err(NetworkError::Encrypted);
     }
     let existing = networks(store);
     if existing.iter().any(|n| {
@@ -527,6 +561,7 @@ pub fn endpoint(
             if is_ingress(&n.network) {
                 taken.extend(ingress_sandboxes(store, &subnet, gateway));
             }
+            taken.extend(n.node_gateways.values());
             taken.extend(others.iter().flat_map(|o| vip_addrs(o, &id)));
             taken.extend(
                 vips.iter()
@@ -666,6 +701,15 @@ mod tests {
         assert_eq!(
             new_network(&store, &bad, &mut rng).unwrap_err(),
             NetworkError::InvalidSubnet("10.0.0.300/24".into())
+        );
+        let encrypted = CreateRequest {
+            name: Some("secret".into()),
+            options: Some(HashMap::from([("encrypted".into(), String::new())])),
+            ..CreateRequest::default()
+        };
+        assert_eq!(
+            new_network(&store, &encrypted, &mut rng).unwrap_err(),
+            NetworkError::Encrypted
         );
         let host = CreateRequest {
             name: Some("host".into()),

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use super::allocate;
 use super::local::{Bridge, TaskEndpoint};
 use crate::manager::orchestrator::as_service;
-use crate::store::Store;
+use crate::store::Tables;
 use crate::types::Kind;
 
 /// Answers are short-lived: a task that stops must leave them quickly.
@@ -68,9 +68,9 @@ fn add(zone: &mut Zone, name: &str, ips: &[Ipv4Addr]) {
 }
 
 /// Every network's names, from the store's services and the serving tasks.
-pub fn zones(store: &Store, tasks: &[TaskEndpoint]) -> HashMap<String, Zone> {
+pub fn zones(tables: &Tables, tasks: &[TaskEndpoint]) -> HashMap<String, Zone> {
     let mut zones: HashMap<String, Zone> = HashMap::new();
-    for service in store.list(Kind::Service).iter().filter_map(as_service) {
+    for service in tables.iter(Kind::Service).filter_map(as_service) {
         let Some(spec) = service.spec.as_ref() else {
             continue;
         };
@@ -359,7 +359,7 @@ fn nameservers(resolv_conf: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Transaction;
+    use crate::store::{Store, Transaction};
     use crate::types::{Object, Timestamp};
     use bollard::models::{
         EndpointSpec, NetworkAttachmentConfig, Service, ServiceEndpoint, ServiceEndpointVirtualIps,
@@ -422,7 +422,7 @@ mod tests {
             serving("t1", "s1", [10, 0, 1, 130]),
             serving("t2", "s2", [10, 0, 1, 131]),
         ];
-        let zones = zones(&store, &tasks);
+        let zones = store.read(|t| zones(t, &tasks));
         let zone = &zones["n1"];
         let ip = |d: u8| vec![Ipv4Addr::new(10, 0, 1, d)];
         assert_eq!(zone["web"], ip(2));

@@ -8,19 +8,19 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use bollard::models::{
-    EndpointSettings, Ipam, IpamConfig, Network, NetworkConnectRequest, NetworkCreateRequest, Task,
-    TaskState,
+    Ipam, IpamConfig, Network, NetworkConnectRequest, NetworkCreateRequest, Task, TaskState,
 };
 use bollard::query_parameters::ListNetworksOptions;
 use bollard::Docker;
 use tokio::sync::OnceCell;
 
-use super::allocate::{self, is_ingress, primary};
+use super::address::engine_range;
+use super::allocate::{self, is_ingress};
 use super::task::{bridges_to_create, TaskNetworking};
 use super::{bridge_name, LABEL_NETWORK_ID};
 use crate::manager::orchestrator::{as_service, as_task};
 use crate::manager::tasks;
-use crate::store::Store;
+use crate::store::{Store, Tables};
 use crate::types::Kind;
 
 /// Marks the engine bridges of one swarm, so a shoal touches only its own.
@@ -153,7 +153,7 @@ async fn realised(
 /// Makes the engine's bridges match the store's swarm networks: creates the
 /// missing ones (also after an engine restart or a removal by hand) and
 /// removes those whose swarm network is gone. Idempotent.
-pub async fn reconcile(engine: &Engine, store: &Store) {
+pub async fn reconcile(engine: &Engine, store: &Store, node_id: &str) {
     let docker = match engine.client().await {
         Ok(d) => d,
         Err(error) => {
@@ -180,7 +180,10 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
         if have.contains_key(&id) {
             continue;
         }
-        let Some(request) = bridge_request(&n.network, &cluster_id) else {
+        // Without its own gateway yet this node waits for the leader's.
+        let Some(request) = allocate::for_node(n, node_id)
+            .and_then(|network| bridge_request(&network, &cluster_id))
+        else {
             continue;
         };
         match docker.create_network(request).await {
@@ -209,7 +212,7 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
         }
     }
     remove_stale_bridges(docker, &cluster_id).await;
-    attach_extra(docker, store).await;
+    attach_extra(docker, store, node_id).await;
 }
 
 /// The engine network that realises swarm network `network` of cluster
@@ -219,7 +222,7 @@ pub async fn reconcile(engine: &Engine, store: &Store) {
 /// an assignment). `None` for a network without a subnet yet.
 pub fn bridge_request(network: &Network, cluster_id: &str) -> Option<NetworkCreateRequest> {
     let id = allocate::id_of(network).to_string();
-    let (subnet, gateway) = primary(network)?;
+    let (subnet, gateway) = allocate::primary(network)?;
     Some(NetworkCreateRequest {
         name: bridge_name(&id),
         driver: Some("bridge".to_string()),
@@ -230,17 +233,38 @@ pub fn bridge_request(network: &Network, cluster_id: &str) -> Option<NetworkCrea
             config: Some(vec![IpamConfig {
                 subnet: Some(subnet.to_string()),
                 gateway: Some(gateway.to_string()),
-                ip_range: subnet.upper_half().map(|h| h.to_string()),
+                ip_range: engine_range(&subnet).map(|h| h.to_string()),
                 auxiliary_addresses: None,
             }]),
             options: None,
         }),
+        // Room for the VXLAN header that frames to other hosts carry.
+        options: Some(HashMap::from([(
+            MTU_OPTION.to_string(),
+            mtu_of(network).to_string(),
+        )])),
         labels: Some(HashMap::from([
             (LABEL_NETWORK_ID.to_string(), id),
             (LABEL_CLUSTER_ID.to_string(), cluster_id.to_string()),
         ])),
         ..NetworkCreateRequest::default()
     })
+}
+
+/// The engine option that sets a bridge's (and its containers') MTU.
+const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
+/// The network's MTU: the one its creator asked for, else
+/// [`super::vxlan::DEFAULT_MTU`]; on each node no more than its underlay
+/// allows once VXLAN's 50 bytes are added ([`super::vxlan::underlay_mtu`]).
+pub fn mtu_of(network: &Network) -> u32 {
+    let asked = network
+        .options
+        .as_ref()
+        .and_then(|o| o.get(MTU_OPTION))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(super::vxlan::DEFAULT_MTU);
+    asked.min(super::vxlan::underlay_mtu().saturating_sub(super::vxlan::OVERHEAD))
 }
 
 /// Bridges of other swarms with no container left whose shoal is gone from
@@ -387,8 +411,8 @@ pub(super) fn task_attachments(task: &Task) -> Vec<(String, Vec<String>)> {
 
 /// The engine (API 1.41) takes one network at create; a task's further
 /// networks are connected once its container exists.
-async fn attach_extra(docker: &Docker, store: &Store) {
-    for task in store.list(Kind::Task).iter().filter_map(as_task) {
+async fn attach_extra(docker: &Docker, store: &Store, node_id: &str) {
+    for task in store.tasks_by_node(node_id).iter().filter_map(as_task) {
         let networks = task_attachments(&task);
         if networks.len() < 2 || tasks::state(&task) != TaskState::RUNNING {
             continue;
@@ -411,7 +435,7 @@ async fn attach_extra(docker: &Docker, store: &Store) {
             // No aliases: the engine's DNS would answer them before shoal's.
             let request = NetworkConnectRequest {
                 container: container.clone(),
-                endpoint_config: Some(EndpointSettings::default()),
+                endpoint_config: Some(super::task::endpoint_at(task.address_on(id))),
             };
             if let Err(error) = docker.connect_network(&bridge_name(id), request).await {
                 tracing::debug!(%error, network = %id, "cannot connect the task to its network");
@@ -434,7 +458,11 @@ const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
 /// The realised bridges of this cluster by swarm network ID; None when the
 /// engine cannot say (then nothing is torn down on its account).
-pub async fn bridges(engine: &Engine, store: &Store) -> Option<HashMap<String, Bridge>> {
+pub async fn bridges(
+    engine: &Engine,
+    store: &Store,
+    node_id: &str,
+) -> Option<HashMap<String, Bridge>> {
     let docker = engine.client().await.ok()?;
     let cluster_id = crate::cluster::the_cluster(store)
         .and_then(|c| c.id)
@@ -445,24 +473,64 @@ pub async fn bridges(engine: &Engine, store: &Store) -> Option<HashMap<String, B
         let Some(id) = realises(n) else {
             continue;
         };
-        let Some((_, gateway)) = allocate::find(store, id).and_then(|s| primary(&s.network)) else {
+        let Some(gateway) =
+            allocate::find(store, id).and_then(|s| allocate::gateway_on(&s, node_id))
+        else {
             continue;
         };
-        let named = n
-            .options
-            .as_ref()
-            .and_then(|o| o.get(BRIDGE_NAME_OPTION))
-            .filter(|name| !name.is_empty())
-            .cloned();
-        let Some(iface) = named.or_else(|| {
-            let engine_id = n.id.as_deref()?;
-            Some(format!("br-{}", engine_id.get(..12)?))
-        }) else {
+        let Some(iface) = iface_of(n) else {
             continue;
         };
         out.insert(id.clone(), Bridge { iface, gateway });
     }
     Some(out)
+}
+
+/// The host interface of an engine bridge network.
+fn iface_of(n: &Network) -> Option<String> {
+    let named = n
+        .options
+        .as_ref()
+        .and_then(|o| o.get(BRIDGE_NAME_OPTION))
+        .filter(|name| !name.is_empty())
+        .cloned();
+    named.or_else(|| {
+        let engine_id = n.id.as_deref()?;
+        Some(format!("br-{}", engine_id.get(..12)?))
+    })
+}
+
+/// A node without a store (a worker): its bridges for the swarm, with the
+/// gateway each was created with, by swarm network ID.
+pub async fn bridge_ifaces(engine: &Engine, cluster_id: &str) -> HashMap<String, Bridge> {
+    let Ok(docker) = engine.client().await else {
+        return HashMap::new();
+    };
+    let Ok(list) = cluster_networks(docker, cluster_id).await else {
+        return HashMap::new();
+    };
+    list.iter()
+        .filter_map(|n| {
+            let id = realises(n)?.clone();
+            let gateway = n
+                .ipam
+                .as_ref()?
+                .config
+                .as_ref()?
+                .first()?
+                .gateway
+                .as_deref()?
+                .parse()
+                .ok()?;
+            Some((
+                id,
+                Bridge {
+                    iface: iface_of(n)?,
+                    gateway,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// A serving task (running, and meant to keep running) and its addresses.
@@ -536,9 +604,23 @@ pub async fn backends(engine: &Engine, store: &Store) -> Backends {
         if !serves(&task) {
             continue;
         }
-        let wanted: Vec<String> = attached.iter().map(|(id, _)| bridge_name(id)).collect();
-        let Some(addresses) = addresses_of(engine, docker, &container, &wanted).await else {
-            continue;
+        let addresses = match chosen_addresses(&task, &attached) {
+            // Where the leader chose them, wherever the task runs.
+            Some(chosen) => {
+                if let Ok(mut a) = engine.addresses.lock() {
+                    a.insert(container.clone(), chosen.clone());
+                }
+                chosen
+            }
+            // A task placed before addresses were chosen, or on no swarm
+            // network (published ports only): this engine's view.
+            None => {
+                let wanted: Vec<String> = attached.iter().map(|(id, _)| bridge_name(id)).collect();
+                match addresses_of(engine, docker, &container, &wanted).await {
+                    Some(found) => found,
+                    None => continue,
+                }
+            }
         };
         if is_published {
             if let Some(ip) = addresses.primary {
@@ -570,6 +652,55 @@ pub async fn backends(engine: &Engine, store: &Store) -> Backends {
         list.sort();
     }
     out.tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    out
+}
+
+/// The addresses the leader chose for `task` on each of its networks, if
+/// it chose one on every one.
+fn chosen_addresses(
+    task: &crate::types::SwarmTask,
+    attached: &[(String, Vec<String>)],
+) -> Option<ContainerAddresses> {
+    if attached.is_empty() {
+        return None;
+    }
+    let mut out = ContainerAddresses::default();
+    for (id, _) in attached {
+        let ip = task.address_on(id)?;
+        out.primary.get_or_insert(ip);
+        out.by_network.insert(bridge_name(id), ip);
+    }
+    Some(out)
+}
+
+/// The serving tasks with the addresses the leader chose, from the store
+/// alone: what a node without a store is told of its networks.
+pub fn endpoints_in(tables: &Tables) -> Vec<TaskEndpoint> {
+    let mut out: Vec<TaskEndpoint> = tables
+        .iter(Kind::Task)
+        .filter_map(as_task)
+        .filter(|t| serves(t))
+        .filter_map(|task| {
+            let attached = task_attachments(&task);
+            let chosen = chosen_addresses(&task, &attached)?;
+            let service_id = task.service_id.clone().unwrap_or_default();
+            let service = tables
+                .get(Kind::Service, &service_id)
+                .and_then(|s| s.name().map(str::to_string))
+                .unwrap_or_default();
+            let networks = attached
+                .iter()
+                .filter_map(|(id, _)| Some((id.clone(), *chosen.by_network.get(&bridge_name(id))?)))
+                .collect();
+            Some(TaskEndpoint {
+                task_id: task.id.clone().unwrap_or_default(),
+                name: tasks::name(&service, &task),
+                service_id,
+                networks,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     out
 }
 

@@ -2,17 +2,23 @@
 //! service gets from them (VIPs, published ports), and the data plane that
 //! makes them real on this node.
 //!
-//! Design (one node now, more nodes later only add peers):
+//! Design:
 //! - A swarm network lives in the store (`Object::Network`). Subnets come
 //!   from swarm's default pool (10.0.N.0/24) unless given; VIPs come from the
-//!   lower half of the subnet, task addresses from the upper half (the
-//!   engine's IPAM, through the bridge's `IPRange`).
+//!   lower half of the subnet. Task addresses and each node's gateway are
+//!   chosen by the leader when the scheduler places a task ([`address`]):
+//!   engines on different hosts must not pick them. Tasks keep theirs in
+//!   `NetworksAttachments`; the engine's IPAM keeps only the subnet's top
+//!   quarter, for containers joined by hand.
 //! - On each node [`local`] realises every swarm network as an ordinary
 //!   bridge network on the engine, `shoal_<id>`, labelled
 //!   [`LABEL_NETWORK_ID`], and hides it from listings; its gateway is this
-//!   node's address on the network. Task containers join it without engine
-//!   aliases. The multi-host step adds a VXLAN port to that bridge with FDB
-//!   entries from the store.
+//!   node's own address on the network. Task containers join it at their
+//!   address without engine aliases.
+//! - [`vxlan`] joins the bridges of one network across hosts: a VXLAN port
+//!   per bridge with static neighbour/FDB entries for every endpoint on
+//!   another host (from the store on a manager, from the assignments on a
+//!   worker).
 //! - Service discovery is [`dns`]: a DNS server in shoal on each bridge's
 //!   gateway, set as the containers' `Dns` (before the host's resolvers);
 //!   it answers the network's service names, `tasks.<service>`, aliases and
@@ -31,11 +37,14 @@
 //!   connections) before it stops a task: [`drain`].
 //! - The node's handle to all of this is one [`NodeNetwork`], passed to
 //!   whatever needs it: no process-wide state.
-//! - What a task's container needs (its networks, host-mode ports, DNS
-//!   servers) comes in its assignment ([`task`]): a worker has no store. A
-//!   worker, which runs no data plane, creates its tasks' bridges itself
-//!   before their containers, and removes them when it leaves.
+//! - What a task's container needs (its networks, address, host-mode
+//!   ports, DNS servers) comes in its assignment ([`task`]): a worker has no
+//!   store. A worker, which runs no data plane, creates its tasks' bridges
+//!   itself before their containers, and removes them when it leaves; its
+//!   VXLAN ports, DNS servers and VIPs follow what its assignments carry
+//!   (peers, names and VIPs of its tasks' networks; [`NodeNetwork`]).
 
+pub mod address;
 pub mod allocate;
 pub mod dns;
 pub mod drain;
@@ -46,6 +55,7 @@ mod node;
 pub mod owners;
 pub mod task;
 pub mod vip;
+pub mod vxlan;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,6 +110,8 @@ pub enum NetworkError {
         "rpc error: code = FailedPrecondition desc = network {network} is in use by task {task}"
     )]
     InUseByTask { network: String, task: String },
+    #[error("rpc error: code = InvalidArgument desc = encrypted overlay networks are not supported: shoal carries overlay traffic in plain VXLAN (these hosts' kernels have no IPsec); create the network without --opt encrypted")]
+    Encrypted,
     #[error("network {0} not found")]
     NotFound(String),
     #[error("rpc error: code = InvalidArgument desc = Service cannot be explicitly attached to the ingress network \"{0}\"")]
@@ -178,12 +190,18 @@ const REPAIR_EVERY: Duration = Duration::from_secs(3);
 /// the ingress listeners, the VIPs and the DNS servers. Ends when
 /// `shutdown` fires, closing every listener and removing the VIPs. A
 /// node without an engine has no data plane.
-pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationToken) {
+pub async fn run(
+    node: NodeNetwork,
+    node_id: String,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+) {
     let Some(engine) = node.engine().cloned() else {
         return;
     };
     let mut proxy = ingress::Ingress::new(shutdown.clone());
     let mut vips = vip::Vips::new();
+    let mut vxlans = vxlan::Vxlans::new();
     let mut dns = dns::Dns::new(shutdown.clone());
     let (applied_tx, applied_rx) = watch::channel(0);
     node.publish(Some(Arc::new(drain::DataPlane::new(
@@ -218,8 +236,8 @@ pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationTok
             .as_ref()
             .is_none_or(|(last, at)| *last != inputs || at.elapsed() >= REPAIR_EVERY);
         if due {
-            local::reconcile(&engine, &store).await;
-            bridges = local::bridges(&engine, &store).await;
+            local::reconcile(&engine, &store, &node_id).await;
+            bridges = local::bridges(&engine, &store, &node_id).await;
             bridges_checked = Some((inputs, tokio::time::Instant::now()));
         }
         let backends = local::backends(&engine, &store).await;
@@ -228,7 +246,9 @@ pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationTok
             .await;
         if let Some(bridges) = &bridges {
             if let Some(cluster_id) = cluster_of(&store) {
-                let routes = vip::desired(&store, &backends.tasks, bridges);
+                let overlays = store.read(|t| vxlan::overlays(t, &node_id));
+                vxlans.reconcile(&cluster_id, &overlays, bridges, due).await;
+                let routes = store.read(|t| vip::desired(t, &backends.tasks, bridges));
                 // nft and ip run only when the routes or bridges changed,
                 // or to repair: a stop waits for this pass.
                 if due || applied_routes.as_ref() != Some(&routes) {
@@ -237,7 +257,7 @@ pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationTok
                     applied_routes = Some(routes);
                 }
             }
-            dns.reconcile(bridges, dns::zones(&store, &backends.tasks))
+            dns.reconcile(bridges, store.read(|t| dns::zones(t, &backends.tasks)))
                 .await;
         }
         // Last: every step above routes by the store at `index` or later,
@@ -253,6 +273,7 @@ pub async fn run(node: NodeNetwork, store: Arc<Store>, shutdown: CancellationTok
     // The VIPs first: the nft table must not outlive shoal even when the
     // rest is cut short by the stop deadline.
     vips.remove().await;
+    vxlans.remove().await;
     proxy.stop().await;
     dns.stop().await;
 }

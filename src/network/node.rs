@@ -3,12 +3,18 @@
 //! the agent (a worker's task bridges, drains) and [`super::leave`]. Several
 //! nodes in one process each have their own.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::dns::{Dns, Zone};
 use super::drain::DataPlane;
 use super::local::{self, Engine, LocalError};
+use super::vip::{self, NetworkVip, Vips};
+use super::vxlan::{Overlay, Vxlans};
 use super::TaskNetworking;
 
 /// This node's network side. Clones share it. One made with
@@ -23,6 +29,23 @@ pub struct NodeNetwork {
     /// Clusters whose bridges the agent made for its tasks (no data plane
     /// here), for leave.
     task_bridges: Arc<Mutex<HashSet<String>>>,
+    /// Without a data plane (a worker): what the VXLAN ports should be,
+    /// followed by [`follow_overlays`] once the first assignments came.
+    overlays: Arc<Mutex<Option<watch::Sender<WorkerPlane>>>>,
+    /// One bridge creation at a time: tasks prepared together would both
+    /// find a bridge missing, and the engine refuses the second with
+    /// "Pool overlaps" rather than a conflict.
+    creating: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What a worker's tasks' assignments say of their networks, merged:
+/// VXLAN peers, names and VIPs per network.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct WorkerPlane {
+    cluster_id: String,
+    overlays: Vec<Overlay>,
+    zones: HashMap<String, Zone>,
+    vips: Vec<NetworkVip>,
 }
 
 /// No engine: what options built by hand (tests) get.
@@ -39,6 +62,8 @@ impl NodeNetwork {
             engine: Some(Arc::new(Engine::new(engine_addr))),
             data_plane: Arc::default(),
             task_bridges: Arc::default(),
+            overlays: Arc::default(),
+            creating: Arc::default(),
         }
     }
 
@@ -48,6 +73,8 @@ impl NodeNetwork {
             engine: None,
             data_plane: Arc::default(),
             task_bridges: Arc::default(),
+            overlays: Arc::default(),
+            creating: Arc::default(),
         }
     }
 
@@ -81,7 +108,57 @@ impl NodeNetwork {
         if let Ok(mut clusters) = self.task_bridges.lock() {
             clusters.insert(networking.cluster_id.clone());
         }
-        local::realise_task_bridges(engine, networking).await
+        {
+            let _one_at_a_time = self.creating.lock().await;
+            local::realise_task_bridges(engine, networking).await?;
+        }
+        // The new bridges want their VXLAN ports now, not at the next repair.
+        if let Ok(slot) = self.overlays.lock() {
+            if let Some(tx) = slot.as_ref() {
+                tx.send_modify(|_| {});
+            }
+        }
+        Ok(())
+    }
+
+    /// A node without a data plane (a worker) joins its tasks' networks to
+    /// the other hosts from its assignments: called with every new set;
+    /// the first call starts the loop that keeps the VXLAN ports as the
+    /// latest set says (and repairs them) until `shutdown`.
+    pub fn follow_overlays<'a>(
+        &self,
+        set: impl IntoIterator<Item = &'a TaskNetworking>,
+        shutdown: &CancellationToken,
+    ) {
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        if self.running().is_some() {
+            return;
+        }
+        let wanted = merge(set);
+        let Ok(mut slot) = self.overlays.lock() else {
+            return;
+        };
+        match slot.as_ref() {
+            Some(tx) => {
+                tx.send_if_modified(|current| {
+                    let changed = *current != wanted;
+                    *current = wanted;
+                    changed
+                });
+            }
+            None => {
+                let (tx, rx) = watch::channel(wanted);
+                *slot = Some(tx);
+                tokio::spawn(keep_worker_plane(
+                    engine.clone(),
+                    self.data_plane.clone(),
+                    rx,
+                    shutdown.clone(),
+                ));
+            }
+        }
     }
 
     /// A worker leaving the swarm: the bridges [`NodeNetwork::prepare_task`]
@@ -94,6 +171,10 @@ impl NodeNetwork {
             Ok(mut clusters) => clusters.drain().collect(),
             Err(_) => return,
         };
+        if let Ok(mut slot) = self.overlays.lock() {
+            // Dropping the sender ends `keep_worker_plane`, which removes its ports.
+            *slot = None;
+        }
         for cluster_id in clusters {
             local::remove_cluster_bridges(engine, &cluster_id).await;
         }
@@ -107,6 +188,92 @@ impl NodeNetwork {
             data_plane.before_stop(changed_at, container, grace).await;
         }
     }
+}
+
+/// Every task's overlays in one list, one entry per network with the
+/// union of the remote endpoints.
+fn merge<'a>(set: impl IntoIterator<Item = &'a TaskNetworking>) -> WorkerPlane {
+    let mut cluster_id = String::new();
+    let mut by_network: BTreeMap<String, Overlay> = BTreeMap::new();
+    let mut zones = HashMap::new();
+    let mut vips = BTreeSet::new();
+    for networking in set {
+        if !networking.cluster_id.is_empty() {
+            cluster_id = networking.cluster_id.clone();
+        }
+        // Every assignment of a set was computed from the same store state.
+        zones.extend(networking.zones.iter().map(|(k, v)| (k.clone(), v.clone())));
+        vips.extend(networking.vips.iter().cloned());
+        for overlay in &networking.overlays {
+            let entry = by_network
+                .entry(overlay.network_id.clone())
+                .or_insert_with(|| Overlay {
+                    remote: Vec::new(),
+                    ..overlay.clone()
+                });
+            entry.remote.extend(overlay.remote.iter().cloned());
+        }
+    }
+    let overlays = by_network
+        .into_values()
+        .map(|mut o| {
+            o.remote.sort();
+            o.remote.dedup();
+            o
+        })
+        .collect();
+    WorkerPlane {
+        cluster_id,
+        overlays,
+        zones,
+        vips: vips.into_iter().collect(),
+    }
+}
+
+/// How often a worker replays its VXLAN entries without a new assignment.
+const REPAIR_EVERY: Duration = Duration::from_secs(3);
+
+/// A worker's VXLAN ports, kept as the latest assignments say until
+/// `shutdown` or until the node leaves (the sender is dropped).
+async fn keep_worker_plane(
+    engine: Arc<Engine>,
+    data_plane: Arc<RwLock<Option<Arc<DataPlane>>>>,
+    mut wanted: watch::Receiver<WorkerPlane>,
+    shutdown: CancellationToken,
+) {
+    let mut vxlans = Vxlans::new();
+    let mut vips = Vips::new();
+    let mut dns = Dns::new(shutdown.clone());
+    let left = loop {
+        let current = wanted.borrow_and_update().clone();
+        // A node promoted to manager: its data plane owns all this now.
+        let managed = data_plane.read().map(|d| d.is_some()).unwrap_or(false);
+        if !current.cluster_id.is_empty() && !managed {
+            let cluster_id = &current.cluster_id;
+            let bridges = local::bridge_ifaces(&engine, cluster_id).await;
+            vxlans
+                .reconcile(cluster_id, &current.overlays, &bridges, true)
+                .await;
+            let routes = vip::on_bridges(&current.vips, &bridges);
+            vips.reconcile(&vip::table_name(cluster_id), &routes, &bridges)
+                .await;
+            dns.reconcile(&bridges, current.zones.clone()).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break false,
+            changed = wanted.changed() => if changed.is_err() {
+                break true;
+            },
+            _ = tokio::time::sleep(REPAIR_EVERY) => {}
+        }
+    };
+    // The nft table must not outlive shoal; VXLAN ports (like bridges and
+    // containers) stay across a restart, and go when the node leaves.
+    vips.remove().await;
+    if left {
+        vxlans.remove().await;
+    }
+    dns.stop().await;
 }
 
 #[cfg(test)]

@@ -3,11 +3,11 @@
 //! node without a store (a worker) has all of it; the agent applies it to
 //! the container it creates.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointPortConfig, EndpointPortConfigProtocolEnum,
+    ContainerCreateBody, EndpointIpamConfig, EndpointPortConfig, EndpointPortConfigProtocolEnum,
     EndpointPortConfigPublishModeEnum, EndpointSettings, HostConfig, Network, NetworkCreateRequest,
     NetworkingConfig, PortBinding, Task,
 };
@@ -15,18 +15,42 @@ use serde::{Deserialize, Serialize};
 
 use super::allocate::{self, is_ingress, primary};
 use super::bridge_name;
+use super::dns::Zone;
 use super::local::{bridge_request, task_attachments};
+use super::vip::NetworkVip;
+use super::vxlan::{overlays, Overlay};
 use crate::store::Tables;
-use crate::types::{Kind, Object};
+use crate::types::{Kind, Object, SwarmTask};
 
-/// Whether the node a task runs on serves shoal's DNS on its networks'
-/// gateways. A manager's own agent is served beside its data plane, which
-/// does; a worker has no DNS server yet (cross-host service discovery is
-/// to come), so its containers keep the engine's resolvers.
+/// Whether, and from what, the node a task runs on serves shoal's DNS
+/// (and VIPs) on its networks' gateways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dns {
+    /// A manager: its data plane serves them from the store.
     OnGateways,
-    Absent,
+    /// A worker: it serves them from the names and VIPs its assignments
+    /// carry ([`ServiceView`]), having no store.
+    Carried,
+}
+
+/// The peers, names and VIPs of every network as `node_id` sees them,
+/// computed once per assignment set for a node without a store (each
+/// pass is over every task); each task gets its own networks' part.
+pub struct ServiceView {
+    overlays: Vec<Overlay>,
+    zones: HashMap<String, Zone>,
+    vips: Vec<NetworkVip>,
+}
+
+impl ServiceView {
+    pub fn new(tables: &Tables, node_id: &str) -> ServiceView {
+        let endpoints = super::local::endpoints_in(tables);
+        ServiceView {
+            overlays: overlays(tables, node_id),
+            zones: super::dns::zones(tables, &endpoints),
+            vips: super::vip::by_network(tables, &endpoints),
+        }
+    }
 }
 
 /// The network side of an assignment.
@@ -42,31 +66,85 @@ pub struct TaskNetworking {
     /// Shoal's DNS servers to put first in the container's `Dns`; empty
     /// where the node has none, and then `Dns` is left as the spec has it.
     pub dns: Vec<Ipv4Addr>,
+    /// The task's address on each of its networks (network ID → address),
+    /// chosen by the leader: the engine's IPAM must not pick them.
+    #[serde(default)]
+    pub addresses: BTreeMap<String, Ipv4Addr>,
+    /// How the task's networks reach the other hosts: a node without a
+    /// store programs its VXLAN ports from these.
+    #[serde(default)]
+    pub overlays: Vec<Overlay>,
+    /// A node without a store: the names of the task's networks (network
+    /// ID → zone) its DNS servers answer.
+    #[serde(default)]
+    pub zones: HashMap<String, Zone>,
+    /// A node without a store: the VIPs on the task's networks it routes.
+    #[serde(default)]
+    pub vips: Vec<NetworkVip>,
 }
 
 /// Reads what `task` needs from the store's tables (the dispatcher does,
 /// for every task it assigns).
-pub fn for_task(tables: &Tables, task: &Task, cluster_id: &str, dns: Dns) -> TaskNetworking {
-    let networks: Vec<Network> = task_attachments(task)
+pub fn for_task(
+    tables: &Tables,
+    task: &SwarmTask,
+    cluster_id: &str,
+    node_id: &str,
+    dns: Dns,
+    view: Option<&ServiceView>,
+) -> TaskNetworking {
+    let attached = task_attachments(task);
+    // As this node realises them: with its own gateway.
+    let networks: Vec<Network> = attached
         .iter()
         .filter_map(|(id, _)| match tables.get(Kind::Network, id).as_deref() {
-            Some(Object::Network(n)) => Some(n.network.clone()),
+            Some(Object::Network(n)) => {
+                Some(allocate::for_node(n, node_id).unwrap_or_else(|| n.network.clone()))
+            }
             _ => None,
         })
         .collect();
-    let dns = match dns {
-        Dns::Absent => Vec::new(),
-        Dns::OnGateways => networks
-            .iter()
-            .filter(|n| !is_ingress(n))
-            .filter_map(|n| primary(n).map(|(_, gateway)| gateway))
-            .collect(),
+    let addresses = attached
+        .iter()
+        .filter_map(|(id, _)| Some((id.clone(), task.address_on(id)?)))
+        .collect();
+    let ids: Vec<String> = attached.into_iter().map(|(id, _)| id).collect();
+    // A manager's data plane works from the store: only a worker needs these.
+    let (overlays, zones, vips) = match view.filter(|_| dns == Dns::Carried) {
+        Some(view) => (
+            view.overlays
+                .iter()
+                .filter(|o| ids.contains(&o.network_id))
+                .cloned()
+                .collect(),
+            view.zones
+                .iter()
+                .filter(|(id, _)| ids.contains(id))
+                .map(|(id, zone)| (id.clone(), zone.clone()))
+                .collect(),
+            view.vips
+                .iter()
+                .filter(|v| ids.contains(&v.network_id))
+                .cloned()
+                .collect(),
+        ),
+        None => (Vec::new(), HashMap::new(), Vec::new()),
     };
+    // Either way this node's DNS servers listen on its gateways.
+    let dns = networks
+        .iter()
+        .filter(|n| !is_ingress(n))
+        .filter_map(|n| primary(n).map(|(_, gateway)| gateway))
+        .collect();
     TaskNetworking {
         cluster_id: cluster_id.to_string(),
         networks,
         host_ports: host_ports(tables, task),
         dns,
+        addresses,
+        overlays,
+        zones,
+        vips,
     }
 }
 
@@ -116,9 +194,12 @@ pub fn apply_to_container(
         let name = bridge_name(id);
         let host = body.host_config.get_or_insert_with(HostConfig::default);
         host.network_mode = Some(name.clone());
+        // The engine derives the MAC from this address (API 1.41 has no
+        // way to give it here), as other hosts do: `address::mac_of`.
+        let address = networking.addresses.get(id).copied();
         // No aliases: the engine's DNS would answer them before shoal's.
         body.networking_config = Some(NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(name, EndpointSettings::default())])),
+            endpoints_config: Some(HashMap::from([(name, endpoint_at(address))])),
         });
     }
     if !networking.dns.is_empty() {
@@ -126,6 +207,17 @@ pub fn apply_to_container(
         host.dns = Some(super::dns::servers_for(&networking.dns, host.dns.take()));
     }
     apply_host_ports(&networking.host_ports, body);
+}
+
+/// A container's endpoint on a bridge, at the leader's address if any.
+pub fn endpoint_at(address: Option<Ipv4Addr>) -> EndpointSettings {
+    EndpointSettings {
+        ipam_config: address.map(|ip| EndpointIpamConfig {
+            ipv4_address: Some(ip.to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn apply_host_ports(ports: &[EndpointPortConfig], body: &mut ContainerCreateBody) {
@@ -216,6 +308,7 @@ mod tests {
                 ..Default::default()
             }],
             dns,
+            ..Default::default()
         }
     }
 
@@ -245,7 +338,7 @@ mod tests {
         assert_eq!(config.and_then(|c| c.gateway.as_deref()), Some("10.0.1.1"));
         assert_eq!(
             config.and_then(|c| c.ip_range.as_deref()),
-            Some("10.0.1.128/25")
+            Some("10.0.1.192/26")
         );
     }
 

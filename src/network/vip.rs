@@ -30,12 +30,14 @@ use tokio::process::Command;
 use super::allocate;
 use super::local::{Bridge, TaskEndpoint};
 use crate::manager::orchestrator::as_service;
-use crate::store::Store;
+use crate::store::Tables;
 use crate::types::Kind;
+use serde::{Deserialize, Serialize};
 
 /// The tools this module runs.
 const NFT: &str = "nft";
 const IP: &str = "ip";
+const BRIDGE: &str = "bridge";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VipError {
@@ -96,12 +98,43 @@ fn dead_tables(listing: &str, alive: impl Fn(&str) -> bool) -> Vec<String> {
 /// The VIPs the store's services have on the realised bridges, with their
 /// serving tasks on each network.
 pub fn desired(
-    store: &Store,
+    tables: &Tables,
     tasks: &[TaskEndpoint],
     bridges: &HashMap<String, Bridge>,
 ) -> Vec<VipRoute> {
+    on_bridges(&by_network(tables, tasks), bridges)
+}
+
+/// A VIP on a network, wherever that network's bridge is: what a node
+/// without a store gets in its assignments.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetworkVip {
+    pub network_id: String,
+    pub vip: Ipv4Addr,
+    /// The serving tasks' addresses on that network, sorted.
+    pub backends: Vec<Ipv4Addr>,
+}
+
+/// `vips` placed on this node's bridges (those of other networks skipped).
+pub fn on_bridges(vips: &[NetworkVip], bridges: &HashMap<String, Bridge>) -> Vec<VipRoute> {
+    let mut out: Vec<VipRoute> = vips
+        .iter()
+        .filter_map(|v| {
+            Some(VipRoute {
+                iface: bridges.get(&v.network_id)?.iface.clone(),
+                vip: v.vip,
+                backends: v.backends.clone(),
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every vip-mode service's VIPs with their serving tasks, by network.
+pub fn by_network(tables: &Tables, tasks: &[TaskEndpoint]) -> Vec<NetworkVip> {
     let mut out = Vec::new();
-    for service in store.list(Kind::Service).iter().filter_map(as_service) {
+    for service in tables.iter(Kind::Service).filter_map(as_service) {
         let endpoint = service.endpoint.as_ref();
         let mode = endpoint
             .and_then(|e| e.spec.as_ref())
@@ -117,9 +150,6 @@ pub fn desired(
             .flatten()
         {
             let network = v.network_id.clone().unwrap_or_default();
-            let Some(bridge) = bridges.get(&network) else {
-                continue;
-            };
             let Some(vip) = v.addr.as_deref().and_then(allocate::address_of_cidr) else {
                 continue;
             };
@@ -130,8 +160,8 @@ pub fn desired(
                 .collect();
             backends.sort();
             backends.dedup();
-            out.push(VipRoute {
-                iface: bridge.iface.clone(),
+            out.push(NetworkVip {
+                network_id: network,
                 vip,
                 backends,
             });
@@ -193,7 +223,11 @@ pub fn ruleset(table: &str, routes: &[VipRoute]) -> String {
 }
 
 /// Runs `tool args`, feeding `input` on stdin.
-async fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, VipError> {
+pub(super) async fn run(
+    tool: &'static str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, VipError> {
     let mut child = Command::new(tool)
         .args(args)
         .stdin(if input.is_some() {
@@ -265,23 +299,46 @@ async fn remove_address(iface: &str, ip: Ipv4Addr) -> Result<(), VipError> {
         .map(|_| ())
 }
 
-/// Puts every port of bridge `iface` in hairpin mode (new task containers
-/// add ports, so this runs each round; ports already in it are left alone).
+/// Puts every container port of bridge `iface` in hairpin mode (new task
+/// containers add ports, so this runs each round; ports already in it are
+/// left alone). Over netlink (`ip`, `bridge`), not sysfs: a shoal entered
+/// into a network namespace sees the root namespace's /sys. VXLAN ports
+/// stay as they are: nothing comes back from the hosts they lead to.
 async fn enable_hairpin(iface: &str) {
-    let Ok(mut ports) = tokio::fs::read_dir(format!("/sys/class/net/{iface}/brif")).await else {
+    let Ok(text) = run(IP, &["-j", "-d", "link", "show", "master", iface], None).await else {
         return;
     };
-    while let Ok(Some(port)) = ports.next_entry().await {
-        let mode = port.path().join("hairpin_mode");
-        let on = tokio::fs::read_to_string(&mode)
-            .await
-            .is_ok_and(|m| m.trim() == "1");
-        if !on {
-            if let Err(error) = tokio::fs::write(&mode, "1").await {
-                tracing::debug!(%iface, port = ?port.file_name(), %error, "hairpin mode not set");
-            }
-        }
+    let script: String = ports_without_hairpin(&text)
+        .iter()
+        .map(|port| format!("link set dev {port} hairpin on\n"))
+        .collect();
+    if script.is_empty() {
+        return;
     }
+    if let Err(error) = run(BRIDGE, &["-force", "-batch", "-"], Some(&script)).await {
+        tracing::debug!(%iface, %error, "hairpin mode not set");
+    }
+}
+
+/// The ports in `ip -j -d link show master BR` output that are not VXLAN
+/// devices and not in hairpin mode yet.
+fn ports_without_hairpin(listing: &str) -> Vec<String> {
+    let parsed: serde_json::Value = serde_json::from_str(listing).unwrap_or_default();
+    parsed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| {
+            let info = link.get("linkinfo");
+            let kind = info.and_then(|i| i.get("info_kind"));
+            let hairpin = info
+                .and_then(|i| i.get("info_slave_data"))
+                .and_then(|d| d.get("hairpin"))
+                .and_then(serde_json::Value::as_bool);
+            kind.and_then(serde_json::Value::as_str) != Some("vxlan") && hairpin != Some(true)
+        })
+        .filter_map(|link| Some(link.get("ifname")?.as_str()?.to_string()))
+        .collect()
 }
 
 /// This node's VIPs as last applied.
@@ -437,6 +494,20 @@ mod tests {
         ));
         assert!(!text.contains("daddr 10.0.1.3 dnat"), "{text}");
         assert!(text.contains("ct original ip daddr { 10.0.1.2, 10.0.1.3 } masquerade"));
+    }
+
+    #[test]
+    fn hairpin_goes_on_container_ports_not_yet_in_it() {
+        let listing = r#"[
+            {"ifname": "veth1", "linkinfo": {"info_kind": "veth",
+                "info_slave_kind": "bridge", "info_slave_data": {"hairpin": false}}},
+            {"ifname": "veth2", "linkinfo": {"info_kind": "veth",
+                "info_slave_kind": "bridge", "info_slave_data": {"hairpin": true}}},
+            {"ifname": "vx4097abc", "linkinfo": {"info_kind": "vxlan",
+                "info_slave_kind": "bridge", "info_slave_data": {"hairpin": false}}}
+        ]"#;
+        assert_eq!(ports_without_hairpin(listing), vec!["veth1".to_string()]);
+        assert!(ports_without_hairpin("not json").is_empty());
     }
 
     #[test]

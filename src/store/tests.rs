@@ -21,7 +21,7 @@ fn service(id: &str, name: &str) -> Object {
 }
 
 fn task(id: &str, service: &str, node: Option<&str>) -> Object {
-    Object::Task(Box::new(Task {
+    Object::Task(Box::from(Task {
         id: Some(id.into()),
         service_id: Some(service.into()),
         node_id: node.map(Into::into),

@@ -85,6 +85,183 @@ pub struct SwarmNetwork {
     pub updated_at: Option<String>,
     #[serde(rename = "Network")]
     pub network: Network,
+    /// This network's address on each node that realises it (node ID →
+    /// gateway of its bridge): bridges joined over VXLAN must not share
+    /// one. Chosen by the leader; empty for networks made before, whose
+    /// IPAM gateway serves every node.
+    #[serde(
+        rename = "NodeGateways",
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub node_gateways: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+}
+
+/// A task as the engine shows it: bollard's `Task` plus the
+/// `NetworksAttachments` the API has and bollard's model lacks: the
+/// addresses the leader chose for the task on each of its networks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmTask {
+    #[serde(flatten)]
+    pub task: Task,
+    #[serde(
+        rename = "NetworksAttachments",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub networks_attachments: Option<Vec<NetworkAttachment>>,
+}
+
+/// One entry of a task's `NetworksAttachments`, in the engine's shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    #[serde(rename = "Network")]
+    pub network: AttachedNetwork,
+    /// `10.0.1.5/24`, as the engine lists them.
+    #[serde(rename = "Addresses", default)]
+    pub addresses: Vec<String>,
+}
+
+/// The network of an attachment, in the swarm object shape the engine
+/// nests there (not the `/networks` shape the store keeps).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachedNetwork {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(rename = "Version", default)]
+    pub version: ObjectVersion,
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Spec", default)]
+    pub spec: AttachedNetworkSpec,
+    #[serde(rename = "DriverState", default)]
+    pub driver_state: Driver,
+    #[serde(rename = "IPAMOptions", default)]
+    pub ipam_options: IpamOptions,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachedNetworkSpec {
+    #[serde(rename = "Name", default)]
+    pub name: String,
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    #[serde(rename = "DriverConfiguration", default)]
+    pub driver_configuration: Driver,
+    #[serde(rename = "Scope", default)]
+    pub scope: String,
+}
+
+/// A driver as swarm objects name it, with its options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Driver {
+    #[serde(rename = "Name", default)]
+    pub name: String,
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IpamOptions {
+    #[serde(rename = "Driver", default)]
+    pub driver: Driver,
+    #[serde(rename = "Configs", default)]
+    pub configs: Vec<IpamSubnet>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IpamSubnet {
+    #[serde(rename = "Subnet", default)]
+    pub subnet: String,
+    #[serde(rename = "Gateway", default)]
+    pub gateway: String,
+}
+
+impl AttachedNetwork {
+    /// `network` as the engine nests it in a task's attachments.
+    pub fn of(network: &SwarmNetwork) -> AttachedNetwork {
+        let n = &network.network;
+        let driver = |name: Option<&String>| Driver {
+            name: name.cloned().unwrap_or_default(),
+            options: None,
+        };
+        let ipam = n.ipam.as_ref();
+        AttachedNetwork {
+            id: n.id.clone().unwrap_or_default(),
+            version: network.version.clone(),
+            created_at: n.created.clone(),
+            updated_at: network.updated_at.clone(),
+            spec: AttachedNetworkSpec {
+                name: n.name.clone().unwrap_or_default(),
+                labels: n.labels.clone().filter(|l| !l.is_empty()),
+                driver_configuration: driver(n.driver.as_ref()),
+                scope: n.scope.clone().unwrap_or_default(),
+            },
+            driver_state: Driver {
+                name: n.driver.clone().unwrap_or_default(),
+                options: n.options.clone(),
+            },
+            ipam_options: IpamOptions {
+                driver: driver(ipam.and_then(|i| i.driver.as_ref())),
+                configs: ipam
+                    .and_then(|i| i.config.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|c| IpamSubnet {
+                        subnet: c.subnet.clone().unwrap_or_default(),
+                        gateway: c.gateway.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+impl SwarmTask {
+    /// The task's address on swarm network `network_id`, if the leader
+    /// has chosen one.
+    pub fn address_on(&self, network_id: &str) -> Option<std::net::Ipv4Addr> {
+        self.networks_attachments
+            .iter()
+            .flatten()
+            .find(|a| a.network.id == network_id)?
+            .addresses
+            .first()?
+            .split('/')
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl std::ops::Deref for SwarmTask {
+    type Target = Task;
+    fn deref(&self) -> &Task {
+        &self.task
+    }
+}
+
+impl std::ops::DerefMut for SwarmTask {
+    fn deref_mut(&mut self) -> &mut Task {
+        &mut self.task
+    }
+}
+
+impl From<Task> for SwarmTask {
+    fn from(task: Task) -> Self {
+        SwarmTask {
+            task,
+            networks_attachments: None,
+        }
+    }
+}
+
+impl From<Task> for Box<SwarmTask> {
+    fn from(task: Task) -> Self {
+        Box::new(SwarmTask::from(task))
+    }
 }
 
 /// A service as the engine shows it: bollard's `Service` plus the
@@ -138,7 +315,7 @@ pub enum Object {
     Cluster(Box<Swarm>),
     Node(Box<Node>),
     Service(Box<SwarmService>),
-    Task(Box<Task>),
+    Task(Box<SwarmTask>),
     Secret(Box<Secret>),
     Config(Box<Config>),
     Network(Box<SwarmNetwork>),

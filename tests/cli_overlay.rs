@@ -1,0 +1,311 @@
+//! Overlay networks across hosts: simulated hosts ([`common::hosts`]), one
+//! swarm, one overlay network spread over their engines. Task addresses
+//! come from the leader, VXLAN joins the hosts' bridges, and service names
+//! and VIPs reach tasks wherever they run, from managers and workers.
+//!
+//! Needs root (skipped without it, unless SHOAL_REQUIRE_HOSTS=1 as in CI).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::hosts::{Host, Hosts};
+use common::*;
+
+/// How long cluster-wide changes may take to show.
+const CONVERGE: Duration = Duration::from_secs(90);
+
+fn cluster_addr(h: &Host) -> String {
+    format!("{}:2377", h.ip)
+}
+
+fn join(h: &Host, manager: &Host, role: &str) {
+    let token = manager.docker_ok(&["swarm", "join-token", "-q", role]);
+    h.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        "--advertise-addr",
+        &h.ip.to_string(),
+        &cluster_addr(manager),
+    ]);
+}
+
+fn wait_running(h: &Host, name: &str, want: usize) {
+    let deadline = std::time::Instant::now() + CONVERGE;
+    while std::time::Instant::now() < deadline {
+        let out = h.docker(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"]);
+        if stdout(&out)
+            .lines()
+            .any(|l| l.starts_with(&format!("{name} {want}/{want}")))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ps = h.docker(&["service", "ps", "--no-trunc", name]);
+    panic!(
+        "{name}: not {want} running:\n{}{}",
+        stdout(&ps),
+        stderr(&ps)
+    );
+}
+
+/// Running task containers of `service` on `h`'s own engine.
+fn containers_on(h: &Host, service: &str) -> Vec<String> {
+    let out = h.engine_docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ]);
+    stdout(&out).lines().map(str::to_string).collect()
+}
+
+/// `wget` from container `c` on `h`'s engine; the body when it answered.
+fn fetch(h: &Host, c: &str, url: &str) -> Option<String> {
+    // No `-T`: busybox-static's wget here dies of SIGSEGV with it.
+    let out = h.engine_docker(&["exec", c, "wget", "-q", "-O", "-", url]);
+    out.status
+        .success()
+        .then(|| stdout(&out).trim().to_string())
+}
+
+/// The addresses `name` resolves to from container `c` (through the
+/// engine's DNS, which forwards swarm names to shoal's).
+fn resolve(h: &Host, c: &str, name: &str) -> BTreeSet<String> {
+    let out = h.engine_docker(&["exec", c, "nslookup", name, "127.0.0.11"]);
+    stdout(&out)
+        .lines()
+        .filter_map(|l| l.strip_prefix("Address: "))
+        .filter(|a| a.starts_with("10.0."))
+        .map(|a| a.split_whitespace().next().unwrap_or(a).to_string())
+        .collect()
+}
+
+#[test]
+fn a_service_spread_over_three_hosts_answers_by_name_address_and_vip() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    h1.docker_ok(&["swarm", "init", "--advertise-addr", &h1.ip.to_string()]);
+    // A manager and a worker: both ways a node learns its peers.
+    join(h2, h1, "manager");
+    join(h3, h1, "worker");
+    h1.docker_ok(&["network", "create", "-d", "overlay", "ov"]);
+
+    // Six httpd tasks, two per host, each serving its own hostname.
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--network",
+        "ov",
+        "--replicas",
+        "6",
+        "--replicas-max-per-node",
+        "2",
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /www && hostname > /www/index.html \
+         && dd if=/dev/zero of=/www/big bs=1024 count=256 2>/dev/null \
+         && exec httpd -f -p 80 -h /www",
+    ]);
+    // The client runs on host A (h1).
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "cli",
+        "--network",
+        "ov",
+        "--constraint",
+        &format!("node.hostname=={}", h1.hostname),
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_running(h1, "web", 6);
+    wait_running(h1, "cli", 1);
+    for h in [h1, h2, h3] {
+        assert_eq!(containers_on(h, "web").len(), 2, "web tasks on {}", h.name);
+    }
+
+    // Every task has its own address, chosen by the leader and shown as
+    // the engine shows it.
+    let ids = h1.docker_ok(&[
+        "service",
+        "ps",
+        "web",
+        "-q",
+        "--filter",
+        "desired-state=running",
+    ]);
+    let mut chosen = BTreeSet::new();
+    for id in ids.lines() {
+        let addr = h1.docker_ok(&[
+            "inspect",
+            "--format",
+            "{{range .NetworksAttachments}}{{range .Addresses}}{{.}}{{end}}{{end}}",
+            id,
+        ]);
+        let ip = addr.trim().split('/').next().unwrap_or("").to_string();
+        assert!(ip.starts_with("10.0."), "task {id}: {addr}");
+        chosen.insert(ip);
+    }
+    assert_eq!(chosen.len(), 6, "{chosen:?}");
+
+    // From host A, tasks.web is all six, and each answers over VXLAN.
+    let client = wait_for("the client container", CONVERGE, || {
+        containers_on(h1, "cli").into_iter().next()
+    });
+    let resolved = wait_for("tasks.web resolves to 6 addresses", CONVERGE, || {
+        let found = resolve(h1, &client, "tasks.web");
+        (found.len() == 6).then_some(found)
+    });
+    assert_eq!(resolved, chosen);
+    let mut pages = BTreeSet::new();
+    for ip in &resolved {
+        let body = wait_for(&format!("a page from {ip}"), CONVERGE, || {
+            fetch(h1, &client, &format!("http://{ip}/"))
+        });
+        assert!(!body.is_empty(), "{ip}");
+        pages.insert(body);
+    }
+    assert_eq!(pages.len(), 6, "six tasks, six hostnames: {pages:?}");
+    // Full-size frames cross too: the MTU leaves room for VXLAN's header.
+    let remote = resolved_on(h3, "web", &chosen);
+    let out = h1.engine_docker(&[
+        "exec",
+        &client,
+        "sh",
+        "-c",
+        &format!("wget -q -O - http://{remote}/big | wc -c"),
+    ]);
+    assert_eq!(stdout(&out).trim(), "262144", "{}", stderr(&out));
+
+    // And through the VIP, balanced over tasks of every host.
+    let vip = resolve(h1, &client, "web");
+    assert_eq!(vip.len(), 1, "{vip:?}");
+    assert!(!chosen.is_superset(&vip), "the VIP is no task's address");
+    let mut through_vip = BTreeSet::new();
+    for _ in 0..18 {
+        let body = wait_for("a page through the VIP", CONVERGE, || {
+            fetch(h1, &client, "http://web/")
+        });
+        through_vip.insert(body);
+    }
+    assert!(through_vip.is_subset(&pages), "{through_vip:?}");
+    assert_eq!(
+        through_vip.len(),
+        6,
+        "round robin over all six: {through_vip:?}"
+    );
+
+    // A worker has no store: its names and VIPs come in its assignments.
+    let on_worker = containers_on(h3, "web")[0].clone();
+    let resolved = wait_for("tasks.web from the worker", CONVERGE, || {
+        let found = resolve(h3, &on_worker, "tasks.web");
+        (found.len() == 6).then_some(found)
+    });
+    assert_eq!(resolved, chosen);
+    let mut from_worker = BTreeSet::new();
+    for _ in 0..12 {
+        let body = wait_for("a page through the VIP from the worker", CONVERGE, || {
+            fetch(h3, &on_worker, "http://web/")
+        });
+        from_worker.insert(body);
+    }
+    assert!(from_worker.is_subset(&pages), "{from_worker:?}");
+    assert_eq!(from_worker.len(), 6, "{from_worker:?}");
+
+    // VXLAN datagrams of the swarm's networks come only from its nodes.
+    for h in [h1, h3] {
+        let out = h
+            .command("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .map(|o| stdout(&o))
+            .unwrap_or_default();
+        let others: Vec<String> = [h1, h2, h3]
+            .iter()
+            .filter(|o| o.name != h.name)
+            .map(|o| o.ip.to_string())
+            .collect();
+        let rule = format!("ip saddr != {{ {} }} drop", others.join(", "));
+        assert!(out.contains(&rule), "{} lacks {rule:?}:\n{out}", h.name);
+    }
+
+    // A VXLAN port removed by hand comes back, on a manager and a worker.
+    let remote_of_h1 = resolved_on(h2, "web", &chosen);
+    for h in [h1, h3] {
+        let ports = vxlan_ports(h);
+        assert_eq!(
+            ports.len(),
+            1,
+            "one overlay, one VXLAN port on {}: {ports:?}",
+            h.name
+        );
+        let out = h.command("ip").args(["link", "del", &ports[0]]).output();
+        assert!(
+            out.is_ok_and(|o| o.status.success()),
+            "ip link del on {}",
+            h.name
+        );
+        let c = containers_on(h, if h.name == h1.name { "cli" } else { "web" })[0].clone();
+        wait_for(&format!("VXLAN repaired on {}", h.name), CONVERGE, || {
+            fetch(h, &c, &format!("http://{remote_of_h1}/"))
+        });
+        assert_eq!(vxlan_ports(h), ports);
+        // Sent from the address the other nodes' filters know the host by.
+        let details = h
+            .command("ip")
+            .args(["-d", "link", "show", &ports[0]])
+            .output()
+            .map(|o| stdout(&o))
+            .unwrap_or_default();
+        assert!(details.contains(&format!("local {} ", h.ip)), "{details}");
+    }
+
+    h1.docker_ok(&["service", "rm", "web", "cli"]);
+}
+
+/// The VXLAN devices in `h`'s namespace.
+fn vxlan_ports(h: &Host) -> Vec<String> {
+    let out = h
+        .command("ip")
+        .args(["-br", "link", "show", "type", "vxlan"])
+        .output()
+        .map(|o| stdout(&o))
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The address of one of `service`'s tasks running on `h` (from `chosen`,
+/// the addresses the leader gave the service's tasks).
+fn resolved_on(h: &Host, service: &str, chosen: &BTreeSet<String>) -> String {
+    let c = containers_on(h, service)[0].clone();
+    let out = h.engine_docker_ok(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &c,
+    ]);
+    let ip = out.trim().to_string();
+    assert!(chosen.contains(&ip), "{ip} not among {chosen:?}");
+    ip
+}
