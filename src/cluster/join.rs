@@ -120,29 +120,13 @@ impl Cluster {
             return Ok(());
         };
         local.raft_id = kit.raft_id;
-        let keys = Arc::new(adopt_manager_keys(&self.dir, &kit)?);
-        let mut options = raft_options(&local);
-        options.codec = keys.codec()?;
-        options.peers = Some(peers.clone());
-        options.joining = true;
-        let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
-        write_local(&self.dir, &local)?;
-        let manager = Arc::new(Manager::start(
-            local.clone(),
-            raft,
-            keys,
-            self.executor.clone(),
-            self.options.network.clone(),
-            Some(peers.clone()),
-        ));
+        let manager = self
+            .start_joining_manager(&local, &kit, peers.clone())
+            .await?;
         *membership = Membership::Manager(manager.clone());
         // Raft's RPCs reach this node through `membership` from now on.
         drop(membership);
-        let add = AddVoter {
-            node_id: local.node_id.clone(),
-            raft_id: local.raft_id,
-            addr: local.advertise_addr.clone(),
-        };
+        let add = add_voter_request(&local);
         let added: Result<Empty, TransportError> = peers
             .call(
                 &params.remote,
@@ -163,7 +147,42 @@ impl Cluster {
     }
 }
 
+/// What a new manager asks the leader: to be made a voter.
+pub(super) fn add_voter_request(local: &LocalNode) -> AddVoter {
+    AddVoter {
+        node_id: local.node_id.clone(),
+        raft_id: local.raft_id,
+        addr: local.advertise_addr.clone(),
+    }
+}
+
 impl Cluster {
+    /// A node becoming a manager (a join, a promotion): the manager's keys
+    /// from its kit, raft opened empty (the leader fills it once it adds
+    /// this node), and the manager's loops started.
+    pub(super) async fn start_joining_manager(
+        &self,
+        local: &LocalNode,
+        kit: &super::wire::ManagerKit,
+        peers: Arc<Peers>,
+    ) -> Result<Arc<Manager>, ClusterError> {
+        let keys = Arc::new(adopt_manager_keys(&self.dir, kit)?);
+        let mut options = raft_options(local);
+        options.codec = keys.codec()?;
+        options.peers = Some(peers.clone());
+        options.joining = true;
+        let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
+        write_local(&self.dir, local)?;
+        Ok(Arc::new(Manager::start(
+            local.clone(),
+            raft,
+            keys,
+            self.executor.clone(),
+            self.options.network.clone(),
+            Some(peers),
+        )))
+    }
+
     /// A manager's join the leader refused: back to no swarm, nothing kept.
     async fn undo_join(&self, manager: &Arc<Manager>) {
         let mut membership = self.membership.write().await;

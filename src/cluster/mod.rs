@@ -943,28 +943,7 @@ impl Cluster {
 
     /// A manager that leaves marks itself down, as a worker does.
     async fn goodbye(&self, manager: &Manager) -> Result<(), String> {
-        let proposer = manager.proposer_arc();
-        let store = manager.store();
-        let node_id = manager.node_id().to_string();
-        crate::manager::propose_fresh(&proposer, || {
-            let object = store.get(Kind::Node, &node_id)?;
-            let Object::Node(node) = &*object else {
-                return None;
-            };
-            let mut node = (**node).clone();
-            let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-            let status = node.status.get_or_insert_with(NodeStatus::default);
-            status.state = Some(NodeState::DOWN);
-            if let Some(ms) = node.manager_status.as_mut() {
-                ms.reachability = Some(Reachability::UNREACHABLE);
-                ms.leader = Some(false);
-            }
-            Some(
-                Transaction::new(Timestamp::from_system(SystemTime::now()))
-                    .update(Object::Node(Box::new(node)), version),
-            )
-        })
-        .await
+        port::mark_down(manager, manager.node_id(), port::LEFT_MESSAGE).await
     }
 
     async fn leave_as_worker(&self, worker: &Worker) -> Result<(), ClusterError> {

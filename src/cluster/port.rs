@@ -459,6 +459,25 @@ async fn set_node_tls(
     node_id: &str,
     tls: bollard::models::TlsInfo,
 ) -> Result<(), String> {
+    update_node(manager, node_id, |node| {
+        let description = node.description.get_or_insert_with(Default::default);
+        if description.tls_info.as_ref() == Some(&tls) {
+            return false;
+        }
+        description.tls_info = Some(tls.clone());
+        true
+    })
+    .await
+}
+
+/// Commits a change to one node, rebuilt from its latest version when
+/// another write got in first; `change` says whether there is anything to
+/// write.
+pub async fn update_node(
+    manager: &Manager,
+    node_id: &str,
+    change: impl Fn(&mut Node) -> bool,
+) -> Result<(), String> {
     let proposer = manager.proposer_arc();
     let store = manager.store();
     crate::manager::propose_fresh(&proposer, || {
@@ -466,15 +485,11 @@ async fn set_node_tls(
         let Object::Node(node) = &*object else {
             return None;
         };
-        let current = node.description.as_ref().and_then(|d| d.tls_info.as_ref());
-        if current == Some(&tls) {
-            return None;
-        }
         let mut node = (**node).clone();
         let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-        node.description
-            .get_or_insert_with(Default::default)
-            .tls_info = Some(tls.clone());
+        if !change(&mut node) {
+            return None;
+        }
         Some(
             crate::store::Transaction::new(Timestamp::from_system(SystemTime::now()))
                 .update(Object::Node(Box::new(node)), version),
@@ -521,29 +536,17 @@ pub async fn set_manager_status(
     node_id: &str,
     addr: Option<String>,
 ) -> Result<(), String> {
-    let proposer = manager.proposer_arc();
-    let store = manager.store();
-    crate::manager::propose_fresh(&proposer, || {
-        let object = store.get(Kind::Node, node_id)?;
-        let Object::Node(node) = &*object else {
-            return None;
-        };
-        let wanted = addr.as_ref().map(|addr| ManagerStatus {
+    update_node(manager, node_id, |node| {
+        let current = node.manager_status.as_ref().map(|s| &s.addr);
+        if current == addr.as_ref().map(|a| Some(a.clone())).as_ref() {
+            return false;
+        }
+        node.manager_status = addr.as_ref().map(|addr| ManagerStatus {
             leader: None,
             reachability: Some(Reachability::REACHABLE),
             addr: Some(addr.clone()),
         });
-        let current = node.manager_status.as_ref().map(|s| &s.addr);
-        if current == wanted.as_ref().map(|s| &s.addr) {
-            return None;
-        }
-        let mut node = (**node).clone();
-        let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-        node.manager_status = wanted;
-        Some(
-            crate::store::Transaction::new(Timestamp::from_system(SystemTime::now()))
-                .update(Object::Node(Box::new(node)), version),
-        )
+        true
     })
     .await
 }
@@ -744,27 +747,22 @@ async fn accept_reports(
 /// A node that leaves is shown down at once (the engine waits for its
 /// heartbeats to stop).
 async fn mark_left(manager: &Manager, node_id: &str) -> Result<(), PortError> {
-    let proposer: Arc<dyn crate::store::Proposer> = manager.proposer_arc();
-    let store = manager.store();
-    crate::manager::propose_fresh(&proposer, || {
-        let object = store.get(Kind::Node, node_id)?;
-        let Object::Node(node) = &*object else {
-            return None;
-        };
-        let mut node = (**node).clone();
-        let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+    mark_down(manager, node_id, LEFT_MESSAGE)
+        .await
+        .map_err(PortError::Unavailable)
+}
+
+/// Shows a node down (and, for a manager, unreachable) with `message`.
+pub async fn mark_down(manager: &Manager, node_id: &str, message: &str) -> Result<(), String> {
+    update_node(manager, node_id, |node| {
         let status = node.status.get_or_insert_with(NodeStatus::default);
         status.state = Some(NodeState::DOWN);
-        status.message = Some(LEFT_MESSAGE.to_string());
+        status.message = Some(message.to_string());
         if let Some(manager_status) = node.manager_status.as_mut() {
             manager_status.reachability = Some(Reachability::UNREACHABLE);
             manager_status.leader = Some(false);
         }
-        Some(
-            crate::store::Transaction::new(Timestamp::from_system(SystemTime::now()))
-                .update(Object::Node(Box::new(node)), version),
-        )
+        true
     })
     .await
-    .map_err(PortError::Unavailable)
 }

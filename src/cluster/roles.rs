@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use bollard::models::NodeSpecRoleEnum;
 
-use super::wire::{
-    AddVoter, CertificateAnswer, CertificateRequest, Empty, ADD_VOTER_PATH, CERTIFICATE_PATH,
-};
+use super::wire::{CertificateAnswer, CertificateRequest, Empty, ADD_VOTER_PATH, CERTIFICATE_PATH};
 use super::{
     identity, join, raft_options, write_local, Cluster, ClusterError, LocalState, Manager,
     Membership, Worker,
@@ -320,30 +318,14 @@ impl Cluster {
         local.role = Role::Manager;
         local.raft_id = kit.raft_id;
         local.managers = answer.managers.clone();
-        let keys = Arc::new(join::adopt_manager_keys(&self.dir, &kit)?);
         let peers = Arc::new(Peers::new(tls::client_config(&identity)?));
-        let mut options = raft_options(&local);
-        options.codec = keys.codec()?;
-        options.peers = Some(peers.clone());
-        options.joining = true;
-        let raft = RaftNode::open(&self.dir, local.raft_id, options).await?;
-        write_local(&self.dir, &local)?;
         self.present(&identity)?;
-        let manager = Arc::new(Manager::start(
-            local.clone(),
-            raft,
-            keys,
-            self.executor.clone(),
-            self.options.network.clone(),
-            Some(peers.clone()),
-        ));
+        let manager = self
+            .start_joining_manager(&local, &kit, peers.clone())
+            .await?;
         *membership = Membership::Manager(manager.clone());
         drop(membership);
-        let add = AddVoter {
-            node_id: local.node_id.clone(),
-            raft_id: local.raft_id,
-            addr: local.advertise_addr.clone(),
-        };
+        let add = join::add_voter_request(&local);
         let _: Empty = call_any(&peers, &answer.managers, ADD_VOTER_PATH, &add).await?;
         join::wait_caught_up(&manager).await?;
         tracing::info!(node = %local.node_id, "now a manager");

@@ -300,7 +300,7 @@ async fn commit(
 
 /// A leader that has heard from no quorum for this long no longer takes
 /// writes: they could never commit (swarmkit's leader steps down then).
-const QUORUM_LOST_AFTER_MS: u64 = 1_500;
+const QUORUM_LOST_AFTER_MS: u64 = 3_000;
 /// A write not committed by then is answered as "no leader" (a quorum
 /// went away while it waited).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
