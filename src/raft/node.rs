@@ -121,6 +121,15 @@ impl RaftNode {
             return Ok(node);
         }
         node.initialize_if_fresh(&opts.addr).await?;
+        // One of several managers, restarted: it must not wait here, since
+        // until the caller installs it the cluster port cannot answer the
+        // leader's appends, and a follower that hears no leader calls
+        // elections that knock the real leader down. The leader catches it
+        // up as soon as it answers.
+        if node.voters() > 1 {
+            tracing::info!(took = ?t0.elapsed(), index = node.store.index(), "raft node open; catching up from the leader");
+            return Ok(node);
+        }
         match node.wait_ready(opts.ready_timeout).await {
             Ok(()) => {}
             // One of several managers, restarted while the others are away:

@@ -116,6 +116,10 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
         Ok(_) => shoal_only(&hosts, &args).await,
         Err(_) => Err(anyhow::anyhow!("skipped")),
     };
+    if ours.is_err() || extra.is_err() {
+        // What the shoals said is the first thing to read when a run fails.
+        hosts.dump_logs();
+    }
     leave_all(&hosts, Side::Shoal);
     let ours = ours?;
     let extra = extra?;
@@ -233,10 +237,10 @@ struct Extra {
 
 /// Writes through the leader of three managers, and the shoals' RSS.
 async fn shoal_only(hosts: &Hosts, args: &ClusterArgs) -> Result<Extra> {
-    let leader = hosts.host(1);
+    let leader = leader_of(hosts)?;
     eprintln!(
-        "Shoal: {} writes, {} clients, 3 managers",
-        args.writes, args.clients
+        "Shoal: {} writes, {} clients, 3 managers, on the leader ({})",
+        args.writes, args.clients, leader.name
     );
     let counter = Arc::new(AtomicU64::new(0));
     let mut measured = load(
@@ -259,6 +263,22 @@ async fn shoal_only(hosts: &Hosts, args: &ClusterArgs) -> Result<Extra> {
         manager_rss_kib: rss(hosts.host(1))?,
         worker_rss_kib: rss(hosts.host(args.hosts))?,
     })
+}
+
+/// The host whose manager leads now (after the failover it is not h1).
+fn leader_of(hosts: &Hosts) -> Result<&Host> {
+    let rows = Side::Shoal.docker_ok(
+        hosts.host(2),
+        &["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"],
+    )?;
+    let name = rows
+        .lines()
+        .find_map(|l| l.strip_suffix(" Leader"))
+        .context("no leader in node ls")?;
+    hosts
+        .iter()
+        .find(|h| h.hostname == name)
+        .context("the leader is not one of the hosts")
 }
 
 /// Every host leaves, workers first (errors ignored: this is cleanup).
