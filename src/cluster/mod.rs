@@ -252,7 +252,8 @@ impl Manager {
 
     /// The leader's cluster address, when one is known.
     pub fn leader_addr(&self) -> Option<String> {
-        let metrics = self.raft.raft().metrics().borrow().clone();
+        let receiver = self.raft.raft().metrics();
+        let metrics = receiver.borrow();
         let leader = metrics.current_leader?;
         metrics
             .membership_config
@@ -289,7 +290,8 @@ impl Manager {
 
     /// Raft's members now, voters and learners: (raft ID, cluster address).
     pub fn members(&self) -> Vec<(u64, String)> {
-        let metrics = self.raft.raft().metrics().borrow().clone();
+        let receiver = self.raft.raft().metrics();
+        let metrics = receiver.borrow();
         metrics
             .membership_config
             .membership()
@@ -300,7 +302,8 @@ impl Manager {
 
     /// Raft's voters now: (raft ID, cluster address).
     pub fn voters(&self) -> Vec<(u64, String)> {
-        let metrics = self.raft.raft().metrics().borrow().clone();
+        let receiver = self.raft.raft().metrics();
+        let metrics = receiver.borrow();
         let membership = metrics.membership_config.membership();
         membership
             .voter_ids()
@@ -438,7 +441,8 @@ async fn session_with_leader(raft: Arc<RaftNode>, peers: Arc<Peers>, stop: Cance
     const RETRY: std::time::Duration = std::time::Duration::from_millis(300);
     loop {
         let leader = {
-            let m = raft.raft().metrics().borrow().clone();
+            let receiver = raft.raft().metrics();
+            let m = receiver.borrow();
             m.current_leader
                 .filter(|&l| l != raft.id())
                 .and_then(|l| m.membership_config.membership().get_node(&l).cloned())

@@ -220,6 +220,15 @@ impl Port {
             }
             ADD_VOTER_PATH => {
                 let add: AddVoter = read(request).await?;
+                // Who becomes a voter is named by a certificate: the node
+                // itself, or a manager already in raft passing its call on
+                // to the leader; never by the body alone.
+                if add.node_id != peer.node_id && !in_raft(&manager, peer) {
+                    return Err(PortError::Forbidden(format!(
+                        "node {} cannot ask for node {} to join raft",
+                        peer.node_id, add.node_id
+                    )));
+                }
                 add_voter(&manager, add).await?;
                 answer(&Empty {})
             }
@@ -253,6 +262,20 @@ impl Port {
     }
 }
 
+/// The raft address a node's ManagerStatus gives, from this store.
+fn manager_addr(manager: &Manager, node_id: &str) -> Option<String> {
+    match &*manager.store().get(Kind::Node, node_id)? {
+        Object::Node(node) => node.manager_status.as_ref()?.addr.clone(),
+        _ => None,
+    }
+}
+
+/// Whether `peer` is one of raft's members now.
+fn in_raft(manager: &Manager, peer: &Peer) -> bool {
+    manager_addr(manager, &peer.node_id)
+        .is_some_and(|addr| manager.members().iter().any(|(_, a)| *a == addr))
+}
+
 /// Whether `peer` may send raft RPCs here: it is one of raft's members
 /// (found by its node's cluster address), or this node knows no
 /// membership yet (a manager joining, before the leader's first append).
@@ -261,14 +284,7 @@ fn raft_peer(manager: &Manager, peer: &Peer) -> bool {
     if members.is_empty() {
         return true;
     }
-    let addr = manager
-        .store()
-        .get(Kind::Node, &peer.node_id)
-        .and_then(|o| match &*o {
-            Object::Node(node) => node.manager_status.as_ref()?.addr.clone(),
-            _ => None,
-        });
-    match addr {
+    match manager_addr(manager, &peer.node_id) {
         Some(addr) => members.iter().any(|(_, a)| *a == addr),
         // Not in this store yet: a node this one has not caught up on.
         None => true,
@@ -500,7 +516,8 @@ pub async fn update_node(
 
 /// The cluster addresses of raft's current members.
 pub fn manager_addrs(manager: &Manager) -> Vec<String> {
-    let metrics = manager.raft_node().raft().metrics().borrow().clone();
+    let receiver = manager.raft_node().raft().metrics();
+    let metrics = receiver.borrow();
     let mut addrs: Vec<String> = metrics
         .membership_config
         .membership()
