@@ -309,3 +309,130 @@ fn resolved_on(h: &Host, service: &str, chosen: &BTreeSet<String>) -> String {
     assert!(chosen.contains(&ip), "{ip} not among {chosen:?}");
     ip
 }
+
+/// Sends `request` to `addr` from the test process (outside every host,
+/// so its address is none of the swarm's nodes) and reads until the other
+/// side closes; None when nothing answered.
+fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream.write_all(request).ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    (!answer.is_empty()).then_some(answer)
+}
+
+/// The body of an HTTP/1.0 GET of `/` at `addr`.
+fn http_get(addr: std::net::SocketAddr) -> Option<String> {
+    let answer = exchange(addr, b"GET / HTTP/1.0\r\n\r\n")?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.split_whitespace()
+        .nth(1)
+        .is_some_and(|status| status == "200")
+        .then(|| body.trim().to_string())
+}
+
+#[test]
+fn a_published_port_answers_on_every_node_and_can_pass_the_clients_address() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    h1.docker_ok(&["swarm", "init", "--advertise-addr", &h1.ip.to_string()]);
+    join(h2, h1, "worker");
+    join(h3, h1, "worker");
+
+    // Two tasks on h2 only, on no swarm network: reached through h2's
+    // engine alone.
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--publish",
+        "8080:80",
+        "--replicas",
+        "2",
+        "--constraint",
+        &format!("node.hostname=={}", h2.hostname),
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    wait_running(h1, "web", 2);
+    let on_h2: BTreeSet<String> = containers_on(h2, "web")
+        .iter()
+        .map(|c| c[..12].to_string())
+        .collect();
+    assert_eq!(on_h2.len(), 2);
+
+    // Every node answers: the manager and a worker without a task of the
+    // service relay to h2; h2 answers itself. Both tasks take turns.
+    for h in [h1, h3, h2] {
+        let addr = std::net::SocketAddr::from((h.ip, 8080));
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            let page = wait_for(&format!("a page through {}", h.name), CONVERGE, || {
+                http_get(addr)
+            });
+            seen.insert(page);
+        }
+        assert_eq!(seen, on_h2, "through {}", h.name);
+    }
+
+    // With the label, a task gets the client's address first (PROXY v2):
+    // it dumps the header's 28 bytes back in hex.
+    h1.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "pp",
+        "--publish",
+        "9000:9000",
+        "--label",
+        "io.shoal.ingress.proxy-protocol=v2",
+        "--constraint",
+        &format!("node.hostname=={}", h2.hostname),
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sh",
+        "-c",
+        "printf '#!/bin/sh\\nhead -c 28 | od -An -tx1 | tr -d \" \\\\n\"\\n' > /dump \
+         && chmod +x /dump && exec nc -ll -p 9000 -e /dump",
+    ]);
+    wait_running(h1, "pp", 1);
+    let hex = |ip: std::net::Ipv4Addr| -> String {
+        ip.octets().iter().map(|o| format!("{o:02x}")).collect()
+    };
+    let header = wait_for("a PROXY header through h3", CONVERGE, || {
+        exchange(std::net::SocketAddr::from((h3.ip, 9000)), b"hello\n")
+            .map(|a| String::from_utf8_lossy(&a).trim().to_string())
+            .filter(|a| a.len() >= 56)
+    });
+    // Signature, v2 PROXY, TCP over IPv4, 12 bytes of addresses.
+    assert!(
+        header.starts_with("0d0a0d0a000d0a515549540a2111000c"),
+        "{header}"
+    );
+    // The client (this process, from the hosts' gateway) and the address
+    // it reached (h3's).
+    let addresses = &header[32..48];
+    assert_eq!(
+        addresses,
+        format!("{}{}", hex(hosts.gateway()), hex(h3.ip)),
+        "{header}"
+    );
+    assert_eq!(&header[52..56], "2328", "destination port 9000: {header}");
+
+    h1.docker_ok(&["service", "rm", "web", "pp"]);
+}

@@ -25,6 +25,7 @@ use super::wire::*;
 use super::{the_cluster, Cluster, ClusterError, Manager};
 use crate::agent::StatusReport;
 use crate::body::{full, Body, BoxError};
+use crate::network::ingress;
 use crate::raft::{Batch, Forwarded, APPEND_PATH, PROPOSE_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::transport::tls::MANAGER_NAME;
 use crate::transport::{Handler, Peer, Role};
@@ -647,8 +648,14 @@ fn session(manager: &Manager, node_id: &str) -> Response<Body> {
         sets_tx,
         ended.clone(),
     ));
+    // A worker runs the ingress too: every published port on every node.
+    let store = manager.store();
+    let (ingress_tx, ingress_rx) = watch::channel(Arc::new(store.read(ingress::plane)));
+    tokio::spawn(ingress::publish(store, ingress_tx, ended.clone()));
     let state = SessionStream {
         sets: sets_rx,
+        ingress: ingress_rx,
+        ingress_sent: false,
         ended: ended.clone().drop_guard(),
         _alive: manager.liveness().opened(node_id),
         metrics: manager.raft_node().raft().metrics(),
@@ -668,6 +675,10 @@ fn session(manager: &Manager, node_id: &str) -> Response<Body> {
 
 struct SessionStream {
     sets: watch::Receiver<Arc<Vec<crate::agent::Assignment>>>,
+    ingress: watch::Receiver<Arc<ingress::IngressPlane>>,
+    /// False until the current ingress plane went out in a line (the first
+    /// line carries it; later ones when it changed).
+    ingress_sent: bool,
     /// Stops the publisher when the stream is dropped.
     #[allow(dead_code)]
     ended: tokio_util::sync::DropGuard,
@@ -692,6 +703,9 @@ impl SessionStream {
             if !leads(&self.metrics.borrow_and_update()) {
                 return None;
             }
+            if !self.ingress_sent {
+                break None;
+            }
             tokio::select! {
                 _ = self.cancelled.cancelled() => return None,
                 changed = self.metrics.changed() => {
@@ -701,12 +715,22 @@ impl SessionStream {
                     changed.ok()?;
                     break Some(self.sets.borrow_and_update().as_ref().clone());
                 }
+                changed = self.ingress.changed() => {
+                    changed.ok()?;
+                    // `changed` marked it seen: sent below.
+                    self.ingress_sent = false;
+                    break None;
+                }
                 _ = tokio::time::sleep_until(heartbeat) => break None,
             }
         };
+        let ingress = (!self.ingress_sent || self.ingress.has_changed().unwrap_or(false))
+            .then(|| self.ingress.borrow_and_update().as_ref().clone());
+        self.ingress_sent = true;
         let swarm = the_cluster(&self.store);
         let message = SessionMessage {
             assignments,
+            ingress,
             managers: self.managers.clone(),
             role: spec_role(&self.store, &self.node_id),
             trust_root: swarm

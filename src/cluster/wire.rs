@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::Assignment;
 use crate::ca::RootCa;
+use crate::network::ingress::IngressPlane;
 use crate::transport::Role;
 
 /// Anyone: the root CA certificate (a joining node checks it against the
@@ -106,6 +107,10 @@ pub struct Empty {}
 pub struct SessionMessage {
     /// The node's complete assignment set; `None` in a heartbeat.
     pub assignments: Option<Vec<Assignment>>,
+    /// The swarm's published ports and where they lead, for the node's
+    /// ingress; `None` when unchanged since the last line.
+    #[serde(default)]
+    pub ingress: Option<IngressPlane>,
     /// Managers' cluster addresses, so the node can move to another one.
     pub managers: Vec<String>,
     /// The role the node's spec asks for (promote/demote).

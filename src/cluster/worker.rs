@@ -63,6 +63,9 @@ impl Worker {
             sets: sets_tx,
             role: role_tx,
             trust: trust.clone(),
+            network: network.clone(),
+            node_id: local.node_id.clone(),
+            loops: loops.clone(),
         };
         running.spawn(session.run(loops.clone()));
         running.spawn(send_reports(
@@ -144,6 +147,11 @@ struct Session {
     sets: watch::Sender<Arc<Vec<Assignment>>>,
     role: watch::Sender<Role>,
     trust: Arc<Mutex<Option<(String, bool)>>>,
+    /// Where the ingress plane goes (this node's listeners).
+    network: NodeNetwork,
+    node_id: String,
+    /// The worker's loops: the ingress ends with them.
+    loops: CancellationToken,
 }
 
 impl Session {
@@ -205,6 +213,10 @@ impl Session {
             *role = message.role;
             changed
         });
+        if let Some(plane) = message.ingress {
+            self.network
+                .follow_ingress(plane, &self.node_id, &self.loops);
+        }
         if let Some(set) = message.assignments {
             self.sets.send_if_modified(|current| {
                 let same = current.as_slice() == set.as_slice();

@@ -1,54 +1,198 @@
-//! Published ports in ingress mode: a userspace L4 (TCP) proxy on this node.
-//! One listener per published port forwards each connection to a running
-//! task of the service, round robin. A task that refuses the connection, or
-//! closes or resets it before it answered a byte, is replaced by the next
-//! task, with the client's bytes so far replayed. A listener stops
-//! accepting when its port is no longer published (service removed, port
-//! removed); its open connections run on until they end or shoal stops.
+//! Published ports in ingress mode: a userspace L4 (TCP) proxy on every
+//! node, managers and workers. One listener per published port forwards
+//! each connection to a running task of the service, round robin, wherever
+//! it runs: a task on this node directly, a task on another node through
+//! that node's listener for the same port, the connection prefixed with a
+//! relay header naming the task ([`super::relay`]). The receiving node
+//! accepts relay headers only from the swarm's nodes, hands the connection
+//! to that task only if it still serves it, and closes it otherwise. A
+//! task that refuses the connection, or closes or resets it before it
+//! answered a byte, is replaced by the next task, with the client's bytes
+//! so far replayed. A listener stops accepting when its port is no longer
+//! published; its open connections run on until they end or shoal stops.
+//!
+//! Why relays and not an ingress overlay: the node a task runs on sees
+//! every connection to it, so its drain (which waits for the open
+//! connections before a stop) covers connections that came in on other
+//! nodes; and no node needs a bridge or address for tasks it does not run.
 //!
 //! Different from Docker's routing mesh (IPVS), which neither retries nor
 //! replays: without it, a connection that reaches a task as it stops fails,
 //! and no request may fail during an update. The cost: a request a task
 //! handled but closed without answering is sent again to another task.
+//! Also unlike it, a service can have the client's address: with the label
+//! [`PROXY_PROTOCOL_LABEL`] its tasks get a PROXY protocol v2 header first.
 //!
 //! Every forwarded connection is counted against its task's address
 //! ([`OpenConnections`]), so the agent can let them finish before it stops
 //! a task (see [`super::drain`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bollard::models::{EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::manager::orchestrator::as_service;
-use crate::store::Store;
+use super::local::Engine;
+use super::relay::{self, Header};
+use crate::manager::orchestrator::{as_node, as_service, as_task};
+use crate::manager::tasks;
+use crate::store::{Store, Tables};
 use crate::types::Kind;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Client bytes kept for a replay on the next task until the task answers;
 /// a client that sends more before any answer is no longer retried.
 const REPLAY_LIMIT: usize = 64 * 1024;
+/// A service label: `v2` gives its tasks a PROXY protocol v2 header with
+/// the client's address before the client's bytes.
+pub const PROXY_PROTOCOL_LABEL: &str = "io.shoal.ingress.proxy-protocol";
 
 /// Where a published port leads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub service_id: String,
     pub target_port: u16,
+    /// The tasks want a PROXY protocol v2 header ([`PROXY_PROTOCOL_LABEL`]).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// A task a published port may lead to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServingTask {
+    pub task_id: String,
+    pub node_id: String,
+    /// Its address on its first swarm network, when the leader chose one.
+    pub ip: Option<Ipv4Addr>,
+    /// Its container, for a node to look up an address the leader did not
+    /// choose (a task on no swarm network).
+    pub container: Option<String>,
+}
+
+/// What every node's ingress needs, the same on every node: computed from
+/// the store on a manager, sent in the session to a worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressPlane {
+    /// Published TCP ports in ingress mode.
+    pub routes: BTreeMap<u16, Route>,
+    /// Per service ID, its serving tasks wherever they run (sorted).
+    pub tasks: BTreeMap<String, Vec<ServingTask>>,
+    /// Every node's advertised address: where relays go, and the only
+    /// sources a relay header is read from.
+    pub nodes: BTreeMap<String, Ipv4Addr>,
+}
+
+/// The ingress plane from the store's tables.
+pub fn plane(tables: &Tables) -> IngressPlane {
+    let routes = routes(tables);
+    let published: HashSet<&str> = routes.values().map(|r| r.service_id.as_str()).collect();
+    let mut by_service: BTreeMap<String, Vec<ServingTask>> = BTreeMap::new();
+    for task in tables.iter(Kind::Task).filter_map(as_task) {
+        let service_id = task.service_id.clone().unwrap_or_default();
+        if !published.contains(service_id.as_str()) || !super::local::serves(&task) {
+            continue;
+        }
+        let (Some(task_id), Some(node_id)) = (task.id.clone(), task.node_id.clone()) else {
+            continue;
+        };
+        by_service.entry(service_id).or_default().push(ServingTask {
+            task_id,
+            node_id,
+            ip: super::local::first_chosen_address(&task),
+            container: tasks::container_id(&task),
+        });
+    }
+    for list in by_service.values_mut() {
+        list.sort();
+    }
+    let nodes = tables
+        .iter(Kind::Node)
+        .filter_map(as_node)
+        .filter_map(|n| {
+            let addr = n.status.as_ref()?.addr.as_deref()?.parse().ok()?;
+            Some((n.id.clone()?, addr))
+        })
+        .collect();
+    IngressPlane {
+        routes,
+        tasks: by_service,
+        nodes,
+    }
+}
+
+/// Keeps `plane` equal to the store's ingress plane until `shutdown` (a
+/// worker's session sends it along).
+pub async fn publish(
+    store: Arc<Store>,
+    plane: watch::Sender<Arc<IngressPlane>>,
+    shutdown: CancellationToken,
+) {
+    let mut watcher = store.watch_from(store.index());
+    while crate::manager::wait_for_change(&store, &mut watcher, &shutdown, None).await {
+        let now = store.read(self::plane);
+        plane.send_if_modified(|current| {
+            let changed = **current != now;
+            if changed {
+                *current = Arc::new(now);
+            }
+            changed
+        });
+    }
+}
+
+/// Addresses of this node's serving tasks in `plane`: the leader's
+/// choice, else the engine's view of the container (remembered in
+/// `known`, per container, while the container serves).
+pub async fn local_addresses(
+    engine: &Engine,
+    plane: &IngressPlane,
+    me: &str,
+    known: &mut HashMap<String, Ipv4Addr>,
+) -> HashMap<String, Ipv4Addr> {
+    let mut out = HashMap::new();
+    let mut containers = HashSet::new();
+    for task in plane.tasks.values().flatten().filter(|t| t.node_id == me) {
+        if let Some(ip) = task.ip {
+            out.insert(task.task_id.clone(), ip);
+            continue;
+        }
+        let Some(container) = &task.container else {
+            continue;
+        };
+        containers.insert(container.clone());
+        if let Some(ip) = known.get(container) {
+            out.insert(task.task_id.clone(), *ip);
+            continue;
+        }
+        if let Some(ip) = engine.container_address(container).await {
+            known.insert(container.clone(), ip);
+            out.insert(task.task_id.clone(), ip);
+        }
+    }
+    known.retain(|c, _| containers.contains(c));
+    out
 }
 
 /// Published TCP ports in ingress mode, from the services' endpoints.
-pub fn desired(store: &Store) -> HashMap<u16, Route> {
-    let mut out = HashMap::new();
-    for service in store.list(Kind::Service).iter().filter_map(as_service) {
+fn routes(tables: &Tables) -> BTreeMap<u16, Route> {
+    let mut out = BTreeMap::new();
+    for service in tables.iter(Kind::Service).filter_map(as_service) {
         let id = service.id.clone().unwrap_or_default();
+        let proxy_protocol = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.labels.as_ref())
+            .and_then(|l| l.get(PROXY_PROTOCOL_LABEL))
+            .is_some_and(|v| v.eq_ignore_ascii_case("v2"));
         for p in service
             .endpoint
             .as_ref()
@@ -79,6 +223,7 @@ pub fn desired(store: &Store) -> HashMap<u16, Route> {
                     Route {
                         service_id: id.clone(),
                         target_port: target,
+                        proxy_protocol,
                     },
                 );
             }
@@ -156,12 +301,39 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// A listener's current task addresses, replaced by each reconcile.
-type Backends = Arc<RwLock<Vec<SocketAddr>>>;
+/// Where one connection may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// A task on this node, at its address and target port.
+    Direct(SocketAddr),
+    /// A task on another node: that node's listener for the same port,
+    /// told which task in a relay header.
+    Relay { node: SocketAddr, task_id: String },
+}
+
+impl Target {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Direct(addr) | Target::Relay { node: addr, .. } => *addr,
+        }
+    }
+}
+
+/// A listener's current targets, replaced by each reconcile.
+type Targets = Arc<RwLock<Vec<Target>>>;
+
+/// What relayed connections need, shared by every listener of the node.
+#[derive(Debug, Default)]
+struct Relaying {
+    /// The swarm's nodes: relay headers are read only from these.
+    sources: HashSet<IpAddr>,
+    /// The tasks on this node that serve now, by task ID.
+    local: HashMap<String, Ipv4Addr>,
+}
 
 struct Listener {
     route: Route,
-    backends: Backends,
+    targets: Targets,
     stop: CancellationToken,
 }
 
@@ -169,6 +341,7 @@ struct Listener {
 pub struct Ingress {
     listeners: HashMap<u16, Listener>,
     connections: Arc<OpenConnections>,
+    relaying: Arc<RwLock<Relaying>>,
     shutdown: CancellationToken,
     running: TaskTracker,
 }
@@ -178,6 +351,7 @@ impl Ingress {
         Ingress {
             listeners: HashMap::new(),
             connections: Arc::default(),
+            relaying: Arc::default(),
             shutdown,
             running: TaskTracker::new(),
         }
@@ -188,36 +362,48 @@ impl Ingress {
         self.connections.clone()
     }
 
-    /// Opens, closes and re-points listeners to match `desired`, with the
-    /// current task addresses of each service. Once this returns, no new
-    /// connection goes to an address that is no longer listed.
+    /// Opens, closes and re-points listeners to match `plane`, as node
+    /// `me` whose serving tasks are at `local` (task ID → address). Once
+    /// this returns, no new connection goes to a task no longer listed.
     pub async fn reconcile(
         &mut self,
-        desired: HashMap<u16, Route>,
-        backends: HashMap<String, Vec<Ipv4Addr>>,
+        plane: &IngressPlane,
+        me: &str,
+        local: HashMap<String, Ipv4Addr>,
     ) {
+        // Only tasks the plane places here are served here.
+        let mine: HashSet<&str> = plane
+            .tasks
+            .values()
+            .flatten()
+            .filter(|t| t.node_id == me)
+            .map(|t| t.task_id.as_str())
+            .collect();
+        let local: HashMap<String, Ipv4Addr> = local
+            .into_iter()
+            .filter(|(task, _)| mine.contains(task.as_str()))
+            .collect();
+        if let Ok(mut relaying) = self.relaying.write() {
+            relaying.sources = plane.nodes.values().map(|ip| IpAddr::V4(*ip)).collect();
+            relaying.local = local.clone();
+        }
         self.listeners.retain(|port, l| {
-            let keep = desired.get(port) == Some(&l.route);
+            let keep = plane.routes.get(port) == Some(&l.route);
             if !keep {
                 tracing::info!(port, service = %l.route.service_id, "ingress port closed");
                 l.stop.cancel();
             }
             keep
         });
-        for (port, route) in desired {
-            let addrs: Vec<SocketAddr> = backends
-                .get(&route.service_id)
-                .into_iter()
-                .flatten()
-                .map(|ip| SocketAddr::from((*ip, route.target_port)))
-                .collect();
-            if let Some(l) = self.listeners.get(&port) {
-                if let Ok(mut b) = l.backends.write() {
-                    *b = addrs;
+        for (port, route) in &plane.routes {
+            let targets = targets_of(plane, me, &local, *port, route);
+            if let Some(l) = self.listeners.get(port) {
+                if let Ok(mut t) = l.targets.write() {
+                    *t = targets;
                 }
                 continue;
             }
-            let socket = match TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await {
+            let socket = match TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], *port))).await {
                 Ok(s) => s,
                 Err(error) => {
                     tracing::warn!(port, %error, "cannot listen on the published port; retrying");
@@ -225,12 +411,15 @@ impl Ingress {
                 }
             };
             tracing::info!(port, service = %route.service_id, "ingress port open");
-            let backends = Arc::new(RwLock::new(addrs));
+            let targets = Arc::new(RwLock::new(targets));
             let stop = self.shutdown.child_token();
             self.running.spawn(serve(
                 socket,
                 Forwarding {
-                    backends: backends.clone(),
+                    targets: targets.clone(),
+                    target_port: route.target_port,
+                    proxy_protocol: route.proxy_protocol,
+                    relaying: self.relaying.clone(),
                     connections: self.connections.clone(),
                     shutdown: self.shutdown.clone(),
                 },
@@ -238,10 +427,10 @@ impl Ingress {
                 self.running.clone(),
             ));
             self.listeners.insert(
-                port,
+                *port,
                 Listener {
-                    route,
-                    backends,
+                    route: route.clone(),
+                    targets,
                     stop,
                 },
             );
@@ -258,22 +447,63 @@ impl Ingress {
     }
 }
 
+/// Where the connections to `port` go from node `me`: its own tasks
+/// directly, the others' through their nodes (sorted: round robin is over
+/// the same order on every pass).
+fn targets_of(
+    plane: &IngressPlane,
+    me: &str,
+    local: &HashMap<String, Ipv4Addr>,
+    port: u16,
+    route: &Route,
+) -> Vec<Target> {
+    let tasks = plane.tasks.get(&route.service_id).into_iter().flatten();
+    tasks
+        .filter_map(|task| {
+            if task.node_id == me {
+                let ip = local.get(&task.task_id)?;
+                return Some(Target::Direct(SocketAddr::from((*ip, route.target_port))));
+            }
+            let node = plane.nodes.get(&task.node_id)?;
+            Some(Target::Relay {
+                node: SocketAddr::from((*node, port)),
+                task_id: task.task_id.clone(),
+            })
+        })
+        .collect()
+}
+
 /// What each connection of one listener needs.
 #[derive(Clone)]
 struct Forwarding {
-    backends: Backends,
+    targets: Targets,
+    target_port: u16,
+    proxy_protocol: bool,
+    relaying: Arc<RwLock<Relaying>>,
     connections: Arc<OpenConnections>,
     /// Shoal's shutdown: connections outlive their listener, not shoal.
     shutdown: CancellationToken,
 }
 
 impl Forwarding {
-    fn current(&self) -> Vec<SocketAddr> {
-        self.backends.read().map(|b| b.clone()).unwrap_or_default()
+    fn current(&self) -> Vec<Target> {
+        self.targets.read().map(|t| t.clone()).unwrap_or_default()
     }
 
-    fn still_listed(&self, addr: SocketAddr) -> bool {
-        self.backends.read().is_ok_and(|b| b.contains(&addr))
+    fn still_listed(&self, target: &Target) -> bool {
+        self.targets.read().is_ok_and(|t| t.contains(target))
+    }
+
+    fn is_a_node(&self, peer: IpAddr) -> bool {
+        self.relaying
+            .read()
+            .is_ok_and(|r| r.sources.contains(&peer))
+    }
+
+    /// This node's task `task_id`, if it serves.
+    fn local_task(&self, task_id: &str) -> Option<Target> {
+        let ip = *self.relaying.read().ok()?.local.get(task_id)?;
+        Some(Target::Direct(SocketAddr::from((ip, self.target_port))))
     }
 }
 
@@ -304,10 +534,44 @@ async fn serve(
             let shutdown = forwarding.shutdown.clone();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = forward(client, peer, &forwarding, candidates, start) => {}
+                _ = accept(client, peer, &forwarding, candidates, start) => {}
             }
         });
     }
+}
+
+/// One accepted connection: relayed by another node (to one task of this
+/// node, or refused), or a client's (to any task).
+async fn accept(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    forwarding: &Forwarding,
+    candidates: Vec<Target>,
+    start: usize,
+) {
+    let mut origin = Header {
+        source: peer,
+        destination: relay::destination_of(&client),
+        task_id: None,
+    };
+    if forwarding.is_a_node(peer.ip()) {
+        if let Some(relayed) = relay::read_relayed(&mut client).await {
+            let task = relayed.task_id.as_deref().unwrap_or_default();
+            // Closed unanswered when the task no longer serves here: the
+            // sending node tries its next task.
+            let Some(target) = forwarding.local_task(task) else {
+                tracing::debug!(task, "relayed connection for a task not serving here");
+                return;
+            };
+            origin = Header {
+                task_id: None,
+                ..relayed
+            };
+            forward(client, &origin, forwarding, vec![target], 0).await;
+            return;
+        }
+    }
+    forward(client, &origin, forwarding, candidates, start).await;
 }
 
 /// The client's side of a connection while no task has answered yet.
@@ -333,24 +597,42 @@ enum FirstReply {
     Abandon,
 }
 
-/// Gives the connection to the first of `candidates` (the tasks listed when
-/// it was accepted; round robin from `start`) that is still listed, accepts
-/// it and answers; then copies both ways until either side closes.
+/// What goes first on a connection to `target`: a relay header naming the
+/// task, or the client's address when the service asks for it.
+fn preface(target: &Target, origin: &Header, proxy_protocol: bool) -> Option<Vec<u8>> {
+    match target {
+        Target::Relay { task_id, .. } => Some(
+            Header {
+                task_id: Some(task_id.clone()),
+                ..origin.clone()
+            }
+            .encode(),
+        ),
+        Target::Direct(_) if proxy_protocol => Some(origin.encode()),
+        Target::Direct(_) => None,
+    }
+}
+
+/// Gives the connection to the first of `candidates` (the targets listed
+/// when it was accepted; round robin from `start`) that is still listed,
+/// accepts it and answers; then copies both ways until either side closes.
 async fn forward(
     mut client: TcpStream,
-    peer: SocketAddr,
+    origin: &Header,
     forwarding: &Forwarding,
-    candidates: Vec<SocketAddr>,
+    candidates: Vec<Target>,
     start: usize,
 ) {
+    let peer = origin.source;
     let count = candidates.len();
     let mut pending = Pending::default();
     for i in 0..count {
-        let addr = candidates[(start + i) % count];
+        let target = &candidates[(start + i) % count];
+        let addr = target.addr();
         // Counted before the check: a drain that no longer sees the task
         // listed either sees this connection or this check sees the drain.
         let guard = forwarding.connections.open(addr.ip());
-        if !forwarding.still_listed(addr) {
+        if !forwarding.still_listed(target) {
             continue;
         }
         let mut upstream =
@@ -366,6 +648,11 @@ async fn forward(
                 }
             };
         let _ = upstream.set_nodelay(true);
+        if let Some(bytes) = preface(target, origin, forwarding.proxy_protocol) {
+            if upstream.write_all(&bytes).await.is_err() {
+                continue;
+            }
+        }
         match first_reply(&mut client, &mut upstream, &mut pending).await {
             FirstReply::Answered(bytes) => {
                 let _ = client.set_nodelay(true);
@@ -501,7 +788,12 @@ mod tests {
 
     fn forwarding(backends: Vec<SocketAddr>) -> Forwarding {
         Forwarding {
-            backends: Arc::new(RwLock::new(backends)),
+            targets: Arc::new(RwLock::new(
+                backends.into_iter().map(Target::Direct).collect(),
+            )),
+            target_port: 80,
+            proxy_protocol: false,
+            relaying: Arc::default(),
             connections: Arc::default(),
             shutdown: CancellationToken::new(),
         }
@@ -513,10 +805,15 @@ mod tests {
         fwd: &Forwarding,
         proxied: TcpStream,
         peer: SocketAddr,
-        candidates: Vec<SocketAddr>,
+        candidates: Vec<Target>,
     ) -> tokio::task::JoinHandle<()> {
         let fwd = fwd.clone();
-        tokio::spawn(async move { forward(proxied, peer, &fwd, candidates, 0).await })
+        let origin = Header {
+            source: peer,
+            destination: relay::destination_of(&proxied),
+            task_id: None,
+        };
+        tokio::spawn(async move { forward(proxied, &origin, &fwd, candidates, 0).await })
     }
 
     /// A port nothing listens on.
@@ -584,7 +881,7 @@ mod tests {
         // Accepted while both were listed; `gone` leaves before the connect.
         let candidates_then = fwd.current();
         assert_eq!(candidates_then.len(), 2);
-        *fwd.backends.write().unwrap() = vec![kept];
+        *fwd.targets.write().unwrap() = vec![Target::Direct(kept)];
         client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
         let proxy = spawn_forward(&fwd, proxied, peer, candidates_then);
         let mut answer = String::new();

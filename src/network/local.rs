@@ -55,6 +55,20 @@ impl Engine {
         }
     }
 
+    /// The container's address on its first network with one, as the
+    /// engine reports it.
+    pub async fn container_address(&self, container: &str) -> Option<Ipv4Addr> {
+        let docker = self.client().await.ok()?;
+        let inspect = docker.inspect_container(container, None).await.ok()?;
+        let networks = inspect.network_settings?.networks?;
+        let mut addresses: Vec<(String, Ipv4Addr)> = networks
+            .into_iter()
+            .filter_map(|(name, n)| Some((name, n.ip_address?.parse().ok()?)))
+            .collect();
+        addresses.sort();
+        addresses.into_iter().next().map(|(_, ip)| ip)
+    }
+
     async fn client(&self) -> Result<&Docker, LocalError> {
         self.client
             .get_or_try_init(|| async {
@@ -548,8 +562,9 @@ pub struct TaskEndpoint {
 /// leave it as soon as their desired state is no longer running.
 #[derive(Debug, Default, Clone)]
 pub struct Backends {
-    /// Per service ID, the addresses the ingress proxy forwards to (sorted).
-    pub by_service: HashMap<String, Vec<Ipv4Addr>>,
+    /// Per task ID, the address the ingress proxy forwards to (tasks of
+    /// services with published ports whose address is known here).
+    pub by_task: HashMap<String, Ipv4Addr>,
     /// The serving tasks attached to swarm networks, for VIPs and DNS.
     pub tasks: Vec<TaskEndpoint>,
 }
@@ -564,7 +579,7 @@ struct ContainerAddresses {
 }
 
 /// Is the task one traffic may be sent to?
-fn serves(task: &Task) -> bool {
+pub(super) fn serves(task: &Task) -> bool {
     tasks::state(task) == TaskState::RUNNING && tasks::desired(task) == TaskState::RUNNING
 }
 
@@ -623,11 +638,8 @@ pub async fn backends(engine: &Engine, store: &Store) -> Backends {
             }
         };
         if is_published {
-            if let Some(ip) = addresses.primary {
-                out.by_service
-                    .entry(service_id.clone())
-                    .or_default()
-                    .push(ip);
+            if let (Some(ip), Some(id)) = (addresses.primary, task.id.clone()) {
+                out.by_task.insert(id, ip);
             }
         }
         if !attached.is_empty() {
@@ -648,11 +660,14 @@ pub async fn backends(engine: &Engine, store: &Store) -> Backends {
     if let Ok(mut a) = engine.addresses.lock() {
         a.retain(|c, _| seen.contains(c));
     }
-    for list in out.by_service.values_mut() {
-        list.sort();
-    }
     out.tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     out
+}
+
+/// The address the leader chose for `task` on its first swarm network.
+pub(super) fn first_chosen_address(task: &crate::types::SwarmTask) -> Option<Ipv4Addr> {
+    let attached = task_attachments(task);
+    task.address_on(&attached.first()?.0)
 }
 
 /// The addresses the leader chose for `task` on each of its networks, if

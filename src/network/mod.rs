@@ -53,6 +53,7 @@ pub mod ipam;
 pub mod local;
 mod node;
 pub mod owners;
+pub mod relay;
 pub mod task;
 pub mod vip;
 pub mod vxlan;
@@ -242,7 +243,11 @@ pub async fn run(
         }
         let backends = local::backends(&engine, &store).await;
         proxy
-            .reconcile(ingress::desired(&store), backends.by_service.clone())
+            .reconcile(
+                &store.read(ingress::plane),
+                &node_id,
+                backends.by_task.clone(),
+            )
             .await;
         if let Some(bridges) = &bridges {
             if let Some(cluster_id) = cluster_of(&store) {

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dns::{Dns, Zone};
 use super::drain::DataPlane;
+use super::ingress::{Ingress, IngressPlane};
 use super::local::{self, Engine, LocalError};
 use super::vip::{self, NetworkVip, Vips};
 use super::vxlan::{Overlay, Vxlans};
@@ -32,6 +33,9 @@ pub struct NodeNetwork {
     /// Without a data plane (a worker): what the VXLAN ports should be,
     /// followed by [`follow_overlays`] once the first assignments came.
     overlays: Arc<Mutex<Option<watch::Sender<WorkerPlane>>>>,
+    /// Without a data plane (a worker): the ingress plane its session
+    /// sent, followed by [`keep_worker_ingress`].
+    ingress: Arc<Mutex<Option<watch::Sender<IngressPlane>>>>,
     /// One bridge creation at a time: tasks prepared together would both
     /// find a bridge missing, and the engine refuses the second with
     /// "Pool overlaps" rather than a conflict.
@@ -63,6 +67,7 @@ impl NodeNetwork {
             data_plane: Arc::default(),
             task_bridges: Arc::default(),
             overlays: Arc::default(),
+            ingress: Arc::default(),
             creating: Arc::default(),
         }
     }
@@ -74,6 +79,7 @@ impl NodeNetwork {
             data_plane: Arc::default(),
             task_bridges: Arc::default(),
             overlays: Arc::default(),
+            ingress: Arc::default(),
             creating: Arc::default(),
         }
     }
@@ -161,6 +167,39 @@ impl NodeNetwork {
         }
     }
 
+    /// A node without a data plane (a worker) serves every published port
+    /// too: called with each ingress plane its session sends; the first
+    /// call (or the first after the loop ended) starts the loop that keeps
+    /// the listeners as the latest plane says until `shutdown`.
+    pub fn follow_ingress(&self, plane: IngressPlane, me: &str, shutdown: &CancellationToken) {
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        let Ok(mut slot) = self.ingress.lock() else {
+            return;
+        };
+        match slot.as_ref().filter(|tx| !tx.is_closed()) {
+            Some(tx) => {
+                tx.send_if_modified(|current| {
+                    let changed = *current != plane;
+                    *current = plane;
+                    changed
+                });
+            }
+            None => {
+                let (tx, rx) = watch::channel(plane);
+                *slot = Some(tx);
+                tokio::spawn(keep_worker_ingress(
+                    engine.clone(),
+                    self.data_plane.clone(),
+                    me.to_string(),
+                    rx,
+                    shutdown.clone(),
+                ));
+            }
+        }
+    }
+
     /// A worker leaving the swarm: the bridges [`NodeNetwork::prepare_task`]
     /// made go (after the task containers).
     pub async fn remove_task_bridges(&self) {
@@ -173,6 +212,10 @@ impl NodeNetwork {
         };
         if let Ok(mut slot) = self.overlays.lock() {
             // Dropping the sender ends `keep_worker_plane`, which removes its ports.
+            *slot = None;
+        }
+        if let Ok(mut slot) = self.ingress.lock() {
+            // And `keep_worker_ingress`, which closes its listeners.
             *slot = None;
         }
         for cluster_id in clusters {
@@ -274,6 +317,38 @@ async fn keep_worker_plane(
         vxlans.remove().await;
     }
     dns.stop().await;
+}
+
+/// A worker's ingress listeners, kept as the latest plane says until
+/// `shutdown` or until the node leaves (the sender is dropped). A node
+/// promoted to manager hands the ports to its data plane.
+async fn keep_worker_ingress(
+    engine: Arc<Engine>,
+    data_plane: Arc<RwLock<Option<Arc<DataPlane>>>>,
+    me: String,
+    mut wanted: watch::Receiver<IngressPlane>,
+    shutdown: CancellationToken,
+) {
+    let mut ingress = Ingress::new(shutdown.clone());
+    let mut known = HashMap::new();
+    loop {
+        let managed = data_plane.read().map(|d| d.is_some()).unwrap_or(false);
+        let plane = if managed {
+            IngressPlane::default()
+        } else {
+            wanted.borrow_and_update().clone()
+        };
+        let local = super::ingress::local_addresses(&engine, &plane, &me, &mut known).await;
+        ingress.reconcile(&plane, &me, local).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = wanted.changed() => if changed.is_err() {
+                break;
+            },
+            _ = tokio::time::sleep(REPAIR_EVERY) => {}
+        }
+    }
+    ingress.stop().await;
 }
 
 #[cfg(test)]

@@ -648,14 +648,15 @@ impl Hosts {
         self.plan.gateway()
     }
 
-    /// Prints the tail of every host's shoal log (and of its dockerd log) to stderr.
+    /// Prints the tail of every host's shoal log (shoal's own lines, not its
+    /// libraries' debug chatter) and of its dockerd log to stderr.
     pub fn dump_logs(&self) {
         for h in &self.hosts {
             eprintln!(
                 "--- {} shoal log ({}), last lines ---\n{}",
                 h.name,
                 h.shoal_log_path().display(),
-                tail(&h.shoal_log(), 60)
+                tail(&own_lines(&h.shoal_log()), 80)
             );
             eprintln!(
                 "--- {} dockerd log, last lines ---\n{}",
@@ -1338,4 +1339,14 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
         })
         .collect()
+}
+
+/// shoal's own lines of a debug log: the HTTP/2, TLS and engine client
+/// libraries log every frame at debug level.
+fn own_lines(log: &str) -> String {
+    const CHATTER: [&str; 5] = [" h2::", " hyper", " rustls::", " bollard::", "Decoded into"];
+    log.lines()
+        .filter(|l| !CHATTER.iter().any(|c| l.contains(c)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
