@@ -149,15 +149,30 @@ fn twenty_thousand_pending_replicas_keep_shoal_responsive() {
     ]);
     let mut slowest_ping = Duration::ZERO;
     let mut slowest_ls = Duration::ZERO;
-    let tasks = wait_for("20000 tasks", Duration::from_secs(240), || {
+    // While the tasks are written: the cheap calls, for 30 s.
+    let probing = Instant::now();
+    wait_for("30 s of probes", Duration::from_secs(60), || {
         let start = Instant::now();
         assert_eq!(shoal.http("GET", "/_ping").status, 200);
         slowest_ping = slowest_ping.max(start.elapsed());
         let start = Instant::now();
-        let ls = shoal.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"]);
+        shoal.docker_ok(&["service", "ls"]);
         slowest_ls = slowest_ls.max(start.elapsed());
-        let tasks = shoal.http("GET", "/v1.41/tasks").json();
-        let count = tasks.as_array().map_or(0, Vec::len);
+        (probing.elapsed() >= Duration::from_secs(30)).then_some(())
+    });
+    // Listing 20,000 tasks is itself heavy for a debug build: seldom, and
+    // with a long read timeout.
+    let tasks = wait_for("20000 tasks", Duration::from_secs(300), || {
+        let list = http_unix_timeout(
+            &shoal.sock,
+            "GET",
+            "/v1.41/tasks",
+            None,
+            Duration::from_secs(120),
+        )
+        .ok()?;
+        let count = list.json().as_array().map_or(0, Vec::len);
+        let ls = shoal.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"]);
         (count >= 20_000).then_some((count, ls))
     });
     eprintln!("slowest /_ping {slowest_ping:?}, slowest service ls {slowest_ls:?}");
@@ -165,7 +180,9 @@ fn twenty_thousand_pending_replicas_keep_shoal_responsive() {
     assert_eq!(tasks.1.trim(), "0/20000");
     assert!(slowest_ping < Duration::from_secs(3), "{slowest_ping:?}");
     assert!(slowest_ls < Duration::from_secs(5), "{slowest_ls:?}");
+    let start = Instant::now();
     shoal.docker_ok(&["service", "rm", "many"]);
+    eprintln!("service rm took {:?}", start.elapsed());
     assert_eq!(shoal.http("GET", "/_ping").status, 200);
     assert_eq!(shoal.docker_ok(&["service", "ls", "-q"]).trim(), "");
 }
