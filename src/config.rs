@@ -48,6 +48,19 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub worker_threads: usize,
 
+    /// Not a daemon flag: fuzz the owned endpoints' decoders and checks
+    /// with this many inputs and exit (what `shoal-bench fuzz` runs).
+    #[arg(long, hide = true, value_name = "N")]
+    pub fuzz_inputs: Option<u64>,
+
+    /// The fuzzer's seed.
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub fuzz_seed: u64,
+
+    /// The fuzzer's corpus (a folder per target).
+    #[arg(long, hide = true, default_value = "fuzz/corpus")]
+    pub fuzz_corpus: std::path::PathBuf,
+
     /// Serve TLS on tcp:// listeners (implied by --tlsverify).
     #[arg(long)]
     pub tls: bool,

@@ -27,6 +27,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = config::Config::parse();
+    if let Some(inputs) = config.fuzz_inputs {
+        return api::fuzz::command(inputs, config.fuzz_seed, &config.fuzz_corpus);
+    }
     let filter = EnvFilter::try_new(log_filter(&config.log_level))
         .with_context(|| format!("invalid --log-level {:?}", config.log_level))?;
     tracing_subscriber::fmt()

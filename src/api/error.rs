@@ -65,6 +65,9 @@ pub enum ApiError {
     Network(#[from] NetworkError),
     #[error("{0} is not supported by shoal yet")]
     NotSupported(&'static str),
+    /// A request body over `query::MAX_BODY`.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
     /// A body the engine's JSON decoder would refuse, with its text.
     #[error(transparent)]
     Decode(#[from] super::decode::DecodeError),
@@ -95,6 +98,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,

@@ -7,6 +7,7 @@ mod decode;
 pub mod error;
 mod events;
 mod filters;
+pub mod fuzz;
 mod info;
 mod logs;
 mod networks;

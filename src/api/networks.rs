@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::filters::{label_matches, Filters};
 use super::query::{read_body, Query};
-use super::{json, split_version, ApiError};
+use super::{json, split_version, ApiError, RpcCode};
 use crate::body::Body;
 use crate::cluster::{Cluster, Manager};
 use crate::network::allocate::{self, CreateRequest};
@@ -371,6 +371,7 @@ async fn create(
     let Some(request) = request.filter(|r| r.driver.as_deref() == Some("overlay")) else {
         return Ok(proxy.forward_bytes(parts, bytes).await?);
     };
+    validate_name(request.name.as_deref().unwrap_or(""))?;
     let store = manager.store();
     if request.ingress == Some(true) {
         if let Some(n) = allocate::networks(&store)
@@ -395,6 +396,27 @@ async fn create(
         .create(Object::Network(Box::new(network)));
     manager.proposer().propose(tx).await??;
     Ok(json(StatusCode::CREATED, &json!({"Id": id, "Warning": ""})))
+}
+
+/// swarmkit's `validateAnnotations` for a swarm network's name, with its
+/// texts; an empty name is left to the checks that follow, as before.
+pub(super) fn validate_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    if !super::services::valid_name(name) {
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            "name must be valid as a DNS name component",
+        ));
+    }
+    if name.len() > 63 {
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            "name must be 63 characters or fewer",
+        ));
+    }
+    Ok(())
 }
 
 async fn remove(

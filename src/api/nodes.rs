@@ -110,7 +110,7 @@ pub async fn remove(
 /// Resolves an ID, hostname or ID prefix as the engine does.
 /// The engine reads Role and Availability case-insensitively and names a
 /// bad one; the typed spec takes lowercase.
-fn node_spec(mut raw: serde_json::Value) -> Result<NodeSpec, ApiError> {
+pub(super) fn node_spec(mut raw: serde_json::Value) -> Result<NodeSpec, ApiError> {
     const CHOICES: [(&str, &[&str]); 2] = [
         ("Role", &["worker", "manager"]),
         ("Availability", &["active", "pause", "drain"]),

@@ -10,7 +10,10 @@ use hyper::body::Incoming;
 use super::ApiError;
 
 /// Bodies of swarm calls are specs and small files (secrets < 500 KB).
-const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Each becomes one raft entry: the engine's swarmkit refuses messages
+/// over 4 MiB (gRPC's limit), so shoal refuses bodies over it up front
+/// rather than replicate and store an entry that size.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Query parameters, percent-decoded; the last value of a repeated key wins.
 #[derive(Debug, Default)]
@@ -74,7 +77,12 @@ pub async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     Ok(Limited::new(body, MAX_BODY)
         .collect()
         .await
-        .map_err(|e| ApiError::BadRequest(format!("error reading request body: {e}")))?
+        .map_err(
+            |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                Some(_) => ApiError::TooLarge { limit: MAX_BODY },
+                None => ApiError::BadRequest(format!("error reading request body: {e}")),
+            },
+        )?
         .to_bytes())
 }
 

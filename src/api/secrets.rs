@@ -58,7 +58,7 @@ impl Flavor {
 
 /// The spec both share: name, labels, data (base64), driver, templating.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Spec {
+pub(super) struct Spec {
     name: String,
     labels: std::collections::HashMap<String, String>,
     data: Option<String>,
@@ -67,7 +67,7 @@ struct Spec {
 }
 
 impl Spec {
-    fn from_secret(spec: SecretSpec) -> Self {
+    pub(super) fn from_secret(spec: SecretSpec) -> Self {
         Spec {
             name: spec.name.unwrap_or_default(),
             labels: spec.labels.unwrap_or_default(),
@@ -77,7 +77,7 @@ impl Spec {
         }
     }
 
-    fn from_config(spec: ConfigSpec) -> Self {
+    pub(super) fn from_config(spec: ConfigSpec) -> Self {
         Spec {
             name: spec.name.unwrap_or_default(),
             labels: spec.labels.unwrap_or_default(),
@@ -312,7 +312,7 @@ fn keep_meta(updated: &mut Object, current: &Object) {
 }
 
 /// The engine's rules: name, size, base64, no driver (shoal stores the data itself).
-fn validate(flavor: Flavor, spec: &Spec) -> Result<(), ApiError> {
+pub(super) fn validate(flavor: Flavor, spec: &Spec) -> Result<(), ApiError> {
     if !valid_name(&spec.name) {
         return Err(ApiError::rpc(
             RpcCode::InvalidArgument,

@@ -272,7 +272,7 @@ fn now() -> Timestamp {
 /// The engine converts a spec for swarm before it looks anything up: the
 /// task's runtime must come with its spec (a container runtime, the
 /// default, with a ContainerSpec).
-fn check_runtime(spec: &ServiceSpec) -> Result<(), ApiError> {
+pub(super) fn check_runtime(spec: &ServiceSpec) -> Result<(), ApiError> {
     let template = spec.task_template.as_ref();
     let runtime = template.and_then(|t| t.runtime.as_deref()).unwrap_or("");
     let has = |present: bool| {
@@ -293,7 +293,7 @@ fn check_runtime(spec: &ServiceSpec) -> Result<(), ApiError> {
 }
 
 /// The engine's checks, with its texts, before anything is written.
-fn validate(store: &Store, spec: &ServiceSpec) -> Result<(), ApiError> {
+pub(super) fn validate(store: &Store, spec: &ServiceSpec) -> Result<(), ApiError> {
     let name = spec.name.as_deref().unwrap_or("");
     if !valid_name(name) {
         return Err(ApiError::rpc(
@@ -349,6 +349,18 @@ fn validate(store: &Store, spec: &ServiceSpec) -> Result<(), ApiError> {
             "ContainerSpec: image reference must be provided",
         ));
     }
+    if let Some(resources) = &template.resources {
+        let limits = resources.limits.as_ref();
+        let reserved = resources.reservations.as_ref();
+        validate_resources(
+            limits.and_then(|l| l.nano_cpus),
+            limits.and_then(|l| l.memory_bytes),
+        )?;
+        validate_resources(
+            reserved.and_then(|r| r.nano_cpus),
+            reserved.and_then(|r| r.memory_bytes),
+        )?;
+    }
     for secret in container.secrets.iter().flatten() {
         let reference = secret
             .secret_id
@@ -386,8 +398,48 @@ fn validate(store: &Store, spec: &ServiceSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// swarmkit's `validateResources`, for limits and reservations alike: a
+/// set value below what a container can run with is refused (negative
+/// ones included) before anything is written.
+fn validate_resources(nano_cpus: Option<i64>, memory: Option<i64>) -> Result<(), ApiError> {
+    const MIN_NANO_CPUS: i64 = 1_000_000;
+    const MIN_MEMORY: i64 = 4 * 1024 * 1024;
+    if let Some(cpus) = nano_cpus.filter(|&c| c != 0 && c < MIN_NANO_CPUS) {
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            format!(
+                "invalid cpu value {}: Must be at least {}",
+                go_float(cpus as f64 / 1e9),
+                go_float(MIN_NANO_CPUS as f64 / 1e9)
+            ),
+        ));
+    }
+    if let Some(memory) = memory.filter(|&m| m != 0 && m < MIN_MEMORY) {
+        return Err(ApiError::rpc(
+            RpcCode::InvalidArgument,
+            format!("invalid memory value {memory}: Must be at least 4MiB"),
+        ));
+    }
+    Ok(())
+}
+
+/// A float as Go's `%g` prints it: shortest digits, with an exponent of at
+/// least two digits when it is below -4 or at least 6.
+fn go_float(value: f64) -> String {
+    let scientific = format!("{value:e}");
+    let Some((mantissa, exponent)) = scientific.split_once('e') else {
+        return scientific;
+    };
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if (-4..6).contains(&exponent) {
+        return format!("{value}");
+    }
+    let sign = if exponent < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exponent.abs())
+}
+
 /// `^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$`: swarmkit's DNS-label rule for names.
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes[0].is_ascii_alphanumeric()
@@ -400,7 +452,7 @@ fn valid_name(name: &str) -> bool {
 /// What the engine stores beyond the request: `Runtime: container`,
 /// `Isolation: default`, an empty endpoint spec read back as `vip`, and a
 /// replicated mode without a count as one replica.
-fn normalise(spec: &mut ServiceSpec) {
+pub(super) fn normalise(spec: &mut ServiceSpec) {
     let template = spec.task_template.get_or_insert_with(Default::default);
     template
         .runtime

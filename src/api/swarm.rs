@@ -34,7 +34,7 @@ const MIN_CERT_EXPIRY: i64 = 3600 * SECOND;
 /// request's field names from the decoder, and with them Go's key folding).
 #[derive(Debug, Deserialize, Default)]
 #[serde(default, rename_all = "PascalCase")]
-struct InitExtras {
+pub(super) struct InitExtras {
     auto_lock_managers: bool,
     availability: String,
 }
@@ -113,7 +113,7 @@ pub async fn init(
 /// `POST /swarm/join` body (the API's JoinRequest).
 #[derive(Debug, Deserialize, Default)]
 #[serde(default, rename_all = "PascalCase")]
-struct JoinBody {
+pub(super) struct JoinBody {
     listen_addr: String,
     advertise_addr: String,
     remote_addrs: Vec<String>,
@@ -274,7 +274,7 @@ pub async fn unlock_key(cluster: &Cluster) -> Result<Response<Body>, ApiError> {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default, rename_all = "PascalCase")]
-struct UnlockBody {
+pub(super) struct UnlockBody {
     unlock_key: String,
 }
 
@@ -320,7 +320,7 @@ fn check_spec_name(spec: &SwarmSpec) -> Result<(), ApiError> {
     }
 }
 
-fn validate_update(spec: &SwarmSpec) -> Result<(), ApiError> {
+pub(super) fn validate_update(spec: &SwarmSpec) -> Result<(), ApiError> {
     let expiry = spec
         .ca_config
         .as_ref()

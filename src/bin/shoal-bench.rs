@@ -10,6 +10,7 @@
 //! cargo run --release --bin shoal-bench -- raft [--writes 10000] [--log-writes 100000]
 //! cargo run --release --bin shoal-bench -- network [--clients 8] [--replicas 10]
 //! cargo run --release --bin shoal-bench -- cluster [--hosts 5] [--skip-real]   # root
+//! cargo run --release --bin shoal-bench -- fuzz [--inputs 1000000] [--seed 1]
 //! ```
 
 #[path = "shoal_bench/mod.rs"]
@@ -46,6 +47,9 @@ enum Command {
     /// Ready, 50 replicas → running; committed writes/s with 3 managers;
     /// RSS of a manager and a worker.
     Cluster(bench::cluster::ClusterArgs),
+    /// Bad input: mutated requests through the decoders and checks of
+    /// every endpoint shoal answers itself; panics, hangs, RSS.
+    Fuzz(bench::fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Raft(args) => bench::raft::run(args).await,
                 Command::Network(args) => bench::network::run(args).await,
                 Command::Cluster(args) => bench::cluster::run(args).await,
+                Command::Fuzz(args) => bench::fuzz::run(args).await,
             }
         };
         // On Ctrl-C the work future is dropped, which stops the shoal it

@@ -130,7 +130,9 @@ pub fn reconcile(
             .map(|t| t.slot.unwrap_or(0))
             .max()
             .map_or(0, |s| s + 1);
-        for n in 0..remaining.min(room) {
+        // A job of a million completions is written a batch at a time.
+        let batch = super::orchestrator::MAX_CHANGES.saturating_sub(plan.creates.len()) as u64;
+        for n in 0..remaining.min(room).min(batch) {
             plan.creates
                 .push(new_job_task(slot(next_slot + n as i64), None, rng).into());
         }

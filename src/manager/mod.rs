@@ -194,6 +194,41 @@ pub async fn propose_fresh(
     Err(format!("gave up after 20 refusals, the last: {last}"))
 }
 
+/// `propose_fresh` for planners that read the whole store: each build runs
+/// on a blocking thread, so a plan over tens of thousands of tasks never
+/// holds the (by default single) runtime thread that answers `/_ping` and
+/// every proxied call. Also returns what the last build reported beside
+/// its transaction (the orchestrator's next wake-up).
+pub async fn propose_planned<T: Send + 'static>(
+    proposer: &Arc<dyn Proposer>,
+    store: &Arc<Store>,
+    build: fn(&Store) -> (Option<Transaction>, T),
+) -> (Result<(), String>, Option<T>) {
+    let mut last = String::new();
+    let mut report = None;
+    for attempt in 0..20u64 {
+        let snapshot = Arc::clone(store);
+        let (tx, extra) = match tokio::task::spawn_blocking(move || build(&snapshot)).await {
+            Ok(built) => built,
+            Err(error) => return (Err(format!("planning failed: {error}")), report),
+        };
+        report = Some(extra);
+        let Some(tx) = tx else {
+            return (Ok(()), report);
+        };
+        match proposer.propose(tx).await {
+            Ok(Ok(_)) => return (Ok(()), report),
+            Ok(Err(error)) => last = error.to_string(),
+            Err(error) => return (Err(error.to_string()), report),
+        }
+        tokio::time::sleep(Duration::from_millis(attempt * 5)).await;
+    }
+    (
+        Err(format!("gave up after 20 refusals, the last: {last}")),
+        report,
+    )
+}
+
 /// After a plan could not be committed, look again this soon even if the
 /// store does not change.
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);

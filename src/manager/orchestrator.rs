@@ -20,16 +20,23 @@ use crate::types::{Kind, Object, SwarmService, SwarmTask, Timestamp};
 const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(5);
 const DEFAULT_HISTORY: usize = 5;
 
+/// Most task creations, updates or deletions one plan commits (each kind).
+/// A service scaled to a million replicas, or removed with thousands of
+/// tasks, must not become one raft entry of that size: the plan stops
+/// adding at this many, its own commit wakes the loop, and the next round
+/// continues from the store as it then is (as swarmkit's batches of 200).
+pub const MAX_CHANGES: usize = 256;
+
 pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: CancellationToken) {
     let mut watcher = store.watch_from(store.index());
     loop {
-        let mut wake = None;
-        let result = super::propose_fresh(&proposer, || {
-            let plan = plan(&store, SystemTime::now());
-            wake = plan.wake;
-            plan.into_transaction()
+        let (result, wake) = super::propose_planned(&proposer, &store, |store| {
+            let plan = plan(store, SystemTime::now());
+            let wake = plan.wake;
+            (plan.into_transaction(), wake)
         })
         .await;
+        let mut wake = wake.flatten();
         if let Err(error) = result {
             tracing::warn!(%error, "orchestrator could not commit its plan");
             wake = Some(wake.map_or(super::RETRY_AFTER, |w| w.min(super::RETRY_AFTER)));
@@ -67,6 +74,11 @@ impl Plan {
         }
     }
 
+    /// Whether this plan holds a full batch: loops over slots stop here.
+    fn full(&self) -> bool {
+        self.creates.len() >= MAX_CHANGES || self.updates.len() >= MAX_CHANGES
+    }
+
     fn wake_in(&mut self, after: Duration) {
         self.wake = Some(self.wake.map_or(after, |w| w.min(after)));
     }
@@ -84,14 +96,15 @@ impl Plan {
             let version = service.version.as_ref().and_then(|v| v.index).unwrap_or(0);
             tx = tx.update(Object::Service(Box::new(service)), version);
         }
-        for task in self.creates {
+        // Whatever is left over is planned again in the next round.
+        for task in self.creates.into_iter().take(MAX_CHANGES) {
             tx = tx.create(Object::Task(Box::new(task)));
         }
-        for task in self.updates.into_values() {
+        for task in self.updates.into_values().take(MAX_CHANGES) {
             let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
             tx = tx.update(Object::Task(Box::new(task)), version);
         }
-        for (id, version) in self.deletes {
+        for (id, version) in self.deletes.into_iter().take(MAX_CHANGES) {
             tx = tx.delete(Kind::Task, id, Some(version));
         }
         Some(tx)
@@ -208,6 +221,9 @@ fn reconcile_replicated(
     let wanted = count as i64;
     // Scale down: slots above the count go away, highest first (all at once).
     for (_, slot_tasks) in slots.range(wanted + 1..) {
+        if plan.full() {
+            break;
+        }
         for task in slot_tasks {
             plan.set_desired(task, TaskState::REMOVE);
         }
@@ -217,6 +233,9 @@ fn reconcile_replicated(
         plan.wake_in(wake);
     }
     for slot in 1..=wanted {
+        if plan.full() {
+            break;
+        }
         let slot_tasks = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
         reconcile_slot(ctx, slot_tasks, Some(slot), None, plan, rng, &mut budget);
     }

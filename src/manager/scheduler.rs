@@ -21,7 +21,7 @@ use crate::types::{Kind, Object, SwarmTask, Timestamp};
 pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, shutdown: CancellationToken) {
     let mut watcher = store.watch_from(store.index());
     loop {
-        let result = super::propose_fresh(&proposer, || plan(&store)).await;
+        let (result, _) = super::propose_planned(&proposer, &store, |s| (plan(s), ())).await;
         let mut wake = None;
         if let Err(error) = result {
             tracing::warn!(%error, "scheduler could not commit its decisions");
@@ -96,7 +96,13 @@ fn plan(store: &Store) -> Option<Transaction> {
         .filter(|t| t.node_id.is_none() || is_global_task(t))
         .collect();
     pending.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    // One batch per round, as the orchestrator's: the commit wakes the
+    // loop again for the rest.
+    let mut decided = 0;
     for task in pending {
+        if decided >= super::orchestrator::MAX_CHANGES {
+            break;
+        }
         let Some(service) = task.service_id.as_ref().and_then(|id| services.get(id)) else {
             continue;
         };
@@ -118,6 +124,7 @@ fn plan(store: &Store) -> Option<Transaction> {
                     let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
                     tx = tx.update(Object::Task(Box::new(updated)), version);
                     changed = true;
+                    decided += 1;
                     continue;
                 }
                 load.add(&node_id, task, service);
@@ -143,6 +150,7 @@ fn plan(store: &Store) -> Option<Transaction> {
         let version = task.version.as_ref().and_then(|v| v.index).unwrap_or(0);
         tx = tx.update(Object::Task(Box::new(updated)), version);
         changed = true;
+        decided += 1;
     }
     for network in addresses.changed_networks() {
         let version = network.version.index.unwrap_or(0);

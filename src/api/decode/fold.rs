@@ -15,7 +15,7 @@ use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, V
 use serde_json::{Map, Number, Value};
 
 use super::enums::{self, Unlisted};
-use super::names::go_struct;
+use super::names::{go_integer, go_struct};
 use super::DecodeError;
 
 /// Where in the body a value sits, for Go's error texts: the innermost
@@ -172,6 +172,14 @@ impl<'a> Folded<'a> {
         visitor: V,
         signed: bool,
     ) -> Result<V::Value, DecodeError> {
+        if let (Some((go, min, max)), Value::Number(n)) =
+            (go_integer(&self.context.fields), self.value)
+        {
+            let fits = n.as_i64().map(i128::from).or(n.as_u64().map(i128::from));
+            if !fits.is_some_and(|v| (min..=max).contains(&v)) {
+                return Err(self.context.mismatch(&format!("number {n}"), go));
+            }
+        }
         match self.value {
             Value::Null => visitor.visit_u64(0),
             Value::Number(n) => match (signed, n.as_i64(), n.as_u64()) {

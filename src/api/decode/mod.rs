@@ -31,6 +31,13 @@ pub enum DecodeError {
     /// `json.Unmarshal` of an input that ends too early.
     #[error("unexpected end of JSON input")]
     UnexpectedEnd,
+    /// Objects or arrays nested deeper than `syntax::MAX_DEPTH`; Go's
+    /// words for its own (higher) limit, with ours.
+    #[error(
+        "exceeded max depth: JSON nested deeper than {} levels",
+        syntax::MAX_DEPTH
+    )]
+    TooDeep,
     /// Go's `SyntaxError` text.
     #[error("{0}")]
     Syntax(String),

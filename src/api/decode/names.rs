@@ -86,3 +86,21 @@ pub fn go_struct(model: &str) -> &str {
 pub fn go_package(model: &str) -> &'static str {
     lookup(model).map_or("swarm", |(_, package, _)| package)
 }
+
+/// Integer fields that bollard types wider than Go does: the Go type and
+/// its range, by the field path's end. Go refuses a literal outside the
+/// range as it decodes ("cannot unmarshal number -1 into … of type
+/// uint32"), so a negative port never reaches the store.
+const NARROWER: &[(&[&str], &str, i128, i128)] = &[
+    (&["Ports", "TargetPort"], "uint32", 0, u32::MAX as i128),
+    (&["Ports", "PublishedPort"], "uint32", 0, u32::MAX as i128),
+];
+
+/// The Go integer type of the field at `path`, when it is narrower than
+/// the Rust one.
+pub fn go_integer(path: &[&str]) -> Option<(&'static str, i128, i128)> {
+    NARROWER
+        .iter()
+        .find(|(suffix, ..)| path.ends_with(suffix))
+        .map(|(_, go, min, max)| (*go, *min, *max))
+}

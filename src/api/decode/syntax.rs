@@ -8,10 +8,20 @@
 
 use super::DecodeError;
 
+/// How deep objects and arrays may nest. Go's scanner allows 10000, but the
+/// scan here and serde_json's parse both recurse, and serde_json stops at
+/// 128 anyway: refusing deeper bodies up front keeps a hostile `[[[[…`
+/// from overflowing the stack of the thread that serves everyone.
+pub const MAX_DEPTH: usize = 128;
+
 /// Checks the first JSON value of `bytes`; returns where it ends.
 /// Whitespace only is `Empty`, a value cut short is "unexpected EOF".
 pub fn first_value(bytes: &[u8]) -> Result<usize, DecodeError> {
-    let mut scan = Scanner { bytes, at: 0 };
+    let mut scan = Scanner {
+        bytes,
+        at: 0,
+        depth: 0,
+    };
     scan.skip_space();
     if scan.peek().is_none() {
         return Err(DecodeError::Empty);
@@ -31,7 +41,11 @@ pub fn whole_value(bytes: &[u8]) -> Result<(), DecodeError> {
         }
         other => other?,
     };
-    let mut scan = Scanner { bytes, at: end };
+    let mut scan = Scanner {
+        bytes,
+        at: end,
+        depth: 0,
+    };
     scan.skip_space();
     match scan.peek() {
         None => Ok(()),
@@ -42,6 +56,8 @@ pub fn whole_value(bytes: &[u8]) -> Result<(), DecodeError> {
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Objects and arrays open around the current byte.
+    depth: usize,
 }
 
 impl Scanner<'_> {
@@ -71,8 +87,8 @@ impl Scanner<'_> {
 
     fn value(&mut self) -> Result<(), DecodeError> {
         match self.next_token()? {
-            b'{' => self.object(),
-            b'[' => self.array(),
+            b'{' => self.nested(Self::object),
+            b'[' => self.nested(Self::array),
             b'"' => self.string(),
             b'-' => self.negative(),
             b'0' => self.after_zero(),
@@ -82,6 +98,20 @@ impl Scanner<'_> {
             b'n' => self.literal("null"),
             c => Err(invalid(c, "looking for beginning of value")),
         }
+    }
+
+    /// An object or array one level deeper, refused past `MAX_DEPTH`.
+    fn nested(
+        &mut self,
+        inner: fn(&mut Self) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(DecodeError::TooDeep);
+        }
+        self.depth += 1;
+        let result = inner(self);
+        self.depth -= 1;
+        result
     }
 
     fn object(&mut self) -> Result<(), DecodeError> {
@@ -314,6 +344,16 @@ mod tests {
         );
         assert_eq!(message(b"{\"a\":"), "unexpected end of JSON input");
         assert_eq!(message(b""), "unexpected end of JSON input");
+    }
+
+    #[test]
+    fn refuses_nesting_past_the_limit_without_recursing_into_it() {
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(first_value(ok.as_bytes()).is_ok());
+        let deep = "[".repeat(1_000_000);
+        assert_eq!(first_value(deep.as_bytes()), Err(DecodeError::TooDeep));
+        let objects = "{\"a\":".repeat(MAX_DEPTH + 1);
+        assert_eq!(first_value(objects.as_bytes()), Err(DecodeError::TooDeep));
     }
 
     #[test]
