@@ -125,12 +125,12 @@ fn the_cli_shows_the_engines_refusals() {
     assert_eq!(shoal.docker_ok(&["service", "ls", "-q"]).trim(), "");
 }
 
-/// 20,000 replicas that no node can take: the orchestrator and scheduler
+/// 5,000 replicas that no node can take: the orchestrator and scheduler
 /// write them 256 at a time, and shoal answers throughout. The bounds are
 /// loose for a debug build on a loaded 2-core machine (measured: /_ping
 /// mostly < 0.3 s, `service ls` < 1 s).
 #[test]
-fn twenty_thousand_pending_replicas_keep_shoal_responsive() {
+fn five_thousand_pending_replicas_keep_shoal_responsive() {
     let shoal = Shoal::start();
     let _node = shoal.swarm_init();
     shoal.docker_ok(&[
@@ -140,7 +140,7 @@ fn twenty_thousand_pending_replicas_keep_shoal_responsive() {
         "--name",
         "many",
         "--replicas",
-        "20000",
+        "5000",
         "--constraint",
         "node.labels.nowhere==1",
         "busybox",
@@ -149,20 +149,20 @@ fn twenty_thousand_pending_replicas_keep_shoal_responsive() {
     ]);
     let mut slowest_ping = Duration::ZERO;
     let mut slowest_ls = Duration::ZERO;
-    // While the tasks are written: the cheap calls, for 30 s.
+    // While the tasks are written: the cheap calls, for 10 s.
     let probing = Instant::now();
-    wait_for("30 s of probes", Duration::from_secs(60), || {
+    wait_for("10 s of probes", Duration::from_secs(60), || {
         let start = Instant::now();
         assert_eq!(shoal.http("GET", "/_ping").status, 200);
         slowest_ping = slowest_ping.max(start.elapsed());
         let start = Instant::now();
         shoal.docker_ok(&["service", "ls"]);
         slowest_ls = slowest_ls.max(start.elapsed());
-        (probing.elapsed() >= Duration::from_secs(30)).then_some(())
+        (probing.elapsed() >= Duration::from_secs(10)).then_some(())
     });
-    // Listing 20,000 tasks is itself heavy for a debug build: seldom, and
+    // Listing 5,000 tasks is itself heavy for a debug build: seldom, and
     // with a long read timeout.
-    let tasks = wait_for("20000 tasks", Duration::from_secs(300), || {
+    let tasks = wait_for("5000 tasks", Duration::from_secs(300), || {
         let list = http_unix_timeout(
             &shoal.sock,
             "GET",
@@ -173,11 +173,11 @@ fn twenty_thousand_pending_replicas_keep_shoal_responsive() {
         .ok()?;
         let count = list.json().as_array().map_or(0, Vec::len);
         let ls = shoal.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"]);
-        (count >= 20_000).then_some((count, ls))
+        (count >= 5_000).then_some((count, ls))
     });
     eprintln!("slowest /_ping {slowest_ping:?}, slowest service ls {slowest_ls:?}");
-    assert_eq!(tasks.0, 20_000);
-    assert_eq!(tasks.1.trim(), "0/20000");
+    assert_eq!(tasks.0, 5_000);
+    assert_eq!(tasks.1.trim(), "0/5000");
     assert!(slowest_ping < Duration::from_secs(3), "{slowest_ping:?}");
     assert!(slowest_ls < Duration::from_secs(5), "{slowest_ls:?}");
     let start = Instant::now();
