@@ -83,6 +83,11 @@ impl Proxy {
         }
     }
 
+    /// The engine's identity if it has been learnt already (no engine call).
+    pub fn known_identity(&self) -> Option<&EngineIdentity> {
+        self.identity.get()
+    }
+
     /// The engine's API version and common headers; asked once, retried
     /// while the engine is unreachable.
     pub async fn identity(&self) -> Result<&EngineIdentity, ProxyError> {

@@ -1076,7 +1076,10 @@ impl Host {
     #[track_caller]
     pub fn start_engine_again(&self) {
         assert!(reap(&self.engine), "dockerd of {} is running", self.name);
+        // Its containerd died with it; stale pid files would make the new
+        // one wait on a dead socket.
         let _ = fs::remove_file(self.dir.join("dockerd.pid"));
+        let _ = fs::remove_file(self.dir.join("exec/containerd/containerd.pid"));
         if let Err(log) = self.start_engine() {
             panic!("dockerd of {} exited at restart:\n{log}", self.name);
         }
