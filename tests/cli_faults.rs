@@ -201,3 +201,141 @@ fn a_killed_engine_comes_back_and_the_service_recovers() {
     h.docker_ok(&["service", "rm", "back"]);
     h.docker_ok(&["network", "rm", "backnet"]);
 }
+
+/// A tmpfs mounted over a directory for one test; unmounted at drop (also
+/// while a failed test unwinds).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let mut cmd = std::process::Command::new("mount");
+        cmd.args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir);
+        ok(&run(cmd, None, Duration::from_secs(10)));
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Writes zeros to `name` until the file system is full; returns its path.
+    fn fill(&self, name: &str) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join(name);
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        // Byte by byte for the last partial chunk.
+        while file.write_all(&[0]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk under the data dir: writes are refused with the engine's
+/// error shape and a message naming the cause, reads go on, nothing
+/// acknowledged is lost, the dir is not corrupted (shoal restarts from
+/// it), and writes work again once there is room.
+#[test]
+fn a_full_data_dir_refuses_writes_and_loses_nothing() {
+    if unsafe { libc::geteuid() } != 0 {
+        let required = std::env::var("SHOAL_REQUIRE_HOSTS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "SHOAL_REQUIRE_HOSTS=1 but not root (tmpfs mount)"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mut shoal = Shoal::start();
+    shoal.stop();
+    let data = shoal.dir().join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let disk = Tmpfs::mount(&data, "24m");
+    shoal.restart();
+    let _swarm = shoal.swarm_init();
+    let create = |name: &str| {
+        shoal.docker(&[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            name,
+            "--replicas",
+            "0",
+            IMAGE,
+            "true",
+        ])
+    };
+    let secret = |name: &str| shoal.docker_stdin(&["secret", "create", name, "-"], b"s3cret");
+    ok(&create("before"));
+    ok(&secret("before-secret"));
+
+    let filler = disk.fill("filler");
+    // Writes may still land in room the store had claimed before; every one
+    // acknowledged must survive. Some write soon meets the full disk.
+    let mut accepted = vec!["before".to_string()];
+    let refused = (0..200)
+        .find_map(|i| {
+            let name = format!("during{i}");
+            let out = create(&name);
+            if out.status.success() {
+                accepted.push(name);
+                return None;
+            }
+            Some(out)
+        })
+        .expect("200 service creates on a full disk all worked");
+    assert!(
+        stderr(&refused).to_lowercase().contains("no space"),
+        "service create on a full disk: {}",
+        stderr(&refused)
+    );
+    let refused = secret("during-secret");
+    assert!(
+        !refused.status.success(),
+        "secret create on a full disk worked"
+    );
+    assert!(
+        stderr(&refused).to_lowercase().contains("no space"),
+        "secret create on a full disk: {}",
+        stderr(&refused)
+    );
+    // The raw answer: a non-2xx status and the engine's {"message"} shape.
+    let raw = shoal.http_json(
+        "POST",
+        "/v1.41/secrets/create",
+        &serde_json::json!({"Name": "raw", "Data": "eA=="}),
+    );
+    assert!(raw.status >= 500, "status {} on a full disk", raw.status);
+    assert!(raw.json()["message"].is_string(), "body: {}", raw.text());
+    // Reads go on.
+    let listed = |shoal: &Shoal, what: &str| {
+        let ls = shoal.docker_ok(&[what, "ls", "--format", "{{.Name}}"]);
+        let mut names: Vec<String> = ls.lines().map(str::to_string).collect();
+        names.sort_unstable();
+        names
+    };
+    accepted.sort_unstable();
+    assert_eq!(listed(&shoal, "service"), accepted);
+
+    std::fs::remove_file(&filler).expect("remove the filler");
+    wait_for("writes to work again", CONVERGE, || {
+        create("after").status.success().then_some(())
+    });
+    ok(&secret("after-secret"));
+
+    shoal.restart();
+    accepted.push("after".to_string());
+    accepted.sort_unstable();
+    assert_eq!(listed(&shoal, "service"), accepted);
+    assert_eq!(listed(&shoal, "secret"), ["after-secret", "before-secret"]);
+    drop(_swarm);
+    shoal.stop();
+}
