@@ -939,7 +939,7 @@ impl Cluster {
         // Then the bridges that realised the swarm's networks.
         crate::network::leave(&self.options.network, &networks, cluster_id.as_deref()).await;
         // The task files' tmpfs goes once no container can need it.
-        crate::agent::release_node_files(&node_id);
+        crate::agent::release_node_files(&node_id).await;
         remove_dir(&self.dir)?;
         tracing::info!("left the swarm");
         Ok(())
@@ -957,7 +957,7 @@ impl Cluster {
         let node_id = worker.node_id().to_string();
         self.remove_own_containers(&node_id).await;
         self.options.network.remove_task_bridges().await;
-        crate::agent::release_node_files(&node_id);
+        crate::agent::release_node_files(&node_id).await;
         remove_dir(&self.dir)?;
         tracing::info!("left the swarm");
         Ok(())
