@@ -9,13 +9,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{AgentError, DockerExecutor};
+use crate::agent::DockerExecutor;
 use crate::api::Api;
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::config::{expand_home, Config};
+use crate::engine::EngineSettings;
 use crate::listen::{ListenAddr, ListenError, Listener};
 use crate::network::NodeNetwork;
-use crate::proxy::engine::{EngineAddr, EngineAddrError};
+use crate::proxy::engine::EngineAddrError;
 use crate::proxy::Proxy;
 use crate::tls::{self, TlsError};
 
@@ -32,8 +33,6 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    #[error(transparent)]
-    Agent(#[from] AgentError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -42,18 +41,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let proxy = Proxy::new(
-        &config.engine,
-        EngineAddr::parse(&config.engine)?,
-        engine_tls(&config)?,
-        shutdown.clone(),
-        tasks.clone(),
-    );
-    let executor = Arc::new(DockerExecutor::connect(&config.engine)?);
+    // The one way every part reaches the engine (TLS or not).
+    let engine = EngineSettings::new(&config.engine, engine_tls(&config)?)?;
+    let proxy = Proxy::new(&engine, shutdown.clone(), tasks.clone());
+    let executor = Arc::new(DockerExecutor::new(engine.clone()));
     let options = ClusterOptions {
         listen_override: config.cluster_listen_addr.clone(),
         proxy: Some(proxy.clone()),
-        network: NodeNetwork::new(&config.engine),
+        network: NodeNetwork::new(engine),
     };
     let cluster = Cluster::open(&config.data_dir, executor, options).await?;
     let api = Api::new(proxy, cluster.clone());

@@ -7,6 +7,7 @@ mod ca;
 mod cluster;
 mod config;
 mod daemon;
+mod engine;
 mod events;
 mod fsutil;
 mod listen;

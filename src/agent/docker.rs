@@ -22,6 +22,7 @@ use super::spec::{LABEL_NODE_ID, LABEL_TASK_ID};
 use super::{
     AgentError, ContainerInfo, EngineEvent, ExecFuture, ExecResult, Executor, HostPort, RunState,
 };
+use crate::engine::EngineSettings;
 
 /// Per-request timeout for the response headers (bollard's). Stops wait up
 /// to the grace period before the engine answers, so this must exceed any
@@ -49,101 +50,79 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs task containers on a Docker engine through bollard.
 pub struct DockerExecutor {
-    addr: String,
+    engine: EngineSettings,
     /// The client after version negotiation with the engine (done lazily,
-    /// on first use, so `connect` need not be async).
+    /// on first use, so `new` need not be async).
     negotiated: Arc<OnceCell<Docker>>,
     kill_permits: Semaphore,
 }
 
 impl DockerExecutor {
-    /// `engine_addr`: `unix:///var/run/docker.sock`, a bare socket path, or
-    /// `tcp://host:port` / `http://host:port`.
-    /// Checks the address; the connection itself is made on first use, so
-    /// shoal starts (and recovers) while the engine is down.
-    pub fn connect(engine_addr: &str) -> Result<Self, AgentError> {
-        let supported = ["unix://", "tcp://", "http://", "/"]
-            .iter()
-            .any(|p| engine_addr.starts_with(p));
-        if !supported {
-            return Err(AgentError::Connect {
-                addr: engine_addr.to_string(),
-                reason: "unsupported address (want unix://, tcp:// or http://)".to_string(),
-            });
-        }
-        Ok(DockerExecutor {
-            addr: engine_addr.to_string(),
+    /// The connection itself is made on first use, so shoal starts (and
+    /// recovers) while the engine is down.
+    pub fn new(engine: EngineSettings) -> Self {
+        DockerExecutor {
+            engine,
             negotiated: Arc::new(OnceCell::new()),
             kill_permits: Semaphore::new(KILL_CONCURRENCY),
-        })
+        }
     }
 
     /// The client, speaking the engine's API version (the engines on these
     /// hosts may be older than bollard's default).
     async fn client(&self) -> ExecResult<Docker> {
-        negotiated_client(&self.addr, &self.negotiated).await
+        negotiated_client(&self.engine, &self.negotiated).await
     }
 }
 
-/// Negotiates the API version once per executor (retried after a failure).
-/// A client at bollard's default version, only to ask the engine its own.
-fn unversioned_client(addr: &str) -> ExecResult<Docker> {
-    let docker = if let Some(path) = addr.strip_prefix("unix://") {
-        Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-    } else if addr.starts_with('/') {
-        Docker::connect_with_unix(addr, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-    } else {
-        Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-    };
-    docker.map_err(|e| AgentError::Connect {
-        addr: addr.to_string(),
-        reason: e.to_string(),
-    })
+/// A client of `engine` at `version`.
+fn client_at(engine: &EngineSettings, version: &bollard::ClientVersion) -> ExecResult<Docker> {
+    engine
+        .docker(REQUEST_TIMEOUT_SECS, version)
+        .map_err(|e| AgentError::Connect {
+            addr: engine.label().to_string(),
+            reason: e.to_string(),
+        })
 }
 
-async fn negotiated_client(addr: &str, cell: &OnceCell<Docker>) -> ExecResult<Docker> {
-    cell.get_or_try_init(|| negotiate(addr)).await.cloned()
+/// Negotiates the API version once per executor (retried after a failure).
+async fn negotiated_client(engine: &EngineSettings, cell: &OnceCell<Docker>) -> ExecResult<Docker> {
+    cell.get_or_try_init(|| negotiate(engine)).await.cloned()
 }
 
 /// For the event stream, which the agent may leave unpolled for a while
 /// (it lists the containers right after subscribing): it must never be the
 /// one holding the shared cell's initialisation, or every other call waits
 /// on a future nobody polls. It negotiates on its own instead.
-async fn events_client(addr: &str, cell: &OnceCell<Docker>) -> ExecResult<Docker> {
+async fn events_client(engine: &EngineSettings, cell: &OnceCell<Docker>) -> ExecResult<Docker> {
     if let Some(docker) = cell.get() {
         return Ok(docker.clone());
     }
-    let docker = negotiate(addr).await?;
+    let docker = negotiate(engine).await?;
     let _ = cell.set(docker.clone());
     Ok(docker)
 }
 
-/// A client at the highest API version both the engine and bollard speak.
-async fn negotiate(addr: &str) -> ExecResult<Docker> {
-    let version = unversioned_client(addr)?.version().await.map_err(map_err)?;
+/// A client at the highest API version both the engine and bollard speak
+/// (asked with a client at bollard's default version).
+async fn negotiate(engine: &EngineSettings) -> ExecResult<Docker> {
+    let version = client_at(engine, bollard::API_DEFAULT_VERSION)?
+        .version()
+        .await
+        .map_err(map_err)?;
     let api = version.api_version.unwrap_or_default();
     let mut parts = api.split('.').map(|p| p.parse::<usize>().unwrap_or(0));
-    let engine = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let engine_api = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     let ours = (
         bollard::API_DEFAULT_VERSION.major_version,
         bollard::API_DEFAULT_VERSION.minor_version,
     );
-    let chosen = engine.min(ours).max(MIN_API);
+    let chosen = engine_api.min(ours).max(MIN_API);
     let client_version = bollard::ClientVersion {
         major_version: chosen.0,
         minor_version: chosen.1,
     };
-    let docker = if let Some(path) = addr.strip_prefix("unix://") {
-        Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, &client_version)
-    } else if addr.starts_with('/') {
-        Docker::connect_with_unix(addr, REQUEST_TIMEOUT_SECS, &client_version)
-    } else {
-        Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, &client_version)
-    };
-    docker.map_err(|e| AgentError::Connect {
-        addr: addr.to_string(),
-        reason: e.to_string(),
-    })
+    client_at(engine, &client_version)
 }
 
 /// bollard's error → ours, keeping the engine's message for `Status.Err`.
@@ -459,13 +438,13 @@ impl Executor for DockerExecutor {
         let mut filters = own_filter(node_id);
         filters.insert("type".to_string(), vec!["container".to_string()]);
         let cell = self.negotiated.clone();
-        let addr = self.addr.clone();
+        let engine = self.engine.clone();
         let options = EventsOptions {
             filters: Some(filters),
             ..Default::default()
         };
         let stream = async move {
-            match events_client(&addr, &cell).await {
+            match events_client(&engine, &cell).await {
                 Ok(docker) => docker
                     .events(Some(options))
                     .map(|item| item.map_err(map_err).map(event_of))

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bollard::models::{Mount, MountType};
 
@@ -29,7 +29,16 @@ pub fn node_root(node_id: &str) -> PathBuf {
 
 /// `swarm leave`: unmounts the node's tmpfs (lazily: a container being
 /// removed may still hold a bind mount) and removes its directory.
-pub fn release_node_files(node_id: &str) {
+pub async fn release_node_files(node_id: &str) {
+    let node_id = node_id.to_string();
+    // An unmount and a directory removal: off the async runtime's threads.
+    let released = tokio::task::spawn_blocking(move || release_blocking(&node_id)).await;
+    if let Err(error) = released {
+        tracing::warn!(%error, "releasing the task files failed");
+    }
+}
+
+fn release_blocking(node_id: &str) {
     if node_id.is_empty() || !safe_component(node_id) {
         return;
     }
@@ -173,6 +182,31 @@ impl TaskFiles {
             });
         }
         Ok(mounts)
+    }
+
+    /// [`prepare`](Self::prepare) on a blocking thread: it may mount the
+    /// tmpfs, write files and remove a directory, none of which belongs on
+    /// the async runtime's threads.
+    pub async fn prepare_blocking(
+        self: Arc<Self>,
+        a: Arc<Assignment>,
+        node: Arc<NodeInfo>,
+    ) -> Result<Vec<Mount>, AgentError> {
+        tokio::task::spawn_blocking(move || self.prepare(&a, &node))
+            .await
+            .map_err(|e| AgentError::Files(format!("task files: {e}")))?
+    }
+
+    /// [`sweep`](Self::sweep) on a blocking thread (directory removals).
+    pub async fn sweep_blocking(self: Arc<Self>, keep: HashSet<String>) {
+        let swept = tokio::task::spawn_blocking(move || {
+            let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
+            self.sweep(&keep);
+        })
+        .await;
+        if let Err(error) = swept {
+            tracing::warn!(%error, "sweeping task files failed");
+        }
     }
 
     /// Removes the files of every task not in `keep`.

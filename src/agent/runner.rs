@@ -829,19 +829,20 @@ impl Agent {
 
     /// A task's secret and config files stay while its container may run
     /// (or an operation is about to create it); then they go.
-    fn sweep_files(&self) {
-        let keep: HashSet<&str> = self
-            .tasks
+    fn files_to_keep(&self) -> HashSet<String> {
+        self.tasks
             .iter()
             .filter(|(_, rt)| !terminal(rt.reported) && (rt.container.is_some() || rt.op.is_some()))
-            .map(|(id, _)| id.as_str())
-            .collect();
-        self.files.sweep(&keep);
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Launch whatever brings each task closer to what is desired.
     async fn reconcile(&mut self) {
-        self.sweep_files();
+        // Awaited before any op is launched, so a task prepared after the
+        // keep set was taken cannot lose its files.
+        let sweep = self.files.clone().sweep_blocking(self.files_to_keep());
+        sweep.await;
         let ids: Vec<String> = self.tasks.keys().cloned().collect();
         for task_id in ids {
             let Some(rt) = self.tasks.get_mut(&task_id) else {
@@ -977,7 +978,11 @@ impl OpCtx {
             Err(e) => return OpResult::Failed(e),
         };
         // Secrets and configs: files on shoal's tmpfs, bind-mounted read-only.
-        match self.files.prepare(&a, &self.node) {
+        let files = self
+            .files
+            .clone()
+            .prepare_blocking(a.clone(), self.node.clone());
+        match files.await {
             Ok(mounts) if mounts.is_empty() => {}
             Ok(mounts) => {
                 let host = body.host_config.get_or_insert_with(Default::default);

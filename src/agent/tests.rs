@@ -799,8 +799,8 @@ async fn real_engine_runs_and_removes_tasks() {
         eprintln!("skipping: no engine at {SOCK}");
         return;
     }
-    let exec = match DockerExecutor::connect(&format!("unix://{SOCK}")) {
-        Ok(e) => Arc::new(e),
+    let exec = match crate::engine::EngineSettings::new(&format!("unix://{SOCK}"), None) {
+        Ok(engine) => Arc::new(DockerExecutor::new(engine)),
         Err(e) => {
             eprintln!("skipping: {e}");
             return;

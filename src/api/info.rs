@@ -138,12 +138,48 @@ fn locked_info(local: &cluster::LocalNode) -> Value {
 
 /// The ping `Swarm` header exists from API 1.42 on; older engines' clients
 /// never see it, exactly as against such an engine.
+/// `/_ping` while the engine is away, from what shoal learnt of it: clients
+/// negotiate their API version from `/_ping`, and shoal's own endpoints
+/// (services, nodes, secrets) serve on without the engine. Calls passed to
+/// the engine still get the engine-unreachable error. `None` when the
+/// engine was never reached.
+fn ping_without_engine(proxy: &Proxy, head: bool) -> Option<Response<Body>> {
+    let identity = proxy.known_identity()?;
+    let body = if head {
+        body::empty()
+    } else {
+        body::full("OK")
+    };
+    let mut response = Response::new(body);
+    for (name, value) in &identity.headers {
+        response.headers_mut().insert(name, value.clone());
+    }
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Some(response)
+}
+
 pub async fn ping(
     cluster: &Cluster,
     proxy: &Proxy,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut response = proxy.forward(req).await?;
+    let head = req.method() == http::Method::HEAD;
+    let mut response = match proxy.forward(req).await {
+        Ok(response) => response,
+        Err(unreachable @ ProxyError::EngineUnreachable { .. }) => {
+            ping_without_engine(proxy, head).ok_or(unreachable)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let speaks_swarm_header = proxy
         .identity()
         .await

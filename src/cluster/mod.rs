@@ -816,10 +816,11 @@ impl Cluster {
         let expiry = spec_cert_expiry(&params.spec);
         let identity =
             identity::issue_own(&root, &local.node_id, Role::Manager, &cluster_id, expiry)?;
-        write_private(
+        write_private_off_runtime(
             &self.dir.join("ca.json"),
-            &serde_json::to_vec(&root).unwrap_or_default(),
-        )?;
+            serde_json::to_vec(&root).unwrap_or_default(),
+        )
+        .await?;
         identity::save(&self.dir, &identity)?;
         let peers = Arc::new(Peers::new(crate::transport::tls::client_config(&identity)?));
         // The data key comes first: raft seals secrets with it from entry one.
@@ -939,8 +940,8 @@ impl Cluster {
         // Then the bridges that realised the swarm's networks.
         crate::network::leave(&self.options.network, &networks, cluster_id.as_deref()).await;
         // The task files' tmpfs goes once no container can need it.
-        crate::agent::release_node_files(&node_id);
-        remove_dir(&self.dir)?;
+        crate::agent::release_node_files(&node_id).await;
+        remove_dir_off_runtime(&self.dir).await?;
         tracing::info!("left the swarm");
         Ok(())
     }
@@ -957,8 +958,8 @@ impl Cluster {
         let node_id = worker.node_id().to_string();
         self.remove_own_containers(&node_id).await;
         self.options.network.remove_task_bridges().await;
-        crate::agent::release_node_files(&node_id);
-        remove_dir(&self.dir)?;
+        crate::agent::release_node_files(&node_id).await;
+        remove_dir_off_runtime(&self.dir).await?;
         tracing::info!("left the swarm");
         Ok(())
     }
@@ -1190,6 +1191,28 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// [`write_private`] on a blocking thread (two fsyncs).
+async fn write_private_off_runtime(path: &Path, bytes: Vec<u8>) -> Result<(), ClusterError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || write_private(&owned, &bytes))
+        .await
+        .map_err(|e| ClusterError::Disk {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?
+}
+
+/// [`remove_dir`] on a blocking thread (a whole directory tree).
+async fn remove_dir_off_runtime(dir: &Path) -> Result<(), ClusterError> {
+    let owned = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || remove_dir(&owned))
+        .await
+        .map_err(|e| ClusterError::Disk {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?
 }
 
 fn remove_dir(dir: &Path) -> Result<(), ClusterError> {

@@ -235,7 +235,8 @@ impl Cluster {
             next.cert_pem = answer.cert_pem;
             next.key_pem = key_pem;
             self.adopt_identity(&next, &peers)?;
-            super::write_private(&self.dir.join(ISSUER_FILE), desired.as_bytes())?;
+            super::write_private_off_runtime(&self.dir.join(ISSUER_FILE), desired.into_bytes())
+                .await?;
             tracing::info!("certificate from the swarm's new root CA");
             return Ok(());
         }
@@ -358,16 +359,24 @@ impl Cluster {
         let mut local = manager.local.clone();
         drop(peers);
         manager.stop().await?;
-        for gone in ["raft", "ca.json", "dek.json"] {
-            let path = self.dir.join(gone);
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            if let Err(error) = removed {
-                tracing::debug!(path = %path.display(), %error, "not removed");
+        // The manager's files (a whole raft dir): off the runtime's threads.
+        let dir = self.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            for gone in ["raft", "ca.json", "dek.json"] {
+                let path = dir.join(gone);
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                if let Err(error) = removed {
+                    tracing::debug!(path = %path.display(), %error, "not removed");
+                }
             }
+        })
+        .await;
+        if let Err(error) = removed {
+            tracing::warn!(%error, "removing the manager's files failed");
         }
         let identity = Identity {
             ca_pem: identity::load(&self.dir)?.ca_pem,
@@ -455,11 +464,7 @@ impl Cluster {
         *membership = Membership::Inactive;
         tracing::warn!(node = %local.node_id, objects = objects.len(), "forcing a new cluster from this node's state");
         release(manager).await?;
-        let raft_dir = self.dir.join("raft");
-        std::fs::remove_dir_all(&raft_dir).map_err(|source| ClusterError::Disk {
-            path: raft_dir.clone(),
-            source,
-        })?;
+        super::remove_dir_off_runtime(&self.dir.join("raft")).await?;
         let keys = match crate::secrets::KeyStore::load(&self.dir)? {
             Some(crate::secrets::KeyFile::Open(keys)) => Arc::new(keys),
             _ => return Err(ClusterError::Locked),

@@ -18,6 +18,7 @@ use super::address::engine_range;
 use super::allocate::{self, is_ingress};
 use super::task::{bridges_to_create, TaskNetworking};
 use super::{bridge_name, LABEL_NETWORK_ID};
+use crate::engine::EngineSettings;
 use crate::manager::orchestrator::{as_service, as_task};
 use crate::manager::tasks;
 use crate::store::{Store, Tables};
@@ -37,7 +38,7 @@ pub enum LocalError {
 
 /// The local engine, reached through bollard on first use.
 pub struct Engine {
-    addr: String,
+    settings: EngineSettings,
     client: OnceCell<Docker>,
     /// Container ID → its addresses (inspected once it has them all).
     addresses: Mutex<HashMap<String, ContainerAddresses>>,
@@ -46,9 +47,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(addr: &str) -> Engine {
+    pub fn new(settings: EngineSettings) -> Engine {
         Engine {
-            addr: addr.to_string(),
+            settings,
             client: OnceCell::new(),
             addresses: Mutex::default(),
             warned: Mutex::default(),
@@ -73,21 +74,14 @@ impl Engine {
         self.client
             .get_or_try_init(|| async {
                 let connect = |e: bollard::errors::Error| LocalError::Connect {
-                    addr: self.addr.clone(),
+                    addr: self.settings.label().to_string(),
                     reason: e.to_string(),
                 };
                 let v141 = bollard::ClientVersion {
                     major_version: 1,
                     minor_version: 41,
                 };
-                let docker = if let Some(path) = self.addr.strip_prefix("unix://") {
-                    Docker::connect_with_unix(path, 120, &v141)
-                } else if self.addr.starts_with('/') {
-                    Docker::connect_with_unix(&self.addr, 120, &v141)
-                } else {
-                    Docker::connect_with_http(&self.addr, 120, &v141)
-                }
-                .map_err(connect)?;
+                let docker = self.settings.docker(120, &v141).map_err(connect)?;
                 docker.negotiate_version().await.map_err(connect)
             })
             .await

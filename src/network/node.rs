@@ -17,6 +17,7 @@ use super::local::{self, Engine, LocalError};
 use super::vip::{self, NetworkVip, Vips};
 use super::vxlan::{Overlay, Vxlans};
 use super::TaskNetworking;
+use crate::engine::EngineSettings;
 
 /// This node's network side. Clones share it. One made with
 /// [`NodeNetwork::without_engine`] (unit tests) does nothing at all: no
@@ -60,10 +61,10 @@ impl Default for NodeNetwork {
 }
 
 impl NodeNetwork {
-    /// The network side of a node whose engine is at `engine_addr`.
-    pub fn new(engine_addr: &str) -> NodeNetwork {
+    /// The network side of a node whose engine `engine` reaches.
+    pub fn new(engine: EngineSettings) -> NodeNetwork {
         NodeNetwork {
-            engine: Some(Arc::new(Engine::new(engine_addr))),
+            engine: Some(Arc::new(Engine::new(engine))),
             data_plane: Arc::default(),
             task_bridges: Arc::default(),
             overlays: Arc::default(),
@@ -390,7 +391,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        let node = NodeNetwork::new(&format!("unix://{SOCK}"));
+        let Ok(engine) = crate::engine::EngineSettings::new(&format!("unix://{SOCK}"), None) else {
+            return;
+        };
+        let node = NodeNetwork::new(engine);
         let bridge = super::super::bridge_name(&id);
         let inspect = || {
             docker.inspect_network(

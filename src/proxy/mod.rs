@@ -22,7 +22,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 use crate::body::{Body, BoxError};
-use engine::{EngineAddr, EngineConnector};
+use crate::engine::EngineSettings;
+use engine::EngineConnector;
 
 /// Why a call could not be passed to the engine.
 #[derive(Debug, thiserror::Error)]
@@ -67,25 +68,24 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(
-        engine_label: &str,
-        addr: EngineAddr,
-        tls: Option<Arc<rustls::ClientConfig>>,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Self {
+    pub fn new(engine: &EngineSettings, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .http1_preserve_header_case(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(32)
-            .build(EngineConnector::new(addr, tls));
+            .build(engine.connector());
         Self {
             client,
-            engine_label: engine_label.into(),
+            engine_label: engine.label().into(),
             shutdown,
             tasks,
             identity: Arc::default(),
         }
+    }
+
+    /// The engine's identity if it has been learnt already (no engine call).
+    pub fn known_identity(&self) -> Option<&EngineIdentity> {
+        self.identity.get()
     }
 
     /// The engine's API version and common headers; asked once, retried

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use openraft::error::{ClientWriteError, RaftError as OpenRaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -73,6 +73,8 @@ pub struct RaftNode {
     closed: Closed,
     proposals: mpsc::Sender<(Transaction, Reply)>,
     batcher: JoinHandle<()>,
+    /// Where the log lives, whose free space every write checks first.
+    raft_dir: PathBuf,
 }
 
 impl RaftNode {
@@ -82,7 +84,8 @@ impl RaftNode {
     /// its whole log, so the store holds every acknowledged write.
     pub async fn open(data_dir: &Path, id: u64, opts: NodeOptions) -> Result<RaftNode, RaftError> {
         let t0 = std::time::Instant::now();
-        let (db, closed) = Db::open(&data_dir.join("raft")).await?;
+        let raft_dir = data_dir.join("raft");
+        let (db, closed) = Db::open(&raft_dir).await?;
         let store = Store::with_codec(opts.codec.clone());
         let log = LogStore::open(db.clone(), opts.codec.clone())?;
         let sm = StateMachine::open(db, store.clone())?;
@@ -116,6 +119,7 @@ impl RaftNode {
             closed,
             proposals,
             batcher,
+            raft_dir,
         };
         if opts.joining {
             return Ok(node);
@@ -228,12 +232,31 @@ impl RaftNode {
     }
 
     async fn write(&self, tx: Transaction) -> Result<ApplyOutcome, ProposeError> {
+        enough_space(&self.raft_dir)?;
         let (reply, outcome) = oneshot::channel();
         self.proposals
             .send((tx, reply))
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
         outcome.await.map_err(|_| ProposeError::ShuttingDown)?
+    }
+}
+
+/// Free space a write needs under the log: room for sled to start a new
+/// segment and flush (a log write that meets a full disk stops raft until
+/// shoal restarts; refusing before it keeps the node serving).
+const SPACE_RESERVE: u64 = 4 * 1024 * 1024;
+
+/// Refuses a write while the log's file system has less than
+/// [`SPACE_RESERVE`] free. statvfs is a metadata call, cheap enough inline.
+fn enough_space(raft_dir: &Path) -> Result<(), ProposeError> {
+    match crate::fsutil::available_bytes(raft_dir) {
+        Ok(free) if free < SPACE_RESERVE => Err(ProposeError::NoSpace(format!(
+            "{} has {free} bytes free; writes need {SPACE_RESERVE}",
+            raft_dir.display()
+        ))),
+        // Unknown free space is not a reason to refuse.
+        _ => Ok(()),
     }
 }
 

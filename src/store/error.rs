@@ -58,4 +58,8 @@ pub enum ProposeError {
     ShuttingDown,
     #[error("raft failed: {0}")]
     Raft(String),
+    /// The data dir's file system is (nearly) full: refused before raft
+    /// writes anything, since a log write failing half way stops raft.
+    #[error("no space left on device: {0}")]
+    NoSpace(String),
 }

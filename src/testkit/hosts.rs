@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     docker_command, engine_docker, http_unix_timeout, run, run_within, shoal_bin, stderr, stdout,
-    tail, unique, wait_for, CMD_TIMEOUT, IMAGE, POLL, START_TIMEOUT,
+    tail, unique, wait_for, TlsFiles, CMD_TIMEOUT, IMAGE, POLL, START_TIMEOUT,
 };
 
 /// How long a fresh `dockerd` may take to answer `/_ping`.
@@ -55,6 +55,9 @@ const SUBNET_PREFIX: [u8; 2] = [10, 231];
 /// Storage drivers to try, in order: overlay2 is fastest; the others are for
 /// file systems where overlay2 cannot work (e.g. overlayfs under the data root).
 const STORAGE_DRIVERS: [&str; 3] = ["overlay2", "fuse-overlayfs", "vfs"];
+/// Where a host's engine listens once behind TLS (inside its namespace; the
+/// test certificates name 127.0.0.1).
+const ENGINE_TLS_ADDR: &str = "tcp://127.0.0.1:2376";
 
 // ---------------------------------------------------------------------------
 // The plan: every name of one instance, derived from its id
@@ -837,6 +840,9 @@ pub struct Host {
     driver: Mutex<&'static str>,
     engine: Mutex<Option<Child>>,
     shoal: Mutex<Option<Child>>,
+    /// Set by [`Host::put_engine_behind_tls`]: the engine's server files and
+    /// the client files shoal and the checks use.
+    engine_tls: Mutex<Option<(TlsFiles, TlsFiles)>>,
 }
 
 impl Host {
@@ -854,6 +860,7 @@ impl Host {
             driver: Mutex::new(STORAGE_DRIVERS[0]),
             engine: Mutex::new(None),
             shoal: Mutex::new(None),
+            engine_tls: Mutex::new(None),
         }
     }
 
@@ -972,7 +979,7 @@ impl Host {
         cmd.args(["--config-file", &d("daemon.json")])
             .args(["--data-root", &d("engine"), "--exec-root", &d("exec")])
             .args(["--pidfile", &d("dockerd.pid")])
-            .args(["-H", &self.engine_addr()])
+            .args(self.engine_listen_args())
             .args(["--storage-driver", driver])
             .args(["--cgroup-parent", &format!("/{ns}")])
             .args(["--containerd-namespace", ns])
@@ -981,6 +988,102 @@ impl Host {
             .args(["--shutdown-timeout", "1"]);
         cmd.env_remove("DOCKER_HOST");
         cmd
+    }
+
+    /// Where dockerd listens: its unix socket, or only TLS on tcp.
+    fn engine_listen_args(&self) -> Vec<String> {
+        let tls = self.engine_tls.lock().unwrap().clone();
+        let Some((server, _)) = tls else {
+            return vec!["-H".into(), self.engine_addr()];
+        };
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            "-H".into(),
+            ENGINE_TLS_ADDR.into(),
+            "--tlsverify".into(),
+            "--tlscacert".into(),
+            path(&server.ca),
+            "--tlscert".into(),
+            path(&server.cert),
+            "--tlskey".into(),
+            path(&server.key),
+        ]
+    }
+
+    /// How its shoal reaches the engine.
+    fn shoal_engine_args(&self) -> Vec<String> {
+        let tls = self.engine_tls.lock().unwrap().clone();
+        let Some((_, client)) = tls else {
+            return vec!["--engine".into(), self.engine_addr()];
+        };
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            "--engine".into(),
+            ENGINE_TLS_ADDR.into(),
+            "--engine-tlscacert".into(),
+            path(&client.ca),
+            "--engine-tlscert".into(),
+            path(&client.cert),
+            "--engine-tlskey".into(),
+            path(&client.key),
+        ]
+    }
+
+    /// Whether its engine answers where it listens.
+    fn engine_answers(&self) -> bool {
+        if self.engine_tls.lock().unwrap().is_none() {
+            return ping(&self.engine_sock());
+        }
+        let mut cmd = self.engine_docker_cmd();
+        cmd.args(["version", "--format", "{{.Server.Version}}"]);
+        run(cmd, None, Duration::from_secs(5)).status.success()
+    }
+
+    /// Restarts its engine listening only on TLS (tcp, client certificates
+    /// required; no unix socket) and its shoal with `--engine tcp://…` and
+    /// the `--engine-tls*` files. `server`/`client` as from
+    /// [`super::Certs`] (SAN 127.0.0.1). Containers stay.
+    #[track_caller]
+    pub fn put_engine_behind_tls(&self, server: &TlsFiles, client: &TlsFiles) {
+        self.stop_shoal();
+        self.stop_engine();
+        *self.engine_tls.lock().unwrap() = Some((server.clone(), client.clone()));
+        if let Err(log) = self.start_engine() {
+            panic!("dockerd of {} exited at a TLS start:\n{log}", self.name);
+        }
+        self.start_shoal();
+    }
+
+    /// SIGTERM to its dockerd; waits for it to exit.
+    #[track_caller]
+    pub fn stop_engine(&self) {
+        signal_child(&self.engine, libc::SIGTERM);
+        let stopped = poll_until(ENGINE_TIMEOUT, || reap(&self.engine));
+        assert!(stopped, "dockerd of {} did not stop", self.name);
+    }
+
+    /// SIGKILL to its dockerd only (containerd, the shims and shoal stay),
+    /// as when the engine crashes; [`start_engine_again`](Self::start_engine_again)
+    /// starts it again.
+    pub fn kill_engine(&self) {
+        if let Some(mut child) = self.engine.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts its dockerd again after [`kill_engine`](Self::kill_engine) or
+    /// [`stop_engine`](Self::stop_engine), on the same data root.
+    #[track_caller]
+    pub fn start_engine_again(&self) {
+        assert!(reap(&self.engine), "dockerd of {} is running", self.name);
+        // Its containerd died with it; stale pid files would make the new
+        // one wait on a dead socket.
+        let _ = fs::remove_file(self.dir.join("dockerd.pid"));
+        let _ = fs::remove_file(self.dir.join("exec/containerd/containerd.pid"));
+        if let Err(log) = self.start_engine() {
+            panic!("dockerd of {} exited at restart:\n{log}", self.name);
+        }
     }
 
     /// Starts dockerd with the first storage driver that works here.
@@ -1009,11 +1112,10 @@ impl Host {
         let logged_before = self.engine_log().len();
         let child = self.spawn_daemon(self.engine_command(driver), "dockerd.log");
         *self.engine.lock().unwrap() = Some(child);
-        let sock = self.engine_sock();
         let mut exited = false;
         let ready = poll_until(ENGINE_TIMEOUT, || {
             exited = reap(&self.engine);
-            exited || ping(&sock)
+            exited || self.engine_answers()
         });
         if exited {
             let log = self.engine_log();
@@ -1061,7 +1163,8 @@ impl Host {
         );
         let d = |p: &str| self.dir.join(p).to_string_lossy().into_owned();
         let mut cmd = self.command(shoal_bin());
-        cmd.args(["-H", &self.shoal_addr(), "--engine", &self.engine_addr()])
+        cmd.args(["-H", &self.shoal_addr()])
+            .args(self.shoal_engine_args())
             .args(["--data-dir", &d("data"), "--log-level", "debug"])
             .env_remove("SHOAL_ENGINE")
             .env_remove("RUST_LOG");
@@ -1226,9 +1329,33 @@ impl Host {
     /// `docker <args>` straight to this host's dockerd (set-up and checks
     /// only, never what a test asserts about shoal).
     pub fn engine_docker(&self, args: &[&str]) -> Output {
-        let mut cmd = docker_command(&self.docker_config());
-        cmd.env("DOCKER_HOST", self.engine_addr()).args(args);
+        let mut cmd = self.engine_docker_cmd();
+        cmd.args(args);
         run(cmd, None, CMD_TIMEOUT)
+    }
+
+    /// A docker command aimed at its engine: its unix socket, or (behind
+    /// TLS) tcp with the client files, from inside its namespace.
+    fn engine_docker_cmd(&self) -> Command {
+        let tls = self.engine_tls.lock().unwrap().clone();
+        let Some((_, client)) = tls else {
+            let mut cmd = docker_command(&self.docker_config());
+            cmd.env("DOCKER_HOST", self.engine_addr());
+            return cmd;
+        };
+        let mut cmd = self.command("docker");
+        for var in ["DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CERT_PATH"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("DOCKER_CONFIG", self.docker_config())
+            .env("DOCKER_HOST", ENGINE_TLS_ADDR)
+            .args(["--tlsverify", "--tlscacert"])
+            .arg(&client.ca)
+            .arg("--tlscert")
+            .arg(&client.cert)
+            .arg("--tlskey")
+            .arg(&client.key);
+        cmd
     }
 
     /// [`engine_docker`](Self::engine_docker) that must succeed; returns stdout.
