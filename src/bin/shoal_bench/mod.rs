@@ -14,6 +14,8 @@ pub mod network;
 pub mod proxy;
 /// `shoal-bench raft`.
 pub mod raft;
+/// HAProxy and socat in front of the engine, to compare the proxy with.
+pub mod relay;
 /// `shoal-bench services`.
 pub mod services;
 /// Percentiles, medians and the printed table.
