@@ -6,6 +6,8 @@ pub mod client;
 pub mod cluster;
 /// Starting, probing and stopping the shoal under test.
 pub mod daemon;
+/// `shoal-bench idle`.
+pub mod idle;
 /// The large local image the throughput benchmark streams.
 pub mod image;
 /// `shoal-bench network`.
