@@ -99,9 +99,39 @@ pub struct Config {
     /// which is then also the advertised port.
     #[arg(long, value_name = "ADDR", env = "SHOAL_CLUSTER_LISTEN_ADDR")]
     pub cluster_listen_addr: Option<String>,
+
+    /// Seconds a client connection may take to send a request's headers
+    /// (or stay idle between requests) before shoal closes it: slow-loris
+    /// clients cannot hold connections forever. Tests shorten it.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        env = "SHOAL_HEADER_READ_TIMEOUT",
+        hide = true
+    )]
+    pub header_read_timeout: u64,
+
+    /// Seconds a TLS client may take to complete its handshake.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10,
+        env = "SHOAL_TLS_HANDSHAKE_TIMEOUT",
+        hide = true
+    )]
+    pub tls_handshake_timeout: u64,
 }
 
 impl Config {
+    /// How long client connections may stall before shoal drops them.
+    pub fn client_timeouts(&self) -> crate::listen::ClientTimeouts {
+        crate::listen::ClientTimeouts {
+            header_read: std::time::Duration::from_secs(self.header_read_timeout.max(1)),
+            tls_handshake: std::time::Duration::from_secs(self.tls_handshake_timeout.max(1)),
+        }
+    }
+
     /// Whether tcp:// listeners speak TLS.
     pub fn serves_tls(&self) -> bool {
         self.tls || self.tlsverify

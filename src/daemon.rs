@@ -60,7 +60,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let serving = TaskTracker::new();
     for listener in listeners {
         tracing::info!(address = %listener.describe(), engine = %config.engine, "shoal listening");
-        serving.spawn(listener.serve(api.clone(), shutdown.clone(), tasks.clone()));
+        serving.spawn(listener.serve(
+            api.clone(),
+            config.client_timeouts(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
     }
     serving.close();
 

@@ -4,6 +4,7 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -19,6 +20,19 @@ use crate::api::Api;
 /// dockerd's default ports when `tcp://host` has none.
 const DEFAULT_PORT: u16 = 2375;
 const DEFAULT_TLS_PORT: u16 = 2376;
+
+/// How long a client connection may stall before it is closed, so that
+/// clients that send nothing (or a byte now and then) cannot hold file
+/// descriptors and memory forever.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    /// Until a request's headers are complete, counted from the end of the
+    /// previous answer (hyper's header read timeout, which also bounds idle
+    /// keep-alive connections).
+    pub header_read: Duration,
+    /// Until a TLS handshake is complete.
+    pub tls_handshake: Duration,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -104,7 +118,13 @@ impl Listener {
 
     /// Accepts connections until `shutdown` fires; each connection runs on
     /// `tasks` so shutdown can wait for it.
-    pub async fn serve(self, api: Api, shutdown: CancellationToken, tasks: TaskTracker) {
+    pub async fn serve(
+        self,
+        api: Api,
+        timeouts: ClientTimeouts,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -112,26 +132,39 @@ impl Listener {
             };
             match accepted {
                 Ok(Accepted::Unix(stream)) => {
-                    spawn_connection(stream, api.clone(), &shutdown, &tasks)
+                    spawn_connection(stream, api.clone(), timeouts, &shutdown, &tasks)
                 }
                 Ok(Accepted::Tcp(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(stream, api.clone(), &shutdown, &tasks)
+                    spawn_connection(stream, api.clone(), timeouts, &shutdown, &tasks)
                 }
                 Ok(Accepted::Tls(stream, acceptor)) => {
                     let (api, token, inner_tasks) = (api.clone(), shutdown.clone(), tasks.clone());
                     tasks.spawn(async move {
                         let _ = stream.set_nodelay(true);
-                        match acceptor.accept(stream).await {
-                            Ok(tls) => spawn_connection(tls, api, &token, &inner_tasks),
-                            Err(error) => tracing::info!(%error, "TLS handshake refused"),
+                        let handshake = acceptor.accept(stream);
+                        // A client that stalls its handshake (or shoal
+                        // shutting down) must not keep the socket forever.
+                        let done = tokio::select! {
+                            done = tokio::time::timeout(timeouts.tls_handshake, handshake) => done,
+                            _ = token.cancelled() => return,
+                        };
+                        match done {
+                            Ok(Ok(tls)) => {
+                                spawn_connection(tls, api, timeouts, &token, &inner_tasks)
+                            }
+                            Ok(Err(error)) => tracing::info!(%error, "TLS handshake refused"),
+                            Err(_) => tracing::info!(
+                                timeout = ?timeouts.tls_handshake,
+                                "TLS handshake timed out"
+                            ),
                         }
                     });
                 }
                 Err(error) => {
                     // EMFILE and friends: log and keep serving the clients we have.
                     tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
@@ -161,15 +194,23 @@ enum Accepted {
 }
 
 /// Serves one client connection with HTTP/1.1 and upgrades, as dockerd does.
-fn spawn_connection<S>(stream: S, api: Api, shutdown: &CancellationToken, tasks: &TaskTracker)
-where
+fn spawn_connection<S>(
+    stream: S,
+    api: Api,
+    timeouts: ClientTimeouts,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
         let service = service_fn(move |req| api.clone().handle(req));
         let mut builder = http1::Builder::new();
-        builder.preserve_header_case(true).timer(TokioTimer::new());
+        builder
+            .preserve_header_case(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.header_read);
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();

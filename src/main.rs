@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads.max(1))
         .enable_all()
@@ -45,6 +46,37 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     runtime.block_on(daemon::run(config))?;
     Ok(())
+}
+
+/// Every client connection, engine connection and raft peer takes a file
+/// descriptor; the usual soft limit of 1024 would refuse clients long before
+/// memory or CPU run short. Raise the soft limit to the hard one, as dockerd
+/// (through systemd's LimitNOFILE) runs.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0
+    };
+    if !raised {
+        eprintln!(
+            "shoal: cannot raise the open file limit above {}",
+            limit.rlim_cur
+        );
+    }
 }
 
 /// A bare level (`info`) applies to shoal; raft's and sled's chatter stays

@@ -6,6 +6,8 @@
 //! ```text
 //! cargo build --release --bin shoal
 //! cargo run --release --bin shoal-bench -- proxy [--rounds 5] [--requests 2000]
+//! cargo run --release --bin shoal-bench -- proxy --latency-only           # vs HAProxy, socat
+//! cargo run --release --bin shoal-bench -- idle [--connections 10000]
 //! cargo run --release --bin shoal-bench -- services [--skip-real] [--replicas-max 50]
 //! cargo run --release --bin shoal-bench -- raft [--writes 10000] [--log-writes 100000]
 //! cargo run --release --bin shoal-bench -- network [--clients 8] [--replicas 10]
@@ -31,6 +33,9 @@ enum Command {
     /// The passthrough proxy: keep-alive latency, streamed `docker save`
     /// throughput and shoal's memory, direct to the engine vs through shoal.
     Proxy(bench::proxy::ProxyArgs),
+    /// Idle clients: shoal's RSS with 10,000 idle connections, `GET /_ping`
+    /// latency beside them, and when shoal cuts them.
+    Idle(bench::idle::IdleArgs),
     /// Services and rolling updates: the engine's own swarm mode, shoal and
     /// the engine floor in one run (create 1/10/50, scale, rolling update),
     /// goals max(0.5× real swarm, 1.2× floor); RSS vs dockerd.
@@ -64,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         let work = async {
             match cli.command {
                 Command::Proxy(args) => bench::proxy::run(args).await,
+                Command::Idle(args) => bench::idle::run(args).await,
                 Command::Services(args) => bench::services::run(args).await,
                 Command::Raft(args) => bench::raft::run(args).await,
                 Command::Network(args) => bench::network::run(args).await,

@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod daemon;
 /// `shoal-bench fuzz`.
 pub mod fuzz;
+/// `shoal-bench idle`.
+pub mod idle;
 /// The large local image the throughput benchmark streams.
 pub mod image;
 /// `shoal-bench network`.
@@ -16,6 +18,8 @@ pub mod network;
 pub mod proxy;
 /// `shoal-bench raft`.
 pub mod raft;
+/// HAProxy and socat in front of the engine, to compare the proxy with.
+pub mod relay;
 /// `shoal-bench services`.
 pub mod services;
 /// Percentiles, medians and the printed table.

@@ -1,11 +1,15 @@
-//! `shoal-bench proxy`: the passthrough proxy against the engine it fronts.
+//! `shoal-bench proxy`: the passthrough proxy against the engine it fronts
+//! and against the proxies it could be replaced with.
 //!
-//! In one run, alternating direct (the engine's socket) and through shoal:
-//! p50/p99 latency of `GET /_ping` and `GET /containers/json` on one
-//! keep-alive connection, throughput of a streamed `GET /images/{name}/get`
-//! of a ≥ 512 MiB local image, and shoal's RSS idle and over 3 × 10,000
-//! requests. Goals (issue 3): added p50 ≤ 50 µs; throughput ≥ 0.95× direct;
-//! RSS ≤ 20 MiB idle and flat.
+//! In one run, rotating which goes first: p50/p99 latency of `GET /_ping`,
+//! `GET /version` and `GET /containers/json` on one keep-alive connection,
+//! direct (the engine's socket), through shoal, through HAProxy configured
+//! as docker-socket-proxy configures it (and the same with engine
+//! connections kept alive), and through socat (an L4 splice). Then, direct
+//! vs shoal only, throughput of a streamed `GET /images/{name}/get` of a
+//! ≥ 512 MiB local image and shoal's RSS idle and over 3 × 10,000 requests.
+//! Goals (issues 3 and 15): added p50 ≤ 50 µs and ≤ HAProxy's, aiming at
+//! socat's; throughput ≥ 0.95× direct; RSS ≤ 20 MiB idle and flat.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use hyper::StatusCode;
 use super::client::{message, Conn};
 use super::daemon::{self, Shoal, TempDir};
 use super::image;
+use super::relay::{self, Relay};
 use super::stats::{grouped, median, percentile_us, table};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -27,7 +32,7 @@ const GOAL_RSS_MIB: f64 = 20.0;
 /// "Flat": the last RSS sample is at most this much above the first.
 const FLAT_TOLERANCE_MIB: f64 = 1.0;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const LATENCY_PATHS: [&str; 2] = ["/_ping", "/containers/json"];
+const LATENCY_PATHS: [&str; 3] = ["/_ping", "/version", "/containers/json"];
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
@@ -78,6 +83,16 @@ pub struct ProxyArgs {
     #[arg(long)]
     direct_only: bool,
 
+    /// Leave out HAProxy and socat (by default both are started, from
+    /// PATH, in front of the engine's socket: apt-get install haproxy socat).
+    #[arg(long)]
+    no_relays: bool,
+
+    /// Latency only: no throughput transfers (and no large image) and no
+    /// RSS batches.
+    #[arg(long)]
+    latency_only: bool,
+
     /// Also write every figure as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -87,25 +102,44 @@ pub struct ProxyArgs {
 enum Side {
     Direct,
     Shoal,
+    Haproxy,
+    HaproxyKeepAlive,
+    Socat,
 }
+
+const SIDES: usize = 5;
 
 impl Side {
     fn name(self) -> &'static str {
         match self {
             Side::Direct => "direct",
             Side::Shoal => "shoal",
+            Side::Haproxy => "haproxy",
+            Side::HaproxyKeepAlive => "haproxy-ka",
+            Side::Socat => "socat",
         }
     }
     fn index(self) -> usize {
         match self {
             Side::Direct => 0,
             Side::Shoal => 1,
+            Side::Haproxy => 2,
+            Side::HaproxyKeepAlive => 3,
+            Side::Socat => 4,
+        }
+    }
+    fn relay(self) -> Option<relay::Kind> {
+        match self {
+            Side::Haproxy => Some(relay::Kind::HaproxyServerClose),
+            Side::HaproxyKeepAlive => Some(relay::Kind::HaproxyKeepAlive),
+            Side::Socat => Some(relay::Kind::Socat),
+            Side::Direct | Side::Shoal => None,
         }
     }
 }
 
 /// Per side, per request kind: each round's (p50, p99) in µs.
-type LatencyRounds = [[Vec<(f64, f64)>; 2]; 2];
+type LatencyRounds = [[Vec<(f64, f64)>; LATENCY_PATHS.len()]; SIDES];
 
 struct Throughput {
     /// Per side: each round's MiB/s.
@@ -132,11 +166,16 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
 
     let engine = args.engine.clone();
     let version = engine_version(&engine).await?;
-    let image = image::ensure(&engine, &args.image, args.image_mib).await?;
+    let image = if args.latency_only {
+        None
+    } else {
+        Some(image::ensure(&engine, &args.image, args.image_mib).await?)
+    };
 
-    // Declared before `shoal` so that shoal is stopped before its directory
-    // goes; both happen on every exit path, errors included.
-    let dir;
+    // Declared before `shoal` and the relays so that they are stopped
+    // before their directory goes; both happen on every exit path, errors
+    // included.
+    let dir = TempDir::new("shoal-bench")?;
     let mut shoal = None;
     let mut shoal_bin = None;
     if !args.direct_only {
@@ -145,7 +184,6 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(daemon::default_shoal_bin);
         daemon::check_shoal_bin(&bin)?;
-        dir = TempDir::new("shoal-bench")?;
         let mut started = Shoal::start(&bin, dir.path(), &engine)?;
         let took = started.wait_ready(READY_TIMEOUT).await?;
         eprintln!(
@@ -157,26 +195,39 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         shoal = Some(started);
         shoal_bin = Some(bin);
     }
-    let sides: &[Side] = if shoal.is_some() {
-        &[Side::Direct, Side::Shoal]
-    } else {
-        &[Side::Direct]
-    };
-    let socket_of = |side: Side| -> PathBuf {
-        match (side, &shoal) {
-            (Side::Shoal, Some(s)) => s.socket().to_path_buf(),
-            _ => engine.clone(),
+    let mut sides: Vec<(Side, PathBuf)> = vec![(Side::Direct, engine.clone())];
+    if let Some(s) = &shoal {
+        sides.push((Side::Shoal, s.socket().to_path_buf()));
+    }
+    let mut relays = Vec::new();
+    if !args.no_relays {
+        for side in [Side::Haproxy, Side::HaproxyKeepAlive, Side::Socat] {
+            let Some(kind) = side.relay() else { continue };
+            let relay = Relay::start(kind, dir.path(), &engine).await?;
+            sides.push((side, relay.socket().to_path_buf()));
+            relays.push(relay);
         }
-    };
+    }
 
     // Memory first, while shoal has served nothing else.
-    let memory = match &shoal {
-        Some(s) => Some(measure_memory(s, &args).await?),
-        None => None,
+    let memory = match (&shoal, args.latency_only) {
+        (Some(s), false) => Some(measure_memory(s, &args).await?),
+        _ => None,
     };
 
-    let latency = measure_latency(&args, sides, &socket_of).await?;
-    let throughput = measure_throughput(&args, sides, &socket_of).await?;
+    let latency = measure_latency(&args, &sides).await?;
+    drop(relays);
+    let throughput = match &image {
+        Some(_) => {
+            let direct_and_shoal: Vec<(Side, PathBuf)> = sides
+                .iter()
+                .filter(|(side, _)| matches!(side, Side::Direct | Side::Shoal))
+                .cloned()
+                .collect();
+            Some(measure_throughput(&args, &direct_and_shoal).await?)
+        }
+        None => None,
+    };
 
     let memory = match (memory, &shoal) {
         (Some(mut m), Some(s)) => {
@@ -204,9 +255,10 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     let report = Report {
         args: &args,
         version,
-        image_id: image.id,
-        image_size: image.size,
+        image,
+        has_shoal: shoal_bin.is_some(),
         shoal_bin,
+        sides: sides.iter().map(|(side, _)| *side).collect(),
         latency,
         throughput,
         memory,
@@ -242,8 +294,13 @@ async fn engine_version(engine: &Path) -> Result<(String, String)> {
     Ok((field("Version"), field("ApiVersion")))
 }
 
-fn order(round: usize, sides: &[Side]) -> Vec<Side> {
+/// The sides in the order round `round` measures them: rotated each round,
+/// and reversed every other, so that no side always follows the same one.
+fn order<T: Clone>(round: usize, sides: &[T]) -> Vec<T> {
     let mut order = sides.to_vec();
+    if !order.is_empty() {
+        order.rotate_left(round / 2 % sides.len());
+    }
     if !round.is_multiple_of(2) {
         order.reverse();
     }
@@ -279,15 +336,10 @@ async fn measure_memory(shoal: &Shoal, args: &ProxyArgs) -> Result<Memory> {
     })
 }
 
-async fn measure_latency(
-    args: &ProxyArgs,
-    sides: &[Side],
-    socket_of: &impl Fn(Side) -> PathBuf,
-) -> Result<LatencyRounds> {
+async fn measure_latency(args: &ProxyArgs, sides: &[(Side, PathBuf)]) -> Result<LatencyRounds> {
     let mut rounds: LatencyRounds = Default::default();
     for round in 0..args.rounds {
-        for side in order(round, sides) {
-            let socket = socket_of(side);
+        for (side, socket) in order(round, sides) {
             let mut conn = Conn::connect(&socket).await?;
             for _ in 0..args.warmup {
                 for path in LATENCY_PATHS {
@@ -297,7 +349,7 @@ async fn measure_latency(
                 }
             }
             let mut line = format!(
-                "latency round {}/{} {:>6}:",
+                "latency round {}/{} {:>10}:",
                 round + 1,
                 args.rounds,
                 side.name()
@@ -322,15 +374,11 @@ async fn measure_latency(
     Ok(rounds)
 }
 
-async fn measure_throughput(
-    args: &ProxyArgs,
-    sides: &[Side],
-    socket_of: &impl Fn(Side) -> PathBuf,
-) -> Result<Throughput> {
+async fn measure_throughput(args: &ProxyArgs, sides: &[(Side, PathBuf)]) -> Result<Throughput> {
     let path = format!("/images/{}/get", args.image);
     // One unmeasured transfer so that the first measured one does not pay
     // for a cold page cache.
-    let mut conn = Conn::connect(&socket_of(Side::Direct)).await?;
+    let mut conn = Conn::connect(&args.engine).await?;
     let (status, _) = conn.get_discard(&path).await?;
     if status != StatusCode::OK {
         bail!("warm-up GET {path}: {status}");
@@ -342,8 +390,8 @@ async fn measure_throughput(
         bytes: Default::default(),
     };
     for round in 0..args.rounds {
-        for side in order(round, sides) {
-            let mut conn = Conn::connect(&socket_of(side)).await?;
+        for (side, socket) in order(round, sides) {
+            let mut conn = Conn::connect(&socket).await?;
             let start = Instant::now();
             let (status, bytes) = conn
                 .get_discard(&path)
@@ -372,11 +420,13 @@ async fn measure_throughput(
 struct Report<'a> {
     args: &'a ProxyArgs,
     version: (String, String),
-    image_id: String,
-    image_size: u64,
+    image: Option<image::ImageInfo>,
+    has_shoal: bool,
     shoal_bin: Option<PathBuf>,
+    /// The sides measured for latency, direct first.
+    sides: Vec<Side>,
     latency: LatencyRounds,
-    throughput: Throughput,
+    throughput: Option<Throughput>,
     memory: Option<Memory>,
     stopped: Option<String>,
 }
@@ -401,28 +451,29 @@ fn verdict(met: bool) -> &'static str {
 }
 
 impl Report<'_> {
-    fn has_shoal(&self) -> bool {
-        self.memory.is_some()
+    /// One side's (p50, p99) medians for a request kind.
+    fn latency_of(&self, side: Side, kind: usize) -> (f64, f64) {
+        medians(&self.latency[side.index()][kind])
     }
 
-    /// Per request kind: (direct p50, p99), (shoal p50, p99) medians.
-    fn latency_medians(&self, kind: usize) -> ((f64, f64), (f64, f64)) {
-        (
-            medians(&self.latency[0][kind]),
-            medians(&self.latency[1][kind]),
-        )
+    /// A side's added p50 and p99 over direct for a request kind.
+    fn added(&self, side: Side, kind: usize) -> (f64, f64) {
+        let (d50, d99) = self.latency_of(Side::Direct, kind);
+        let (s50, s99) = self.latency_of(side, kind);
+        (s50 - d50, s99 - d99)
     }
 
-    fn throughput_medians(&self) -> (f64, f64) {
-        (
-            median(&self.throughput.mib_s[0]),
-            median(&self.throughput.mib_s[1]),
-        )
+    fn measured(&self, side: Side) -> bool {
+        self.sides.contains(&side)
+    }
+
+    fn throughput_medians(t: &Throughput) -> (f64, f64) {
+        (median(&t.mib_s[0]), median(&t.mib_s[1]))
     }
 
     /// Every transfer, either side, returned the same number of bytes.
-    fn same_bytes(&self) -> bool {
-        let all: Vec<u64> = self.throughput.bytes.iter().flatten().copied().collect();
+    fn same_bytes(t: &Throughput) -> bool {
+        let all: Vec<u64> = t.bytes.iter().flatten().copied().collect();
         all.windows(2).all(|w| w[0] == w[1])
     }
 
@@ -435,23 +486,34 @@ impl Report<'_> {
 
     fn render(&self) -> String {
         let a = self.args;
-        let shoal = self.has_shoal();
         let mut out = String::new();
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "shoal-bench proxy: engine {} (API {}) at {}{}",
+            "shoal-bench proxy: engine {} (API {}) at {}{}; load average {}",
             self.version.0,
             self.version.1,
             a.engine.display(),
             match &self.shoal_bin {
                 Some(bin) => format!(", shoal {}", bin.display()),
                 None => ", direct only (no shoal)".to_string(),
-            }
+            },
+            load_average()
         );
         let _ = writeln!(out);
+        self.render_latency(&mut out);
+        if let (Some(t), Some(image)) = (&self.throughput, &self.image) {
+            self.render_throughput(&mut out, t, image);
+        }
+        if let Some(m) = &self.memory {
+            self.render_memory(&mut out, m);
+        }
+        self.render_goals(&mut out);
+        out
+    }
 
-        // Latency.
+    fn render_latency(&self, out: &mut String) {
+        let a = self.args;
         let _ = writeln!(
             out,
             "latency (µs): median over {} rounds of each round's percentile; {} sequential requests \
@@ -460,59 +522,70 @@ impl Report<'_> {
             grouped(a.requests as u64),
             grouped(a.warmup as u64)
         );
-        let mut rows = vec![if shoal {
-            [
-                "request",
-                "direct p50",
-                "shoal p50",
-                "added p50",
-                "ratio",
-                "direct p99",
-                "shoal p99",
-                "added p99",
-                "ratio",
-            ]
-            .map(String::from)
-            .to_vec()
-        } else {
-            ["request", "direct p50", "direct p99"]
-                .map(String::from)
-                .to_vec()
-        }];
+        let _ = writeln!(
+            out,
+            "  haproxy: docker-socket-proxy's config (http-server-close: an engine connection per request); \
+             haproxy-ka: the same, engine connections reused; socat: L4 splice"
+        );
+        let mut rows = vec![[
+            "request", "via", "p50", "added", "×direct", "p99", "added", "×direct",
+        ]
+        .map(String::from)
+        .to_vec()];
         for (kind, path) in LATENCY_PATHS.iter().enumerate() {
-            let ((d50, d99), (s50, s99)) = self.latency_medians(kind);
-            let mut row = vec![format!("GET {path}"), format!("{d50:.1}")];
-            if shoal {
-                row.extend([
+            let (d50, d99) = self.latency_of(Side::Direct, kind);
+            for &side in &self.sides {
+                let (s50, s99) = self.latency_of(side, kind);
+                let (add50, add99) = self.added(side, kind);
+                let direct = side == Side::Direct;
+                let cell = |v: String| if direct { String::new() } else { v };
+                rows.push(vec![
+                    if direct {
+                        format!("GET {path}")
+                    } else {
+                        String::new()
+                    },
+                    side.name().to_string(),
                     format!("{s50:.1}"),
-                    format!("{:+.1}", s50 - d50),
-                    format!("{:.2}×", s50 / d50),
-                    format!("{d99:.1}"),
+                    cell(format!("{add50:+.1}")),
+                    cell(format!("{:.2}", s50 / d50)),
                     format!("{s99:.1}"),
-                    format!("{:+.1}", s99 - d99),
-                    format!("{:.2}×", s99 / d99),
+                    cell(format!("{add99:+.1}")),
+                    cell(format!("{:.2}", s99 / d99)),
                 ]);
-            } else {
-                row.push(format!("{d99:.1}"));
             }
-            rows.push(row);
         }
         out.push_str(&table(&rows));
+        if self.has_shoal && self.sides.len() > 2 {
+            let _ = writeln!(out, "  shoal's added p50 as a ratio of each relay's:");
+            for (kind, path) in LATENCY_PATHS.iter().enumerate() {
+                let (shoal, _) = self.added(Side::Shoal, kind);
+                let ratios: Vec<String> = self
+                    .sides
+                    .iter()
+                    .filter(|s| s.relay().is_some())
+                    .map(|&s| format!("{} {:.2}×", s.name(), shoal / self.added(s, kind).0))
+                    .collect();
+                let _ = writeln!(out, "    GET {path:<17} {}", ratios.join(", "));
+            }
+        }
         let _ = writeln!(out);
+    }
 
-        // Throughput.
-        let bytes = self.throughput.bytes[0].first().copied().unwrap_or(0);
+    fn render_throughput(&self, out: &mut String, t: &Throughput, image: &image::ImageInfo) {
+        let shoal = self.has_shoal;
+        let bytes = t.bytes[0].first().copied().unwrap_or(0);
         let _ = writeln!(
             out,
             "throughput: GET /images/{}/get streamed and discarded ({:.0} MiB per transfer; image {} of {:.0} MiB), \
              median over {} rounds",
-            a.image,
+            self.args.image,
             bytes as f64 / MIB,
-            self.image_id.trim_start_matches("sha256:").get(..12).unwrap_or("?"),
-            self.image_size as f64 / MIB,
-            a.rounds
+            image.id.trim_start_matches("sha256:").get(..12).unwrap_or("?"),
+            image.size as f64 / MIB,
+            self.args.rounds
         );
-        let (dt, st) = self.throughput_medians();
+        let (dt, st) = Self::throughput_medians(t);
         let mut rows = vec![if shoal {
             ["", "direct", "shoal", "ratio"].map(String::from).to_vec()
         } else {
@@ -524,87 +597,117 @@ impl Report<'_> {
         }
         rows.push(row);
         out.push_str(&table(&rows));
-        if shoal && !self.same_bytes() {
+        if shoal && !Self::same_bytes(t) {
             let _ = writeln!(
                 out,
                 "  WARNING: transfers differed in length: direct {:?}, shoal {:?}",
-                self.throughput.bytes[0], self.throughput.bytes[1]
+                t.bytes[0], t.bytes[1]
             );
         }
         let _ = writeln!(out);
+    }
 
-        // Memory.
-        if let Some(m) = &self.memory {
-            let _ = writeln!(out, "shoal RSS (VmRSS from /proc/<pid>/status)");
-            let mut rows = vec![["", "MiB", "requests/s"].map(String::from).to_vec()];
+    fn render_memory(&self, out: &mut String, m: &Memory) {
+        let _ = writeln!(out, "shoal RSS (VmRSS from /proc/<pid>/status)");
+        let mut rows = vec![["", "MiB", "requests/s"].map(String::from).to_vec()];
+        rows.push(vec![
+            "idle after start".into(),
+            format!("{:.1}", mib(m.idle_kib)),
+            String::new(),
+        ]);
+        for (done, kib, secs) in &m.batches {
             rows.push(vec![
-                "idle after start".into(),
-                format!("{:.1}", mib(m.idle_kib)),
-                String::new(),
+                format!("after {} GET /_ping", grouped(*done)),
+                format!("{:.1}", mib(*kib)),
+                format!("{:.0}", self.args.rss_batch_requests as f64 / secs),
             ]);
-            for (done, kib, secs) in &m.batches {
-                rows.push(vec![
-                    format!("after {} GET /_ping", grouped(*done)),
-                    format!("{:.1}", mib(*kib)),
-                    format!("{:.0}", a.rss_batch_requests as f64 / secs),
-                ]);
-            }
-            rows.push(vec![
-                "at the end of the run".into(),
-                format!("{:.1}", mib(m.end_kib)),
-                String::new(),
-            ]);
-            rows.push(vec![
-                "peak over the run (VmHWM)".into(),
-                format!("{:.1}", mib(m.peak_kib)),
-                String::new(),
-            ]);
-            out.push_str(&table(&rows));
-            if let Some(stopped) = &self.stopped {
-                let _ = writeln!(out, "  shoal stopped: {stopped}");
-            }
-            let _ = writeln!(out);
         }
+        rows.push(vec![
+            "at the end of the run".into(),
+            format!("{:.1}", mib(m.end_kib)),
+            String::new(),
+        ]);
+        rows.push(vec![
+            "peak over the run (VmHWM)".into(),
+            format!("{:.1}", mib(m.peak_kib)),
+            String::new(),
+        ]);
+        out.push_str(&table(&rows));
+        if let Some(stopped) = &self.stopped {
+            let _ = writeln!(out, "  shoal stopped: {stopped}");
+        }
+        let _ = writeln!(out);
+    }
 
-        // Verdicts.
+    fn render_goals(&self, out: &mut String) {
         let _ = writeln!(out, "goals");
-        if !shoal {
+        if !self.has_shoal {
             let _ = writeln!(out, "  not judged: --direct-only measures the engine alone");
-            return out;
+            return;
         }
-        let added: Vec<(String, f64)> = LATENCY_PATHS
+        let added: Vec<(&str, f64)> = LATENCY_PATHS
             .iter()
             .enumerate()
-            .map(|(kind, path)| {
-                let ((d50, _), (s50, _)) = self.latency_medians(kind);
-                (path.to_string(), s50 - d50)
-            })
+            .map(|(kind, path)| (*path, self.added(Side::Shoal, kind).0))
             .collect();
-        let latency_met = added.iter().all(|(_, v)| *v <= GOAL_ADDED_P50_US);
-        let _ = writeln!(
-            out,
-            "  {:<30} {} ({})",
-            format!("added p50 latency ≤ {GOAL_ADDED_P50_US:.0} µs:"),
-            verdict(latency_met),
-            added
+        let listed = |values: &[(&str, f64)]| {
+            values
                 .iter()
                 .map(|(p, v)| format!("{p} {v:+.1} µs"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
-        let ratio = st / dt;
-        let throughput_met = ratio >= GOAL_THROUGHPUT_RATIO && self.same_bytes();
+        };
         let _ = writeln!(
             out,
-            "  {:<30} {} ({ratio:.3}×{})",
-            format!("throughput ≥ {GOAL_THROUGHPUT_RATIO:.2}× direct:"),
-            verdict(throughput_met),
-            if self.same_bytes() {
-                ""
-            } else {
-                "; bodies differed in length"
-            }
+            "  {:<34} {} ({})",
+            format!("added p50 ≤ {GOAL_ADDED_P50_US:.0} µs:"),
+            verdict(added.iter().all(|(_, v)| *v <= GOAL_ADDED_P50_US)),
+            listed(&added)
         );
+        for (side, label) in [
+            (
+                Side::Haproxy,
+                "added p50 ≤ HAProxy's (docker-socket-proxy):",
+            ),
+            (
+                Side::HaproxyKeepAlive,
+                "added p50 ≤ HAProxy's (keep-alive):",
+            ),
+            (Side::Socat, "added p50 ≤ socat's (aim):"),
+        ] {
+            if !self.measured(side) {
+                continue;
+            }
+            let theirs: Vec<(&str, f64)> = LATENCY_PATHS
+                .iter()
+                .enumerate()
+                .map(|(kind, path)| (*path, self.added(side, kind).0))
+                .collect();
+            let met = added.iter().zip(&theirs).all(|(ours, t)| ours.1 <= t.1);
+            let _ = writeln!(
+                out,
+                "  {label:<34} {} ({}: {})",
+                verdict(met),
+                side.name(),
+                listed(&theirs)
+            );
+        }
+        if let Some(t) = &self.throughput {
+            let (dt, st) = Self::throughput_medians(t);
+            let ratio = st / dt;
+            let same = Self::same_bytes(t);
+            let _ = writeln!(
+                out,
+                "  {:<34} {} ({ratio:.3}×{})",
+                format!("throughput ≥ {GOAL_THROUGHPUT_RATIO:.2}× direct:"),
+                verdict(ratio >= GOAL_THROUGHPUT_RATIO && same),
+                if same {
+                    ""
+                } else {
+                    "; bodies differed in length"
+                }
+            );
+        }
         if let Some(m) = &self.memory {
             let highest = m
                 .batches
@@ -620,7 +723,7 @@ impl Report<'_> {
             let total = m.batches.last().map(|b| b.0).unwrap_or(0);
             let _ = writeln!(
                 out,
-                "  {:<30} {} (idle {:.1} MiB; {first:.1} → {last:.1} MiB over {} requests, {})",
+                "  {:<34} {} (idle {:.1} MiB; {first:.1} → {last:.1} MiB over {} requests, {})",
                 format!("RSS ≤ {GOAL_RSS_MIB:.0} MiB idle and flat:"),
                 verdict(met),
                 mib(m.idle_kib),
@@ -632,7 +735,6 @@ impl Report<'_> {
                 }
             );
         }
-        out
     }
 
     fn json(&self) -> serde_json::Value {
@@ -640,31 +742,42 @@ impl Report<'_> {
             .iter()
             .enumerate()
             .map(|(kind, path)| {
-                let ((d50, d99), (s50, s99)) = self.latency_medians(kind);
-                serde_json::json!({
-                    "request": format!("GET {path}"),
-                    "direct": {"p50_us": d50, "p99_us": d99, "rounds": self.latency[0][kind]},
-                    "shoal": if self.has_shoal() {
-                        serde_json::json!({"p50_us": s50, "p99_us": s99, "rounds": self.latency[1][kind]})
-                    } else {
-                        serde_json::Value::Null
-                    },
-                })
+                let sides: serde_json::Map<String, serde_json::Value> = self
+                    .sides
+                    .iter()
+                    .map(|&side| {
+                        let (p50, p99) = self.latency_of(side, kind);
+                        let (add50, add99) = self.added(side, kind);
+                        (
+                            side.name().to_string(),
+                            serde_json::json!({
+                                "p50_us": p50, "p99_us": p99,
+                                "added_p50_us": add50, "added_p99_us": add99,
+                                "rounds": self.latency[side.index()][kind],
+                            }),
+                        )
+                    })
+                    .collect();
+                serde_json::json!({"request": format!("GET {path}"), "via": sides})
             })
             .collect();
-        let (dt, st) = self.throughput_medians();
+        let throughput = self.throughput.as_ref().map(|t| {
+            let (dt, st) = Self::throughput_medians(t);
+            serde_json::json!({
+                "image": self.args.image,
+                "direct_mib_s": dt,
+                "shoal_mib_s": if self.has_shoal { serde_json::json!(st) } else { serde_json::Value::Null },
+                "rounds": {"direct": t.mib_s[0], "shoal": t.mib_s[1]},
+                "bytes": {"direct": t.bytes[0], "shoal": t.bytes[1]},
+            })
+        });
         serde_json::json!({
             "engine": {"version": self.version.0, "api_version": self.version.1},
+            "load_average": load_average(),
             "rounds": self.args.rounds,
             "requests": self.args.requests,
             "latency": latency,
-            "throughput": {
-                "image": self.args.image,
-                "direct_mib_s": dt,
-                "shoal_mib_s": if self.has_shoal() { serde_json::json!(st) } else { serde_json::Value::Null },
-                "rounds": {"direct": self.throughput.mib_s[0], "shoal": self.throughput.mib_s[1]},
-                "bytes": {"direct": self.throughput.bytes[0], "shoal": self.throughput.bytes[1]},
-            },
+            "throughput": throughput,
             "rss": self.memory.as_ref().map(|m| serde_json::json!({
                 "idle_kib": m.idle_kib,
                 "batches": m.batches.iter().map(|b| serde_json::json!({"requests": b.0, "rss_kib": b.1})).collect::<Vec<_>>(),
@@ -673,4 +786,18 @@ impl Report<'_> {
             })),
         })
     }
+}
+
+/// The 1, 5 and 15 minute load averages, as `uptime` prints them: the
+/// figures mean little on a busy machine.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "?".to_string())
 }
