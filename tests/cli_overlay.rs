@@ -436,3 +436,147 @@ fn a_published_port_answers_on_every_node_and_can_pass_the_clients_address() {
 
     h1.docker_ok(&["service", "rm", "web", "pp"]);
 }
+
+/// Pages fetched `n` times from container `c` on `h` at `url`; every try
+/// must answer.
+fn pages_from(h: &Host, c: &str, url: &str, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| {
+            wait_for(&format!("{url} from {}", h.name), CONVERGE, || {
+                fetch(h, c, url)
+            })
+        })
+        .collect()
+}
+
+/// The hostnames (short container IDs) of `service`'s tasks on `hosts`.
+fn hostnames(hosts: &[&Host], service: &str) -> BTreeSet<String> {
+    hosts
+        .iter()
+        .flat_map(|h| containers_on(h, service))
+        .map(|c| c[..12].to_string())
+        .collect()
+}
+
+#[test]
+fn a_stack_spreads_over_the_hosts_and_a_cut_off_hosts_tasks_leave_names_vips_and_ports() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    h1.docker_ok(&["swarm", "init", "--advertise-addr", &h1.ip.to_string()]);
+    join(h2, h1, "manager");
+    join(h3, h1, "worker");
+
+    // A compose file with two services on an overlay, one publishing a
+    // port, a secret and a config, deployed from the second manager.
+    let dir = h2.dir.join("stack");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token.txt"), "s3cret-token\n").unwrap();
+    std::fs::write(dir.join("greeting.txt"), "hello from a config\n").unwrap();
+    let compose = format!(
+        r#"version: "3.8"
+services:
+  web:
+    image: {IMAGE}
+    command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && cat /run/secrets/token > /www/token && exec httpd -f -p 80 -h /www"]
+    networks: [back]
+    ports: ["8082:80"]
+    secrets: [token]
+    stop_grace_period: 1s
+    deploy:
+      replicas: 3
+      placement:
+        max_replicas_per_node: 1
+  cli:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    networks: [back]
+    configs:
+      - source: greeting
+        target: /greeting
+    stop_grace_period: 1s
+    deploy:
+      placement:
+        constraints: ["node.hostname=={h1}"]
+networks:
+  back:
+    driver: overlay
+secrets:
+  token:
+    file: ./token.txt
+configs:
+  greeting:
+    file: ./greeting.txt
+"#,
+        h1 = h1.hostname
+    );
+    std::fs::write(dir.join("stack.yml"), compose).unwrap();
+    let out = h2
+        .docker_cmd()
+        .current_dir(&dir)
+        .args(["stack", "deploy", "-c", "stack.yml", "st"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    wait_running(h2, "st_web", 3);
+    wait_running(h2, "st_cli", 1);
+    let stacks = h1.docker_ok(&["stack", "ls", "--format", "{{.Name}} {{.Services}}"]);
+    assert_eq!(stacks.trim(), "st 2", "{stacks}");
+    let services = h1.docker_ok(&["stack", "services", "st", "--format", "{{.Name}}"]);
+    assert_eq!(
+        services.lines().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["st_cli", "st_web"])
+    );
+    for h in [h1, h2, h3] {
+        assert_eq!(containers_on(h, "st_web").len(), 1, "st_web on {}", h.name);
+    }
+
+    // By name across hosts, with the secret and the config delivered.
+    let client = wait_for("the client container", CONVERGE, || {
+        containers_on(h1, "st_cli").into_iter().next()
+    });
+    let greeting = h1.engine_docker_ok(&["exec", &client, "cat", "/greeting"]);
+    assert_eq!(greeting.trim(), "hello from a config");
+    let all = hostnames(&[h1, h2, h3], "st_web");
+    assert_eq!(pages_from(h1, &client, "http://web/", 9), all);
+    let token = wait_for("the token through the VIP", CONVERGE, || {
+        fetch(h1, &client, "http://web/token")
+    });
+    assert_eq!(token, "s3cret-token");
+    // The published port, on the worker.
+    let published = std::net::SocketAddr::from((h3.ip, 8082));
+    let seen: BTreeSet<String> = (0..9)
+        .map(|_| {
+            wait_for("a page on the worker's port", CONVERGE, || {
+                http_get(published)
+            })
+        })
+        .collect();
+    assert_eq!(seen, all);
+
+    // h3 is cut off: once it is down, its task leaves the names, the VIP
+    // and every node's published port.
+    let cut_at = std::time::Instant::now();
+    h3.cut();
+    let left = hostnames(&[h1, h2], "st_web");
+    let resolved = wait_for("tasks.web without h3's task", CONVERGE, || {
+        let found = resolve(h1, &client, "tasks.web");
+        (found.len() == 2).then_some(found)
+    });
+    eprintln!(
+        "h3's task left tasks.web {:.1} s after the cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(resolved.len(), 2, "{resolved:?}");
+    assert_eq!(pages_from(h1, &client, "http://web/", 8), left);
+    let on_manager = std::net::SocketAddr::from((h2.ip, 8082));
+    let seen: BTreeSet<String> = (0..8)
+        .map(|_| wait_for("a page on h2's port", CONVERGE, || http_get(on_manager)))
+        .collect();
+    assert_eq!(seen, left);
+    h3.heal();
+
+    let out = h2.docker(&["stack", "rm", "st"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
