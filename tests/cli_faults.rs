@@ -180,15 +180,37 @@ fn a_killed_engine_comes_back_and_the_service_recovers() {
     // twice, nothing started beside.
     let all = h.engine_docker_ok(&[
         "ps",
-        "-aq",
+        "-a",
         "--filter",
         "label=com.docker.swarm.service.name=back",
+        "--format",
+        "{{.ID}} {{.Label \"com.docker.swarm.task.id\"}} {{.CreatedAt}} {{.Status}}",
+    ]);
+    let tasks = h.docker_ok(&[
+        "service",
+        "ps",
+        "back",
+        "--no-trunc",
+        "--format",
+        "{{.ID}} {{.DesiredState}} {{.CurrentState}} {{.Error}}",
     ]);
     let running = engine_containers(h, "back").unwrap_or_default();
     assert_eq!(running.len(), 2, "running containers of back: {running:?}");
+    let mut task_ids: Vec<&str> = all
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let containers = task_ids.len();
+    task_ids.sort_unstable();
+    task_ids.dedup();
+    assert_eq!(
+        task_ids.len(),
+        containers,
+        "a task with two containers:\n{all}"
+    );
     assert!(
         all.lines().count() <= 2 + before.len(),
-        "containers of back: {all}"
+        "containers of back:\n{all}\ntasks of back:\n{tasks}"
     );
     // The overlay's bridge is there again on the engine.
     let nets = h.engine_docker_ok(&["network", "ls", "--format", "{{.Name}}"]);

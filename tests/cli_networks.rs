@@ -417,6 +417,77 @@ configs:
     file: ./c1.txt
 "#;
 
+/// `swarm init --default-addr-pool … --default-addr-pool-mask-length …`:
+/// the ingress network takes the pool's first piece, new networks the next
+/// ones, tasks get addresses in them, `docker info` reports the pool; a
+/// pool the engine refuses fails the init with its words.
+#[test]
+fn the_default_address_pool_gives_networks_their_subnets() {
+    let _serial = serial();
+    let shoal = Shoal::start();
+    let pool = ["--default-addr-pool", "10.123.0.0/16"];
+    let mut bad = vec!["swarm", "init", "--advertise-addr", "127.0.0.1"];
+    bad.extend_from_slice(&pool);
+    bad.extend_from_slice(&["--default-addr-pool-mask-length", "8"]);
+    assert_fails_with(
+        &shoal,
+        &bad,
+        "invalid CIDR: \"10.123.0.0/16\". Subnet size is too small for pool: 8",
+    );
+    let state = shoal.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(state.trim(), "inactive", "a refused init left a swarm");
+
+    let mut flags = vec!["--advertise-addr", "127.0.0.1"];
+    flags.extend_from_slice(&pool);
+    flags.extend_from_slice(&["--default-addr-pool-mask-length", "26"]);
+    let node = shoal.swarm_init_with(&flags);
+    let reported = shoal.docker_ok(&[
+        "info",
+        "--format",
+        "{{json .Swarm.Cluster.DefaultAddrPool}} {{.Swarm.Cluster.SubnetSize}}",
+    ]);
+    assert_eq!(reported.trim(), r#"["10.123.0.0/16"] 26"#);
+    let ipam = |name: &str| {
+        shoal
+            .docker_ok(&[
+                "network",
+                "inspect",
+                "--format",
+                "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}",
+                name,
+            ])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(ipam("ingress"), "10.123.0.0/26 10.123.0.1");
+    let net = unique("pooled");
+    shoal.docker_ok(&["network", "create", "-d", "overlay", &net]);
+    assert_eq!(ipam(&net), "10.123.0.64/26 10.123.0.65");
+
+    let svc = unique("inpool");
+    create_client(&shoal, &svc, &net);
+    wait_running(&shoal, &svc, 1);
+    let container = task_container(&node.id, &svc);
+    let address = ok(&engine_docker(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &container,
+    ]));
+    let last: u8 = address
+        .trim()
+        .strip_prefix("10.123.0.")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("task address {address:?} is not in 10.123.0.64/26"));
+    assert!((66..127).contains(&last), "task address {address:?}");
+    shoal.docker_ok(&["service", "rm", &svc]);
+    wait_for("the task container to go", CONVERGE, || {
+        node_containers(&node.id, &["-a"]).is_empty().then_some(())
+    });
+    shoal.docker_ok(&["network", "rm", &net]);
+    leave_clean(&node, &shoal);
+}
+
 #[test]
 fn a_stack_deploys_works_redeploys_unchanged_and_goes_away() {
     let _serial = serial();

@@ -18,6 +18,7 @@ use super::{json, ApiError, RpcCode};
 use crate::body::Body;
 use crate::ca;
 use crate::cluster::{self, Cluster, InitParams};
+use crate::network::ipam::AddressPools;
 use crate::proxy::Proxy;
 use crate::store::Transaction;
 use crate::types::{Object, Timestamp};
@@ -88,15 +89,23 @@ pub async fn init(
             )))
         }
     };
+    let default_addr_pool = request.default_addr_pool.filter(|pool| !pool.is_empty());
+    let subnet_size = request
+        .subnet_size
+        .filter(|&s| s != 0)
+        .unwrap_or(DEFAULT_SUBNET_SIZE);
+    // Checked here so a bad pool fails the init, not every network later.
+    AddressPools::new(
+        default_addr_pool.as_deref().unwrap_or_default(),
+        subnet_size,
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let params = InitParams {
         listen_addr,
         advertise_addr,
         spec: with_defaults(spec),
-        default_addr_pool: request.default_addr_pool.filter(|pool| !pool.is_empty()),
-        subnet_size: request
-            .subnet_size
-            .filter(|&s| s != 0)
-            .unwrap_or(DEFAULT_SUBNET_SIZE),
+        default_addr_pool,
+        subnet_size,
         data_path_port: request
             .data_path_port
             .filter(|&p| p != 0)

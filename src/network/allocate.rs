@@ -191,7 +191,9 @@ pub fn new_network(
         });
     }
     if configs.is_empty() {
-        let subnet = ipam::next_default(&taken, 1).ok_or(NetworkError::PoolExhausted)?;
+        let subnet = address_pools(store)
+            .next_free(&taken, false)
+            .ok_or(NetworkError::PoolExhausted)?;
         configs.push(IpamConfig {
             subnet: Some(subnet.to_string()),
             gateway: subnet.first_host().map(|g| g.to_string()),
@@ -270,7 +272,9 @@ pub async fn ensure_ingress(store: &Store, proposer: &Arc<dyn Proposer>) -> Resu
         .iter()
         .flat_map(|n| subnets(&n.network))
         .collect();
-    let subnet = ipam::next_default(&taken, 0).ok_or("no free subnet for ingress")?;
+    let subnet = address_pools(store)
+        .next_free(&taken, true)
+        .ok_or("no free subnet for ingress")?;
     let id = new_id(&mut rand::thread_rng());
     let network = SwarmNetwork {
         network: Network {
@@ -311,6 +315,19 @@ pub async fn ensure_ingress(store: &Store, proposer: &Arc<dyn Proposer>) -> Resu
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The pools `swarm init` asked for (checked then), else swarm's default.
+fn address_pools(store: &Store) -> ipam::AddressPools {
+    let Some(cluster) = crate::cluster::the_cluster(store) else {
+        return ipam::AddressPools::default();
+    };
+    let pools = cluster.default_addr_pool.unwrap_or_default();
+    let size = cluster.subnet_size.unwrap_or(24);
+    ipam::AddressPools::new(&pools, size).unwrap_or_else(|error| {
+        tracing::warn!(%error, "the cluster's address pools are unusable; using 10.0.0.0/8");
+        ipam::AddressPools::default()
+    })
 }
 
 /// A network reference (ID, name, ID prefix) to the swarm network.

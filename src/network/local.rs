@@ -314,9 +314,9 @@ async fn remove_stale_bridges(docker: &Docker, cluster_id: &str) {
     }
 }
 
-/// On a node without a data plane (a worker): creates the bridges of the
-/// task's networks the engine lacks, before the task's container joins
-/// them. A bridge made meanwhile by someone else (409) is as good.
+/// Creates the bridges of the task's networks the engine lacks, before the
+/// task's container joins them. A bridge made meanwhile by someone else
+/// (409) is as good.
 pub async fn realise_task_bridges(
     engine: &Engine,
     networking: &TaskNetworking,

@@ -237,7 +237,10 @@ pub async fn run(
             .as_ref()
             .is_none_or(|(last, at)| *last != inputs || at.elapsed() >= REPAIR_EVERY);
         if due {
-            local::reconcile(&engine, &store, &node_id).await;
+            {
+                let _one_at_a_time = node.creating_bridges().await;
+                local::reconcile(&engine, &store, &node_id).await;
+            }
             bridges = local::bridges(&engine, &store, &node_id).await;
             bridges_checked = Some((inputs, tokio::time::Instant::now()));
         }

@@ -100,32 +100,45 @@ impl NodeNetwork {
         self.data_plane.read().ok().and_then(|d| d.clone())
     }
 
-    /// Before a task's container is created: where the node's data plane
-    /// runs (a manager), it realises every swarm network from the store
-    /// and there is nothing to do; on a node without one (a worker) the
-    /// task's own bridges are created now from its assignment, and
-    /// remembered for [`NodeNetwork::remove_task_bridges`].
+    /// Before a task's container is created, the bridges of its networks
+    /// the engine lacks are created from its assignment. A manager's data
+    /// plane realises every swarm network too, but a task may come before
+    /// its pass (a network created a moment before the service, an engine
+    /// just restarted): the container would then find no network. On a
+    /// worker the bridges are remembered for
+    /// [`NodeNetwork::remove_task_bridges`].
     pub async fn prepare_task(&self, networking: &TaskNetworking) -> Result<(), LocalError> {
         let Some(engine) = &self.engine else {
             return Ok(());
         };
-        if networking.networks.is_empty() || self.running().is_some() {
+        if networking.networks.is_empty() {
             return Ok(());
         }
-        if let Ok(mut clusters) = self.task_bridges.lock() {
-            clusters.insert(networking.cluster_id.clone());
+        let worker = self.running().is_none();
+        if worker {
+            if let Ok(mut clusters) = self.task_bridges.lock() {
+                clusters.insert(networking.cluster_id.clone());
+            }
         }
         {
             let _one_at_a_time = self.creating.lock().await;
             local::realise_task_bridges(engine, networking).await?;
         }
         // The new bridges want their VXLAN ports now, not at the next repair.
-        if let Ok(slot) = self.overlays.lock() {
-            if let Some(tx) = slot.as_ref() {
-                tx.send_modify(|_| {});
+        if worker {
+            if let Ok(slot) = self.overlays.lock() {
+                if let Some(tx) = slot.as_ref() {
+                    tx.send_modify(|_| {});
+                }
             }
         }
         Ok(())
+    }
+
+    /// Held while bridges are created: the engine (API 1.41) would make two
+    /// bridges of one name when the data plane and a task create it at once.
+    pub(super) async fn creating_bridges(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.creating.lock().await
     }
 
     /// A node without a data plane (a worker) joins its tasks' networks to
