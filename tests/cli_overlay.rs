@@ -458,6 +458,86 @@ fn hostnames(hosts: &[&Host], service: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Networks and services created at once through two managers (the
+/// follower forwards to the leader, which allocates in one place): every
+/// network gets its own subnet, every service its own published port and
+/// its own VIPs.
+fn concurrent_creates_never_share_a_subnet_port_or_vip(h1: &Host, h2: &Host) {
+    const N: usize = 8;
+    let via = |i: usize| if i % 2 == 0 { h1 } else { h2 };
+    std::thread::scope(|s| {
+        for i in 0..N {
+            s.spawn(move || {
+                via(i).docker_ok(&["network", "create", "-d", "overlay", &format!("cc{i}")]);
+            });
+        }
+    });
+    let nets: Vec<String> = (0..N).map(|i| format!("cc{i}")).collect();
+    let mut args = vec![
+        "network",
+        "inspect",
+        "--format",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+    ];
+    args.extend(nets.iter().map(String::as_str));
+    let subnets = h1.docker_ok(&args);
+    let distinct: BTreeSet<&str> = subnets.lines().collect();
+    assert_eq!(distinct.len(), N, "subnets shared:\n{subnets}");
+
+    std::thread::scope(|s| {
+        for i in 0..N {
+            s.spawn(move || {
+                via(i).docker_ok(&[
+                    "service",
+                    "create",
+                    "--detach",
+                    "--replicas",
+                    "0",
+                    "--name",
+                    &format!("ccs{i}"),
+                    "--network",
+                    "cc0",
+                    "-p",
+                    "80",
+                    IMAGE,
+                    "sleep",
+                    "3600",
+                ]);
+            });
+        }
+    });
+    let services: Vec<String> = (0..N).map(|i| format!("ccs{i}")).collect();
+    let mut args = vec![
+        "service",
+        "inspect",
+        "--format",
+        "{{range .Endpoint.Ports}}{{.PublishedPort}}{{end}} {{range .Endpoint.VirtualIPs}}{{.Addr}},{{end}}",
+    ];
+    args.extend(services.iter().map(String::as_str));
+    let endpoints = h2.docker_ok(&args);
+    let ports: BTreeSet<&str> = endpoints
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ports.len(), N, "published ports shared:\n{endpoints}");
+    let vips: Vec<&str> = endpoints
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .flat_map(|v| v.split(',').filter(|a| !a.is_empty()))
+        .collect();
+    let distinct: BTreeSet<&str> = vips.iter().copied().collect();
+    // Each service has a VIP on cc0 and one on ingress.
+    assert_eq!(vips.len(), 2 * N, "VIPs missing:\n{endpoints}");
+    assert_eq!(distinct.len(), vips.len(), "VIPs shared:\n{endpoints}");
+
+    let mut rm = vec!["service", "rm"];
+    rm.extend(services.iter().map(String::as_str));
+    h1.docker_ok(&rm);
+    let mut rm = vec!["network", "rm"];
+    rm.extend(nets.iter().map(String::as_str));
+    h1.docker_ok(&rm);
+}
+
 #[test]
 fn a_stack_spreads_over_the_hosts_and_a_cut_off_hosts_tasks_leave_names_vips_and_ports() {
     let Some(hosts) = Hosts::try_start(3) else {
@@ -467,6 +547,7 @@ fn a_stack_spreads_over_the_hosts_and_a_cut_off_hosts_tasks_leave_names_vips_and
     h1.docker_ok(&["swarm", "init", "--advertise-addr", &h1.ip.to_string()]);
     join(h2, h1, "manager");
     join(h3, h1, "worker");
+    concurrent_creates_never_share_a_subnet_port_or_vip(h1, h2);
 
     // A compose file with two services on an overlay, one publishing a
     // port, a secret and a config, deployed from the second manager.

@@ -156,6 +156,9 @@ fn store_status(error: &StoreError) -> StatusCode {
         StoreError::Ambiguous { .. } | StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
         StoreError::AlreadyExists { .. } | StoreError::NameConflict { .. } => StatusCode::CONFLICT,
         StoreError::OutOfSequence { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        // Retried by the allocating writers; seen only when a write lost
+        // every race.
+        StoreError::Changed { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -179,5 +182,6 @@ fn store_message(error: &StoreError) -> String {
             format!("rpc error: code = AlreadyExists desc = {kind} {id} already exists")
         }
         StoreError::Invalid { reason, .. } => format!("rpc error: code = InvalidArgument desc = {reason}"),
+        StoreError::Changed { .. } => format!("rpc error: code = Unavailable desc = {error}"),
     }
 }

@@ -3,6 +3,7 @@
 //! and turns every error into the engine's response shape in one place
 //! (`error.rs`).
 
+mod allocating;
 mod decode;
 pub mod error;
 mod events;

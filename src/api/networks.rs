@@ -383,18 +383,25 @@ async fn create(
             );
         }
     }
-    let mut network = allocate::new_network(&store, &request, &mut rand::thread_rng())?;
-    // The creating manager realises it at once with the IPAM gateway; the
-    // leader gives other nodes theirs (see `network::address`).
-    if let Some((_, gateway)) = allocate::primary(&network.network) {
-        network
-            .node_gateways
-            .insert(manager.node_id().to_string(), gateway);
-    }
-    let id = network.network.id.clone().unwrap_or_default();
-    let tx = Transaction::new(Timestamp::from_system(std::time::SystemTime::now()))
-        .create(Object::Network(Box::new(network)));
-    manager.proposer().propose(tx).await??;
+    let id = super::allocating::propose(manager, &[Kind::Network], |store| {
+        let mut network = allocate::new_network(store, &request, &mut rand::thread_rng())?;
+        // The creating manager realises it at once with the IPAM gateway;
+        // the leader gives other nodes theirs (see `network::address`).
+        if let Some((_, gateway)) = allocate::primary(&network.network) {
+            network
+                .node_gateways
+                .insert(manager.node_id().to_string(), gateway);
+        }
+        let id = network.network.id.clone().unwrap_or_default();
+        let tx = Transaction::new(Timestamp::from_system(std::time::SystemTime::now()))
+            .create(Object::Network(Box::new(network)));
+        Ok(super::allocating::Allocated {
+            tx,
+            allocates: true,
+            value: id,
+        })
+    })
+    .await?;
     Ok(json(StatusCode::CREATED, &json!({"Id": id, "Warning": ""})))
 }
 

@@ -29,6 +29,15 @@ use crate::store::{Store, StoreError, Transaction};
 use crate::types::{new_id, Kind, Object, SwarmService, Timestamp};
 
 const FILTERS: [&str; 5] = ["id", "label", "mode", "name", "runtime"];
+/// What a service's published ports and VIPs are allocated from: other
+/// services' endpoints, and the networks' gateways.
+const ALLOCATED_FROM: &[Kind] = &[Kind::Service, Kind::Network];
+
+/// Whether an endpoint holds anything allocated (a port or a VIP).
+fn allocates(endpoint: &bollard::models::ServiceEndpoint) -> bool {
+    endpoint.ports.as_ref().is_some_and(|p| !p.is_empty())
+        || endpoint.virtual_ips.as_ref().is_some_and(|v| !v.is_empty())
+}
 const SECOND: i64 = 1_000_000_000;
 
 pub async fn create(manager: &Manager, body: Bytes) -> Result<Response<Body>, ApiError> {
@@ -43,18 +52,26 @@ pub async fn create(manager: &Manager, body: Bytes) -> Result<Response<Body>, Ap
     validate(&store, &spec)?;
     normalise(&mut spec);
     crate::network::allocate::resolve_service_networks(&store, &mut spec)?;
-    let endpoint = crate::network::allocate::endpoint(&store, None, &spec, None)?;
-    let job_status = jobs::replicated_job_or_global(&spec).then(|| jobs::now_iteration_status(0));
-    let service = SwarmService::from(Service {
-        id: Some(new_id(&mut rng)),
-        spec: Some(spec),
-        endpoint: Some(endpoint),
-        job_status,
-        ..Service::default()
-    });
-    let id = service.id.clone().unwrap_or_default();
-    let tx = Transaction::new(now()).create(Object::Service(Box::new(service)));
-    manager.proposer().propose(tx).await??;
+    let id = new_id(&mut rng);
+    super::allocating::propose(manager, ALLOCATED_FROM, |store| {
+        let endpoint = crate::network::allocate::endpoint(store, None, &spec, None)?;
+        let allocates = allocates(&endpoint);
+        let job_status =
+            jobs::replicated_job_or_global(&spec).then(|| jobs::now_iteration_status(0));
+        let service = SwarmService::from(Service {
+            id: Some(id.clone()),
+            spec: Some(spec.clone()),
+            endpoint: Some(endpoint),
+            job_status,
+            ..Service::default()
+        });
+        Ok(super::allocating::Allocated {
+            tx: Transaction::new(now()).create(Object::Service(Box::new(service))),
+            allocates,
+            value: (),
+        })
+    })
+    .await?;
     Ok(json(StatusCode::CREATED, &serde_json::json!({ "ID": id })))
 }
 
@@ -187,12 +204,6 @@ pub async fn update(
         }
         current_spec.clone()
     };
-    let endpoint = crate::network::allocate::endpoint(
-        &store,
-        Some(id.as_str()),
-        &spec,
-        current.endpoint.as_ref(),
-    )?;
     // Updating a job runs it again: a new iteration.
     let job_status = current
         .job_status
@@ -203,18 +214,32 @@ pub async fn update(
     } else {
         update_status
     };
-    let updated = SwarmService {
-        service: Service {
-            spec: Some(spec),
-            endpoint: Some(endpoint),
-            update_status,
-            job_status,
-            ..current.service
-        },
-        previous_spec: Some(previous),
-    };
-    let tx = Transaction::new(now()).update(Object::Service(Box::new(updated)), version);
-    manager.proposer().propose(tx).await??;
+    super::allocating::propose(manager, ALLOCATED_FROM, |store| {
+        let endpoint = crate::network::allocate::endpoint(
+            store,
+            Some(id.as_str()),
+            &spec,
+            current.endpoint.as_ref(),
+        )?;
+        // Kept ports and VIPs were the service's already.
+        let allocates = current.endpoint.as_ref() != Some(&endpoint);
+        let updated = SwarmService {
+            service: Service {
+                spec: Some(spec.clone()),
+                endpoint: Some(endpoint),
+                update_status: update_status.clone(),
+                job_status: job_status.clone(),
+                ..current.service.clone()
+            },
+            previous_spec: Some(previous.clone()),
+        };
+        Ok(super::allocating::Allocated {
+            tx: Transaction::new(now()).update(Object::Service(Box::new(updated)), version),
+            allocates,
+            value: (),
+        })
+    })
+    .await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "Warnings": null }),

@@ -25,6 +25,7 @@ enum Header {
 const OP_CREATE: u8 = 0;
 const OP_UPDATE: u8 = 1;
 const OP_DELETE: u8 = 2;
+const OP_UNCHANGED: u8 = 3;
 
 pub fn encode_entry(codec: &dyn Codec, entry: &Entry<TypeConfig>) -> Result<Vec<u8>, RaftError> {
     let mut w = Writer(vec![ENTRY_FORMAT]);
@@ -83,6 +84,11 @@ fn encode_op(codec: &dyn Codec, w: &mut Writer, op: &Op) -> Result<(), RaftError
             w.u64(expected.unwrap_or(0));
             w.bytes(id.as_bytes());
         }
+        Op::Unchanged { kind, since } => {
+            w.u8(OP_UNCHANGED);
+            w.u8(kind.slot() as u8);
+            w.u64(*since);
+        }
     }
     Ok(())
 }
@@ -128,6 +134,10 @@ fn decode_op(codec: &dyn Codec, r: &mut Reader) -> Result<Op, RaftError> {
                 expected: has_expected.then_some(expected),
             }
         }
+        OP_UNCHANGED => Op::Unchanged {
+            kind,
+            since: r.u64()?,
+        },
         other => return Err(RaftError::corrupt("log entry", format!("op tag {other}"))),
     };
     Ok(op)

@@ -143,6 +143,11 @@ async fn restart_restores_objects_and_versions() {
                 id: "s1".into(),
                 expected: None,
             },
+            // A condition that holds: logged and replayed with the rest.
+            Op::Unchanged {
+                kind: Kind::Secret,
+                since: 0,
+            },
         ],
     };
     node.propose(tx).await.unwrap().unwrap();

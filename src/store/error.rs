@@ -33,6 +33,12 @@ pub enum StoreError {
     },
     #[error("invalid {kind}: {reason}")]
     Invalid { kind: Kind, reason: String },
+    /// An [`crate::store::Op::Unchanged`] precondition failed: a {kind}
+    /// was written at `newest`, after the proposer read the store.
+    #[error(
+        "{kind} objects changed while allocating (written at {newest}, read at {since}); try again"
+    )]
+    Changed { kind: Kind, since: u64, newest: u64 },
 }
 
 /// Why an object could not be encoded or decoded for disk.

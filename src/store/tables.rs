@@ -150,7 +150,17 @@ impl Tables {
         self.index = self.index.max(index);
         let at = tx.at.to_rfc3339();
         let mut changes: Vec<Change> = Vec::with_capacity(tx.ops.len());
+        // Conditions first, on the store as the writer found it (the
+        // transaction's own writes carry the newest index).
         for op in &tx.ops {
+            if let Op::Unchanged { kind, since } = op {
+                self.check_unchanged(*kind, *since)?;
+            }
+        }
+        for op in &tx.ops {
+            if matches!(op, Op::Unchanged { .. }) {
+                continue;
+            }
             match self.apply_op(index, &at, op) {
                 Ok(change) => changes.push(change),
                 Err(e) => {
@@ -177,7 +187,29 @@ impl Tables {
             Op::Create(object) => self.create(index, at, object),
             Op::Update { object, expected } => self.update(index, at, object, *expected),
             Op::Delete { kind, id, expected } => self.delete(*kind, id, *expected),
+            Op::Unchanged { kind, .. } => Err(StoreError::Invalid {
+                kind: *kind,
+                reason: "a precondition is not a change".into(),
+            }),
         }
+    }
+
+    /// [`Op::Unchanged`]: read from the objects' own versions, so a node
+    /// restored from a snapshot judges as one that applied the log.
+    fn check_unchanged(&self, kind: Kind, since: u64) -> Result<(), StoreError> {
+        let newest = self
+            .iter(kind)
+            .filter_map(|o| o.version())
+            .max()
+            .unwrap_or(0);
+        if newest > since {
+            return Err(StoreError::Changed {
+                kind,
+                since,
+                newest,
+            });
+        }
+        Ok(())
     }
 
     fn create(&mut self, index: u64, at: &str, object: &Object) -> Result<Change, StoreError> {

@@ -349,3 +349,49 @@ fn codec_round_trip_drops_unknown_fields() {
     let wrong = decode_object(&Identity, Kind::Task, encode_object(&Identity, &o).unwrap());
     assert!(wrong.is_err());
 }
+
+#[test]
+fn an_unchanged_condition_refuses_a_write_read_from_an_older_store() {
+    let store = Store::new();
+    store
+        .apply(1, &Transaction::new(at(1)).create(service("s1", "web")))
+        .unwrap();
+    // Two writers read the store at index 1 and each allocate from it.
+    let first = Transaction::new(at(2))
+        .create(service("s2", "a"))
+        .unchanged_since(Kind::Service, 1);
+    let second = Transaction::new(at(3))
+        .create(service("s3", "b"))
+        .unchanged_since(Kind::Service, 1);
+    store.apply(2, &first).unwrap();
+    let err = store.apply(3, &second).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Changed {
+                kind: Kind::Service,
+                since: 1,
+                newest: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(store.get(Kind::Service, "s3").is_none());
+    // Other kinds are not the condition's business; read again, it passes.
+    let again = Transaction::new(at(4))
+        .create(service("s3", "b"))
+        .unchanged_since(Kind::Secret, 1)
+        .unchanged_since(Kind::Service, 3);
+    store.apply(4, &again).unwrap();
+    // The same verdict after a restore from a snapshot of the objects.
+    let restored = Store::new();
+    let (index, objects) = store.export();
+    restored.restore(index, objects.iter().map(|o| (**o).clone()).collect());
+    let late = Transaction::new(at(5))
+        .create(service("s4", "c"))
+        .unchanged_since(Kind::Service, 3);
+    assert!(matches!(
+        restored.apply(5, &late),
+        Err(StoreError::Changed { newest: 4, .. })
+    ));
+}

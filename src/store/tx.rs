@@ -18,6 +18,12 @@ pub enum Op {
         id: String,
         expected: Option<u64>,
     },
+    /// Changes nothing; refuses the transaction when an object of `kind`
+    /// was created or updated after raft index `since`. For writes that
+    /// allocate from what the store held at `since` (subnets, published
+    /// ports, VIPs): raft applies entries one at a time, so of two creates
+    /// that read the same store, the second is refused and allocates again.
+    Unchanged { kind: Kind, since: u64 },
 }
 
 /// A batch of ops applied all or nothing. `at` is chosen by the proposer so
@@ -43,6 +49,12 @@ impl Transaction {
 
     pub fn update(mut self, object: Object, expected: u64) -> Self {
         self.ops.push(Op::Update { object, expected });
+        self
+    }
+
+    /// See [`Op::Unchanged`].
+    pub fn unchanged_since(mut self, kind: Kind, since: u64) -> Self {
+        self.ops.push(Op::Unchanged { kind, since });
         self
     }
 
