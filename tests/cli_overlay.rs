@@ -464,7 +464,7 @@ fn hostnames(hosts: &[&Host], service: &str) -> BTreeSet<String> {
 /// its own VIPs.
 fn concurrent_creates_never_share_a_subnet_port_or_vip(h1: &Host, h2: &Host) {
     const N: usize = 8;
-    let via = |i: usize| if i % 2 == 0 { h1 } else { h2 };
+    let via = |i: usize| if i.is_multiple_of(2) { h1 } else { h2 };
     std::thread::scope(|s| {
         for i in 0..N {
             s.spawn(move || {
