@@ -35,6 +35,9 @@ pub use error::{ApiError, RpcCode};
 use query::Query;
 use secrets::Flavor;
 
+/// Answers above this size are reshaped on a blocking thread.
+const LARGE_ANSWER: usize = 256 * 1024;
+
 /// Routes each request; cheap to clone per connection.
 #[derive(Clone)]
 pub struct Api {
@@ -156,11 +159,25 @@ impl Api {
             return ApiError::Internal("cannot read the answer".to_string()).into_response();
         };
         let bytes = collected.to_bytes();
-        let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        let large = bytes.len() > LARGE_ANSWER;
+        let shapes = self.shapes.clone();
+        let (method, path, version) = (method.to_string(), path.to_string(), version.to_string());
+        let input = bytes.clone();
+        let shape = move || {
+            let mut value = serde_json::from_slice::<serde_json::Value>(&input).ok()?;
+            shapes.reshape(&method, &path, &version, &mut value);
+            Some(json(StatusCode::OK, &value))
+        };
+        // A large listing (thousands of tasks) is parsed and encoded again
+        // off the runtime thread, as it was made.
+        let shaped = if large {
+            tokio::task::spawn_blocking(shape).await.ok().flatten()
+        } else {
+            shape()
+        };
+        let Some(mut shaped) = shaped else {
             return Response::from_parts(parts, body::full(bytes));
         };
-        self.shapes.reshape(method, path, version, &mut value);
-        let mut shaped = json(parts.status, &value);
         *shaped.headers_mut() = parts.headers;
         shaped.headers_mut().remove(header::CONTENT_LENGTH);
         shaped
@@ -210,7 +227,7 @@ impl Api {
                 services::update(&manager, id, query, body).await
             }
             (&Method::DELETE, ["services", id]) => services::remove(&manager, id).await,
-            (&Method::GET, ["tasks"]) => tasks::list(&manager, query),
+            (&Method::GET, ["tasks"]) => tasks::list(&manager, query).await,
             (&Method::GET, ["tasks", id]) => tasks::inspect(&manager, id),
             (&Method::GET, ["services", id, "logs"]) => {
                 logs::service_logs(&manager, &self.proxy, id, query)

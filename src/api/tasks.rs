@@ -38,7 +38,11 @@ const DESIRED_STATES: [&str; 14] = [
     "remove",
 ];
 
-pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError> {
+/// `GET /tasks`. A swarm may hold tens of thousands of tasks, each with its
+/// service's whole spec: filtering and encoding run on a blocking thread,
+/// so the runtime thread that answers `/_ping` and proxied calls never
+/// waits behind a large listing.
+pub async fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError> {
     let filters = Filters::parse(query.get("filters"), &FILTERS)?;
     for state in filters.values("desired-state") {
         if !DESIRED_STATES.contains(&state.as_str()) {
@@ -51,39 +55,51 @@ pub fn list(manager: &Manager, query: &Query) -> Result<Response<Body>, ApiError
     // The engine resolves node and service references first: unknown → 404.
     let node_ids = resolve_all(&store, Kind::Node, filters.values("node"))?;
     let service_ids = resolve_all(&store, Kind::Service, filters.values("service"))?;
-    let mut tasks: Vec<SwarmTask> = store
-        .list(Kind::Task)
-        .iter()
-        .filter_map(|o| match &**o {
-            Object::Task(task) => Some((**task).clone()),
-            _ => None,
+    tokio::task::spawn_blocking(move || {
+        let objects = store.list(Kind::Task);
+        let mut tasks: Vec<&SwarmTask> = objects
+            .iter()
+            .filter_map(|o| match &**o {
+                Object::Task(task) => Some(&**task),
+                _ => None,
+            })
+            .filter(|task| matches(&store, task, &filters, &node_ids, &service_ids))
+            .collect();
+        tasks.sort_by(|a, b| a.id.cmp(&b.id));
+        json(StatusCode::OK, &tasks)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("listing tasks failed: {e}")))
+}
+
+fn matches(
+    store: &Store,
+    task: &SwarmTask,
+    filters: &Filters,
+    node_ids: &[String],
+    service_ids: &[String],
+) -> bool {
+    let id = task.id.as_deref().unwrap_or("");
+    let desired = task
+        .desired_state
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    (node_ids.is_empty() || task.node_id.as_ref().is_some_and(|n| node_ids.contains(n)))
+        && (service_ids.is_empty()
+            || task
+                .service_id
+                .as_ref()
+                .is_some_and(|s| service_ids.contains(s)))
+        && filters.any("id", |f| id.starts_with(f))
+        && filters.any("desired-state", |f| f == desired)
+        && filters.any("name", |f| {
+            crate::manager::tasks::name_in(store, task).starts_with(f)
         })
-        .filter(|task| {
-            let id = task.id.as_deref().unwrap_or("");
-            let desired = task
-                .desired_state
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            (node_ids.is_empty() || task.node_id.as_ref().is_some_and(|n| node_ids.contains(n)))
-                && (service_ids.is_empty()
-                    || task
-                        .service_id
-                        .as_ref()
-                        .is_some_and(|s| service_ids.contains(s)))
-                && filters.any("id", |f| id.starts_with(f))
-                && filters.any("desired-state", |f| f == desired)
-                && filters.any("name", |f| {
-                    crate::manager::tasks::name_in(&store, task).starts_with(f)
-                })
-                && (!filters.contains("label")
-                    || filters
-                        .values("label")
-                        .iter()
-                        .all(|f| label_matches(service_labels(&store, task).as_ref(), f)))
-        })
-        .collect();
-    tasks.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(json(StatusCode::OK, &tasks))
+        && (!filters.contains("label")
+            || filters
+                .values("label")
+                .iter()
+                .all(|f| label_matches(service_labels(store, task).as_ref(), f)))
 }
 
 pub fn inspect(manager: &Manager, reference: &str) -> Result<Response<Body>, ApiError> {
