@@ -1199,6 +1199,8 @@ impl OpCtx {
             .as_ref()
             .and_then(|a| a.task.version.as_ref())
             .and_then(|v| v.index);
-        self.network.before_stop(changed_at, container, grace).await;
+        self.network
+            .before_stop(changed_at, &self.task_id, container, grace)
+            .await;
     }
 }

@@ -76,28 +76,60 @@ impl DataPlane {
         tracing::debug!(container, waited = ?begun.elapsed(), "task drained");
     }
 
-    /// The task's open connections through the ingress proxy get `grace`
-    /// to finish.
     async fn wait_for_connections(&self, container: &str, grace: Duration) {
-        // Most stops have nothing open at all: no engine call then.
-        if self.connections.total() == 0 {
-            return;
-        }
-        let Some(ip) = local::container_address(&self.engine, container).await else {
-            return;
-        };
-        let ip = IpAddr::V4(ip);
-        let open = self.connections.open_to(ip);
-        if open == 0 {
-            return;
-        }
-        tracing::debug!(container, open, "letting open connections finish");
-        let finished = tokio::time::timeout(grace, self.connections.wait_closed(ip)).await;
-        if finished.is_err() {
-            tracing::debug!(
-                container,
-                "grace period over; stopping with connections open"
-            );
-        }
+        wait_for_connections(&self.engine, &self.connections, container, grace).await;
+    }
+}
+
+/// A node without a data plane (a worker) routes to its own tasks only
+/// through its ingress listeners (relays from other nodes included): before
+/// a stop, the ingress plane its session sent without the task is applied,
+/// then the task's open connections get `grace`.
+pub async fn worker_before_stop(
+    engine: &Engine,
+    mut applied: watch::Receiver<super::ingress::IngressPlane>,
+    connections: &OpenConnections,
+    task_id: &str,
+    container: &str,
+    grace: Duration,
+) {
+    let begun = Instant::now();
+    let left = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|p| !p.serves(task_id)))
+        .await
+        .is_ok_and(|seen| seen.is_ok());
+    if !left {
+        tracing::debug!(container, "ingress still lists the task; stopping anyway");
+    }
+    wait_for_connections(engine, connections, container, grace).await;
+    tracing::debug!(container, waited = ?begun.elapsed(), "task drained");
+}
+
+/// The task's open connections through the ingress proxy get `grace` to
+/// finish.
+async fn wait_for_connections(
+    engine: &Engine,
+    connections: &OpenConnections,
+    container: &str,
+    grace: Duration,
+) {
+    // Most stops have nothing open at all: no engine call then.
+    if connections.total() == 0 {
+        return;
+    }
+    let Some(ip) = local::container_address(engine, container).await else {
+        return;
+    };
+    let ip = IpAddr::V4(ip);
+    let open = connections.open_to(ip);
+    if open == 0 {
+        return;
+    }
+    tracing::debug!(container, open, "letting open connections finish");
+    let finished = tokio::time::timeout(grace, connections.wait_closed(ip)).await;
+    if finished.is_err() {
+        tracing::debug!(
+            container,
+            "grace period over; stopping with connections open"
+        );
     }
 }

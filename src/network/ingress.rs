@@ -91,6 +91,13 @@ pub struct IngressPlane {
     pub nodes: BTreeMap<String, Ipv4Addr>,
 }
 
+impl IngressPlane {
+    /// Whether task `task_id` is a backend of some published port.
+    pub fn serves(&self, task_id: &str) -> bool {
+        self.tasks.values().flatten().any(|t| t.task_id == task_id)
+    }
+}
+
 /// The ingress plane from the store's tables.
 pub fn plane(tables: &Tables) -> IngressPlane {
     let routes = routes(tables);

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dns::{Dns, Zone};
 use super::drain::DataPlane;
-use super::ingress::{Ingress, IngressPlane};
+use super::ingress::{Ingress, IngressPlane, OpenConnections};
 use super::local::{self, Engine, LocalError};
 use super::vip::{self, NetworkVip, Vips};
 use super::vxlan::{Overlay, Vxlans};
@@ -37,10 +37,21 @@ pub struct NodeNetwork {
     /// Without a data plane (a worker): the ingress plane its session
     /// sent, followed by [`keep_worker_ingress`].
     ingress: Arc<Mutex<Option<watch::Sender<IngressPlane>>>>,
+    /// Without a data plane (a worker), while its ingress runs: what a
+    /// stop waits on.
+    worker_ingress: Arc<RwLock<Option<WorkerIngress>>>,
     /// One bridge creation at a time: tasks prepared together would both
     /// find a bridge missing, and the engine refuses the second with
     /// "Pool overlaps" rather than a conflict.
     creating: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A worker's running ingress, as stops see it.
+#[derive(Clone)]
+struct WorkerIngress {
+    connections: Arc<OpenConnections>,
+    /// The plane its listeners serve now.
+    applied: watch::Receiver<IngressPlane>,
 }
 
 /// What a worker's tasks' assignments say of their networks, merged:
@@ -69,6 +80,7 @@ impl NodeNetwork {
             task_bridges: Arc::default(),
             overlays: Arc::default(),
             ingress: Arc::default(),
+            worker_ingress: Arc::default(),
             creating: Arc::default(),
         }
     }
@@ -81,6 +93,7 @@ impl NodeNetwork {
             task_bridges: Arc::default(),
             overlays: Arc::default(),
             ingress: Arc::default(),
+            worker_ingress: Arc::default(),
             creating: Arc::default(),
         }
     }
@@ -206,6 +219,7 @@ impl NodeNetwork {
                 tokio::spawn(keep_worker_ingress(
                     engine.clone(),
                     self.data_plane.clone(),
+                    self.worker_ingress.clone(),
                     me.to_string(),
                     rx,
                     shutdown.clone(),
@@ -237,12 +251,31 @@ impl NodeNetwork {
         }
     }
 
-    /// Before the agent stops a serving task: see [`DataPlane::before_stop`].
-    /// Without a data plane on this node nothing routes to the task
-    /// through it, so there is nothing to wait for.
-    pub async fn before_stop(&self, changed_at: Option<u64>, container: &str, grace: Duration) {
+    /// Before the agent stops serving task `task_id`: see
+    /// [`DataPlane::before_stop`]; on a worker,
+    /// [`super::drain::worker_before_stop`] through its ingress.
+    pub async fn before_stop(
+        &self,
+        changed_at: Option<u64>,
+        task_id: &str,
+        container: &str,
+        grace: Duration,
+    ) {
         if let Some(data_plane) = self.running() {
             data_plane.before_stop(changed_at, container, grace).await;
+            return;
+        }
+        let worker = self.worker_ingress.read().ok().and_then(|w| w.clone());
+        if let (Some(engine), Some(worker)) = (&self.engine, worker) {
+            super::drain::worker_before_stop(
+                engine,
+                worker.applied,
+                &worker.connections,
+                task_id,
+                container,
+                grace,
+            )
+            .await;
         }
     }
 }
@@ -339,12 +372,20 @@ async fn keep_worker_plane(
 async fn keep_worker_ingress(
     engine: Arc<Engine>,
     data_plane: Arc<RwLock<Option<Arc<DataPlane>>>>,
+    published: Arc<RwLock<Option<WorkerIngress>>>,
     me: String,
     mut wanted: watch::Receiver<IngressPlane>,
     shutdown: CancellationToken,
 ) {
     let mut ingress = Ingress::new(shutdown.clone());
     let mut known = HashMap::new();
+    let (applied_tx, applied) = watch::channel(IngressPlane::default());
+    if let Ok(mut slot) = published.write() {
+        *slot = Some(WorkerIngress {
+            connections: ingress.connections(),
+            applied,
+        });
+    }
     loop {
         let managed = data_plane.read().map(|d| d.is_some()).unwrap_or(false);
         let plane = if managed {
@@ -354,6 +395,7 @@ async fn keep_worker_ingress(
         };
         let local = super::ingress::local_addresses(&engine, &plane, &me, &mut known).await;
         ingress.reconcile(&plane, &me, local).await;
+        applied_tx.send_replace(plane);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = wanted.changed() => if changed.is_err() {
@@ -361,6 +403,9 @@ async fn keep_worker_ingress(
             },
             _ = tokio::time::sleep(REPAIR_EVERY) => {}
         }
+    }
+    if let Ok(mut slot) = published.write() {
+        *slot = None;
     }
     ingress.stop().await;
 }
