@@ -323,6 +323,47 @@ fn scale_up_to_5_and_down_to_2_removes_the_highest_slots() {
     node.leave(&shoal);
 }
 
+/// As the engine: a service without tasks has nothing to roll, so an
+/// update leaves no `UpdateStatus` (and no background write bumps its
+/// version under the client's next inspect → update).
+#[test]
+fn updating_a_service_without_tasks_leaves_no_update_status() {
+    let shoal = Shoal::start();
+    let _node = shoal.swarm_init();
+    let name = unique("idle");
+    shoal.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        &name,
+        "--replicas",
+        "0",
+        IMAGE,
+        "sleep",
+        "100",
+    ]);
+    for i in 0..5 {
+        shoal.docker_ok(&[
+            "service",
+            "update",
+            "-d",
+            "--env-add",
+            &format!("A={i}"),
+            &name,
+        ]);
+        let status = shoal.docker_ok(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .UpdateStatus}}",
+            &name,
+        ]);
+        assert_eq!(status.trim(), "null", "after update {i}");
+    }
+    shoal.docker_ok(&["service", "rm", &name]);
+}
+
 #[test]
 fn update_force_replaces_every_task() {
     let shoal = Shoal::start();

@@ -33,6 +33,15 @@ const FILTERS: [&str; 5] = ["id", "label", "mode", "name", "runtime"];
 /// services' endpoints, and the networks' gateways.
 const ALLOCATED_FROM: &[Kind] = &[Kind::Service, Kind::Network];
 
+/// Whether the service has a task meant to run (one an update replaces).
+fn has_live_tasks(store: &Store, service_id: &str) -> bool {
+    store
+        .tasks_by_service(service_id)
+        .iter()
+        .filter_map(as_task)
+        .any(|t| t.desired_state == Some(TaskState::RUNNING))
+}
+
 /// Whether an endpoint holds anything allocated (a port or a VIP).
 fn allocates(endpoint: &bollard::models::ServiceEndpoint) -> bool {
     endpoint.ports.as_ref().is_some_and(|p| !p.is_empty())
@@ -195,7 +204,10 @@ pub async fn update(
             )
         );
         if spec.task_template != current_spec.task_template || paused {
-            update_status = Some(ServiceUpdateStatus {
+            // As swarmkit: a service with no task to replace has no update
+            // to follow (its status is cleared, and no background write
+            // moves its version under a client's next update).
+            update_status = has_live_tasks(&store, &id).then(|| ServiceUpdateStatus {
                 state: Some(ServiceUpdateStatusStateEnum::UPDATING),
                 started_at: Some(tasks::now()),
                 completed_at: None,
