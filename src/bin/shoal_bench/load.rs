@@ -731,10 +731,8 @@ async fn remove_all(socket: &std::path::Path, run: &str) -> Result<(usize, Vec<S
         handles.push(tokio::spawn(async move {
             let mut api = Api::new(&socket);
             let mut failed = Vec::new();
-            loop {
-                let Some(path) = paths.lock().map(|mut p| p.pop()).unwrap_or(None) else {
-                    break;
-                };
+            // (The guard is dropped inside `map`, not held across the await.)
+            while let Some(path) = paths.lock().map(|mut p| p.pop()).unwrap_or(None) {
                 if let Err(e) = api
                     .expect_one_of(
                         &[
