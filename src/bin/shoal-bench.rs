@@ -13,6 +13,7 @@
 //! cargo run --release --bin shoal-bench -- network [--clients 8] [--replicas 10]
 //! cargo run --release --bin shoal-bench -- cluster [--hosts 5] [--skip-real]   # root
 //! cargo run --release --bin shoal-bench -- fuzz [--inputs 1000000] [--seed 1]
+//! cargo run --release --bin shoal-bench -- load [--clients 32] [--seconds 60]
 //! ```
 
 #[path = "shoal_bench/mod.rs"]
@@ -55,6 +56,11 @@ enum Command {
     /// Bad input: mutated requests through the decoders and checks of
     /// every endpoint shoal answers itself; panics, hangs, RSS.
     Fuzz(bench::fuzz::FuzzArgs),
+    /// Mixed load: concurrent clients creating, inspecting, updating and
+    /// removing services, creating secrets, listing tasks and services and
+    /// making proxied calls; throughput, p50/p99 and errors per kind (goal
+    /// 0), then every acknowledged object checked; RSS.
+    Load(bench::load::LoadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +81,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Network(args) => bench::network::run(args).await,
                 Command::Cluster(args) => bench::cluster::run(args).await,
                 Command::Fuzz(args) => bench::fuzz::run(args).await,
+                Command::Load(args) => bench::load::run(args).await,
             }
         };
         // On Ctrl-C the work future is dropped, which stops the shoal it

@@ -159,6 +159,12 @@ impl Api {
         &self.socket
     }
 
+    /// Drops the connection (say after a request timed out mid-way); the
+    /// next request opens a new one.
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
     /// `method path` with an optional JSON body; the status and the body as
     /// JSON (or as a JSON string when it is not JSON; `null` when empty).
     pub async fn call(
@@ -167,6 +173,18 @@ impl Api {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(StatusCode, serde_json::Value)> {
+        let (status, body) = self.call_bytes(method, path, body).await?;
+        Ok((status, json_or_text(&body)))
+    }
+
+    /// Like [`Api::call`], with the body left as bytes (for callers that
+    /// only need a list's size, not its contents).
+    pub async fn call_bytes(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, Bytes)> {
         let bytes = match body {
             Some(value) => Bytes::from(serde_json::to_vec(value).context("encoding JSON")?),
             None => Bytes::new(),
@@ -203,14 +221,7 @@ impl Api {
                         .with_context(|| format!("reading the body of {method} {path}"));
                 }
             };
-            let value = if body.is_empty() {
-                serde_json::Value::Null
-            } else {
-                serde_json::from_slice(&body).unwrap_or_else(|_| {
-                    serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
-                })
-            };
-            return Ok((status, value));
+            return Ok((status, body));
         }
         Err(last_error.unwrap_or_else(|| anyhow!("{method} {path}: no attempt made")))
     }
@@ -245,6 +256,17 @@ impl Api {
             );
         }
         Ok(value)
+    }
+}
+
+/// A body as JSON; as a JSON string when it is not JSON; `null` when empty.
+pub fn json_or_text(body: &[u8]) -> serde_json::Value {
+    if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+        })
     }
 }
 

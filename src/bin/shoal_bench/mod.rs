@@ -12,6 +12,8 @@ pub mod fuzz;
 pub mod idle;
 /// The large local image the throughput benchmark streams.
 pub mod image;
+/// `shoal-bench load`.
+pub mod load;
 /// `shoal-bench network`.
 pub mod network;
 /// `shoal-bench proxy`.

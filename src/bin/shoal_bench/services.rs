@@ -61,7 +61,7 @@ const MONITOR_S: f64 = 5.0;
 const UPDATE_PARALLELISM: usize = 5;
 const SERVICE_LABEL: &str = "com.docker.swarm.service.id";
 const TASK_LABEL: &str = "com.docker.swarm.task.id";
-const NODE_LABEL: &str = "com.docker.swarm.node.id";
+pub(super) const NODE_LABEL: &str = "com.docker.swarm.node.id";
 const FLOOR_LABEL: &str = "shoal-bench.floor";
 /// BASELINES.md: dockerd's RSS with swarm active, idle.
 const BASELINE_DOCKERD_MIB: f64 = 738.0;
@@ -318,7 +318,7 @@ async fn engine_version(engine: &Path) -> Result<(String, String)> {
     Ok((field("Version"), field("ApiVersion")))
 }
 
-fn run_id() -> String {
+pub(super) fn run_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -604,7 +604,7 @@ impl ShoalSwarm {
     }
 
     /// Containers of shoal's node still on the engine some time after leave.
-    async fn wait_no_containers(&self, within: Duration) -> Result<usize> {
+    pub(super) async fn wait_no_containers(&self, within: Duration) -> Result<usize> {
         let Some(node) = &self.node_id else {
             return Ok(0);
         };
