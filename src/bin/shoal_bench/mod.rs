@@ -14,6 +14,8 @@ pub mod idle;
 pub mod image;
 /// `shoal-bench network`.
 pub mod network;
+/// `shoal-bench overlay`.
+pub mod overlay;
 /// `shoal-bench proxy`.
 pub mod proxy;
 /// `shoal-bench raft`.
