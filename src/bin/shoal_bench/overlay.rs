@@ -5,7 +5,8 @@
 //! 1. Paths to one task, on h3 (a host the clients are not on), of a
 //!    `busybox httpd` service on an overlay network, publishing a port in
 //!    ingress mode. N clients each send HTTP/1.0 GETs, a new connection per
-//!    request, for a fixed time, the paths taking turns in rounds:
+//!    request, for a fixed time, the paths taking turns in rounds (after
+//!    an unmeasured second each; each round starts one path further on):
 //!    - direct: the task's own overlay address, from inside a client
 //!      task's container on h1 (the floor: bridge, VXLAN to h3, bridge);
 //!    - the service VIP, from the same container (nftables DNAT on h1);
@@ -23,7 +24,9 @@
 //!    → busybox:v2) under a steady GET load on the published ports of all
 //!    three nodes (from h1's namespace), and through the VIP from the client
 //!    container: failed requests (goal 0 through the published ports),
-//!    answered requests, time until the update completed.
+//!    answered requests, time until the update completed. Each failure is
+//!    lined up with the old tasks' stops (the manager's status timestamps)
+//!    to tell on which host's stop it happened.
 //! 3. The same service's tasks on h3 leaving the other nodes' backends once
 //!    h3 is cut off (its link down): the time until `tasks.<service>`,
 //!    resolved in the client container on h1, lists none of h3's task
@@ -49,7 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -319,6 +322,9 @@ struct Sample {
     latencies: Vec<Duration>,
     failed: usize,
     failed_at: BTreeMap<SocketAddr, usize>,
+    /// When the first failures happened (wall clock, to line them up with
+    /// task stops).
+    failed_when: Vec<SystemTime>,
     /// The first few failures, for the report.
     reasons: Vec<String>,
     elapsed: Duration,
@@ -328,6 +334,9 @@ impl Sample {
     fn fail(&mut self, addr: SocketAddr, why: &anyhow::Error) {
         self.failed += 1;
         *self.failed_at.entry(addr).or_default() += 1;
+        if self.failed_when.len() < 100 {
+            self.failed_when.push(SystemTime::now());
+        }
         if self.reasons.len() < 5 {
             self.reasons.push(format!("{addr}: {why:#}"));
         }
@@ -339,6 +348,7 @@ impl Sample {
         for (addr, n) in other.failed_at {
             *self.failed_at.entry(addr).or_default() += n;
         }
+        self.failed_when.extend(other.failed_when);
         for r in other.reasons {
             if self.reasons.len() < 5 {
                 self.reasons.push(r);
@@ -677,21 +687,33 @@ fn paths(hosts: &Hosts, args: &OverlayArgs, client: &Client) -> Result<String> {
     }
     let round = Duration::from_secs_f64(args.seconds as f64 / args.rounds as f64);
     let clients = args.clients;
-    for r in 0..args.rounds {
-        eprintln!("  round {}/{}", r + 1, args.rounds);
-        for p in &mut paths {
+    // A second of each path unmeasured first; then the rounds, each
+    // starting one path further on, so no path always goes first.
+    let n = paths.len();
+    for r in 0..=args.rounds {
+        let length = if r == 0 {
+            eprintln!("  warming up");
+            Duration::from_secs(1)
+        } else {
+            eprintln!("  round {r}/{}", args.rounds);
+            round
+        };
+        for k in 0..n {
+            let p = &mut paths[(k + r) % n];
             let addr = p.addr;
             let sample = run_in(&p.ns, move || async move {
                 load(
                     vec![addr],
                     clients,
-                    Until::Time(Instant::now() + round),
+                    Until::Time(Instant::now() + length),
                     None,
                 )
                 .await
             })?;
             check_interrupt()?;
-            p.sample.absorb(sample);
+            if r > 0 {
+                p.sample.absorb(sample);
+            }
         }
     }
     docker_ok(h1, &["service", "rm", WEB])?;
@@ -886,12 +908,91 @@ fn rolling_update(
     for r in ports.reasons.iter().chain(&vip_sample.reasons) {
         let _ = writeln!(out, "  failure: {r}");
     }
+    for (what, sample) in [("published ports", &ports), ("VIP", &vip_sample)] {
+        if sample.failed_when.is_empty() {
+            continue;
+        }
+        match stops_near(hosts, &sample.failed_when) {
+            Ok(by_host) => {
+                let _ = writeln!(
+                    out,
+                    "  {what}: failures by the host whose old task was stopped next (within 3 s): {by_host}"
+                );
+            }
+            Err(e) => eprintln!("  WARNING: lining failures up with stops: {e:#}"),
+        }
+    }
     let met = if ports.failed == 0 { "met" } else { "MISSED" };
     let _ = writeln!(
         out,
         "  zero failed requests through the published ports: {met}"
     );
     Ok((out, vip))
+}
+
+/// For each failure, the host of the old task whose stop the manager
+/// recorded first at or after it (within 3 s; the status lands after the
+/// container exits, the failure between its SIGTERM and its exit), counted
+/// per host: which hosts' stops the failures go with.
+fn stops_near(hosts: &Hosts, failures: &[SystemTime]) -> Result<String> {
+    let h1 = hosts.host(1);
+    let ids = docker_ok(h1, &["service", "ps", ROLL, "-q", "--no-trunc"])?;
+    let mut args = vec![
+        "inspect",
+        "--type",
+        "task",
+        "--format",
+        "{{.NodeID}} {{.DesiredState}} {{.Spec.ContainerSpec.Image}} {{.Status.Timestamp.UnixNano}}",
+    ];
+    args.extend(ids.lines());
+    let tasks = docker_ok(h1, &args)?;
+    let nodes = docker_ok(h1, &["node", "ls", "--format", "{{.ID}} {{.Hostname}}"])?;
+    let short = |node: &str| -> String {
+        let hostname = nodes
+            .lines()
+            .find_map(|l| l.strip_prefix(node))
+            .map(|rest| {
+                rest.trim()
+                    .trim_start_matches("* ")
+                    .trim_end_matches(" *")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        hosts
+            .iter()
+            .position(|h| h.hostname == hostname)
+            .map_or_else(|| "?".to_string(), |i| format!("h{}", i + 1))
+    };
+    // (stop time in ns since the epoch, host) of every old task.
+    let stops: Vec<(i128, String)> = tasks
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [node, desired, image, at] = f[..] else {
+                return None;
+            };
+            (desired == "shutdown" && image.starts_with(IMAGE))
+                .then(|| Some((at.parse().ok()?, short(node))))
+                .flatten()
+        })
+        .collect();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for failed in failures {
+        let t = failed
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let host = stops
+            .iter()
+            .filter(|(at, _)| *at >= t && *at - t <= 3_000_000_000)
+            .min_by_key(|(at, _)| *at)
+            .map_or("none", |(_, h)| h.as_str());
+        *counts.entry(host.to_string()).or_default() += 1;
+    }
+    Ok(counts
+        .iter()
+        .map(|(h, n)| format!("{h} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// `4,302 (146/s)`: requests sent, and how many a second.
