@@ -307,7 +307,7 @@ async fn get(addr: SocketAddr, timeout: Duration) -> Result<String> {
         let answer = String::from_utf8_lossy(&answer);
         let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
         if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
-            bail!("answer {:?}", &head[..head.len().min(40)]);
+            bail!("answer {:?}", head.chars().take(40).collect::<String>());
         }
         Ok(body.trim().to_string())
     };
