@@ -12,6 +12,7 @@
 //! cargo run --release --bin shoal-bench -- raft [--writes 10000] [--log-writes 100000]
 //! cargo run --release --bin shoal-bench -- network [--clients 8] [--replicas 10]
 //! cargo run --release --bin shoal-bench -- cluster [--hosts 5] [--skip-real]   # root
+//! cargo run --release --bin shoal-bench -- overlay [--clients 8] [--seconds 10]  # root
 //! cargo run --release --bin shoal-bench -- fuzz [--inputs 1000000] [--seed 1]
 //! cargo run --release --bin shoal-bench -- load [--clients 32] [--seconds 60]
 //! ```
@@ -53,6 +54,11 @@ enum Command {
     /// Ready, 50 replicas → running; committed writes/s with 3 managers;
     /// RSS of a manager and a worker.
     Cluster(bench::cluster::ClusterArgs),
+    /// The data plane across 3 simulated hosts (needs root): a task's
+    /// overlay address vs its VIP vs published ports of nodes without a
+    /// task; a rolling update of 10 replicas under load (goal 0 failed);
+    /// how fast a cut-off host's tasks leave DNS, VIPs and ports.
+    Overlay(bench::overlay::OverlayArgs),
     /// Bad input: mutated requests through the decoders and checks of
     /// every endpoint shoal answers itself; panics, hangs, RSS.
     Fuzz(bench::fuzz::FuzzArgs),
@@ -80,6 +86,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Raft(args) => bench::raft::run(args).await,
                 Command::Network(args) => bench::network::run(args).await,
                 Command::Cluster(args) => bench::cluster::run(args).await,
+                Command::Overlay(args) => bench::overlay::run(args).await,
                 Command::Fuzz(args) => bench::fuzz::run(args).await,
                 Command::Load(args) => bench::load::run(args).await,
             }

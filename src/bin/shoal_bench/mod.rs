@@ -16,6 +16,8 @@ pub mod image;
 pub mod load;
 /// `shoal-bench network`.
 pub mod network;
+/// `shoal-bench overlay`.
+pub mod overlay;
 /// `shoal-bench proxy`.
 pub mod proxy;
 /// `shoal-bench raft`.
