@@ -28,6 +28,7 @@ use crate::store::{Proposer, Store, Transaction};
 use crate::transport::{Identity, Peers, Role, TransportError};
 use crate::types::{new_id, Kind, Object, Timestamp};
 
+mod drains;
 mod identity;
 mod join;
 pub mod liveness;
@@ -157,6 +158,11 @@ pub struct Manager {
     reports: tokio::sync::mpsc::Sender<StatusReport>,
     /// Sessions open on this manager (the leader's decide who is down).
     liveness: Arc<liveness::Liveness>,
+    /// Every node's routing index, as reported to this manager (the
+    /// leader's are the ones drains wait on).
+    routing: Arc<crate::network::barrier::RoutingAcks>,
+    /// Told to stop waiting through this manager when it stops.
+    network: NodeNetwork,
 }
 
 impl Manager {
@@ -183,10 +189,27 @@ impl Manager {
             raft.store(),
             proposer.clone(),
             executor,
-            network,
+            network.clone(),
             loops.clone(),
             &running,
         );
+        let routing = Arc::new(crate::network::barrier::RoutingAcks::default());
+        let leader = drains::Leader::Raft {
+            raft: raft.clone(),
+            acks: routing.clone(),
+            store: raft.store(),
+        };
+        running.spawn(drains::report_routing(
+            local.node_id.clone(),
+            leader.clone(),
+            peers.clone(),
+            network.routing_applied(),
+            loops.clone(),
+        ));
+        network.set_barrier(Some(Arc::new(drains::LeaderBarrier {
+            leader,
+            peers: peers.clone(),
+        })));
         let liveness = Arc::new(liveness::Liveness::default());
         running.spawn(lead_while_leader(
             raft.clone(),
@@ -213,7 +236,13 @@ impl Manager {
             peers,
             reports,
             liveness,
+            routing,
+            network,
         }
+    }
+
+    pub fn routing(&self) -> &Arc<crate::network::barrier::RoutingAcks> {
+        &self.routing
     }
 
     pub fn liveness(&self) -> &Arc<liveness::Liveness> {
@@ -314,6 +343,7 @@ impl Manager {
     /// Stops the loops, then raft. Requests still holding the manager
     /// finish against the old store; raft stops when the last one lets go.
     async fn stop(self: Arc<Self>) -> Result<(), ClusterError> {
+        self.network.set_barrier(None);
         self.loops.cancel();
         self.running.wait().await;
         match Arc::try_unwrap(self) {

@@ -171,6 +171,23 @@ impl Port {
                 accept_reports(&manager, &peer.node_id, batch).await?;
                 answer(&Empty {})
             }
+            ROUTING_PATH => {
+                let peer = member(peer)?;
+                let manager = self.cluster.manager().await?;
+                let applied: RoutingApplied = read(request).await?;
+                manager.routing().ack(&peer.node_id, applied.index);
+                answer(&Empty {})
+            }
+            DRAIN_PATH => {
+                member(peer)?;
+                let manager = self.cluster.manager().await?;
+                let wait: DrainWait = read(request).await?;
+                manager
+                    .routing()
+                    .wait_routed_out(&manager.store(), &wait.task_id, wait.index)
+                    .await;
+                answer(&Empty {})
+            }
             CERTIFICATE_PATH => {
                 let peer = member(peer)?;
                 let manager = self.cluster.manager().await?;
@@ -639,6 +656,7 @@ async fn forward_to_leader<T: Serialize>(
 /// dropped) or this manager stops.
 fn session(manager: &Manager, node_id: &str) -> Response<Body> {
     let (sets_tx, sets_rx) = watch::channel(Arc::new(Vec::new()));
+    let (computed_tx, computed_rx) = watch::channel(0);
     let ended = manager.loops().child_token();
     tokio::spawn(crate::manager::dispatcher::publish_assignments(
         node_id.to_string(),
@@ -646,6 +664,7 @@ fn session(manager: &Manager, node_id: &str) -> Response<Body> {
         // Sessions serve workers: no store, so names and VIPs come along.
         crate::network::Dns::Carried,
         sets_tx,
+        Some(computed_tx),
         ended.clone(),
     ));
     // A worker runs the ingress too: every published port on every node.
@@ -654,6 +673,7 @@ fn session(manager: &Manager, node_id: &str) -> Response<Body> {
     tokio::spawn(ingress::publish(store, ingress_tx, ended.clone()));
     let state = SessionStream {
         sets: sets_rx,
+        computed: computed_rx,
         ingress: ingress_rx,
         ingress_sent: false,
         ended: ended.clone().drop_guard(),
@@ -675,6 +695,8 @@ fn session(manager: &Manager, node_id: &str) -> Response<Body> {
 
 struct SessionStream {
     sets: watch::Receiver<Arc<Vec<crate::agent::Assignment>>>,
+    /// The store index the latest set reflects.
+    computed: watch::Receiver<u64>,
     ingress: watch::Receiver<Arc<ingress::IngressPlane>>,
     /// False until the current ingress plane went out in a line (the first
     /// line carries it; later ones when it changed).
@@ -713,7 +735,10 @@ impl SessionStream {
                 }
                 changed = self.sets.changed() => {
                     changed.ok()?;
-                    break Some(self.sets.borrow_and_update().as_ref().clone());
+                    // The index first: the set read after it is at least
+                    // that recent (the publisher writes them the other way).
+                    let index = *self.computed.borrow_and_update();
+                    break Some((index, self.sets.borrow_and_update().as_ref().clone()));
                 }
                 changed = self.ingress.changed() => {
                     changed.ok()?;
@@ -728,8 +753,13 @@ impl SessionStream {
             .then(|| self.ingress.borrow_and_update().as_ref().clone());
         self.ingress_sent = true;
         let swarm = the_cluster(&self.store);
+        let (index, assignments) = match assignments {
+            Some((index, set)) => (index, Some(set)),
+            None => (0, None),
+        };
         let message = SessionMessage {
             assignments,
+            index,
             ingress,
             managers: self.managers.clone(),
             role: spec_role(&self.store, &self.node_id),

@@ -28,6 +28,23 @@ pub const LEAVE_PATH: &str = "/leave";
 pub const CERTIFICATE_PATH: &str = "/certificate";
 /// Managers: a container's logs from the engine of the node called.
 pub const LOGS_PATH: &str = "/logs";
+/// Any node, to the leader: the store index its routing reflects now.
+pub const ROUTING_PATH: &str = "/routing";
+/// Any node, to the leader: answer once every node routing to a stopping
+/// task has dropped it (or the wait is over).
+pub const DRAIN_PATH: &str = "/drain";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoutingApplied {
+    pub index: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DrainWait {
+    pub task_id: String,
+    /// The store index that changed the task's desired state.
+    pub index: u64,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CaAnswer {
@@ -107,6 +124,9 @@ pub struct Empty {}
 pub struct SessionMessage {
     /// The node's complete assignment set; `None` in a heartbeat.
     pub assignments: Option<Vec<Assignment>>,
+    /// The store index `assignments` reflects (0 without a set).
+    #[serde(default)]
+    pub index: u64,
     /// The swarm's published ports and where they lead, for the node's
     /// ingress; `None` when unchanged since the last line.
     #[serde(default)]

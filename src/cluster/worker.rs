@@ -41,6 +41,8 @@ pub struct Worker {
     trust: Arc<Mutex<Option<(String, bool)>>>,
     loops: CancellationToken,
     running: TaskTracker,
+    /// Told to stop waiting through this worker's leader when it stops.
+    network: NodeNetwork,
 }
 
 impl Worker {
@@ -57,7 +59,21 @@ impl Worker {
         let (reports_tx, reports_rx) = mpsc::channel(4096);
         let (role_tx, wanted_role) = watch::channel(Role::Worker);
         let trust = Arc::new(Mutex::new(None));
+        let following = Arc::new(Mutex::new(None));
+        let leader = super::drains::Leader::Session(following.clone());
+        running.spawn(super::drains::report_routing(
+            local.node_id.clone(),
+            leader.clone(),
+            Some(peers.clone()),
+            network.routing_applied(),
+            loops.clone(),
+        ));
+        network.set_barrier(Some(Arc::new(super::drains::LeaderBarrier {
+            leader,
+            peers: Some(peers.clone()),
+        })));
         let session = Session {
+            following,
             peers: peers.clone(),
             managers: managers.clone(),
             sets: sets_tx,
@@ -77,7 +93,7 @@ impl Worker {
         running.spawn(agent::run(
             local.node_id.clone(),
             executor,
-            network,
+            network.clone(),
             sets_rx,
             reports_tx,
             loops.clone(),
@@ -91,6 +107,7 @@ impl Worker {
             trust,
             loops,
             running,
+            network,
         }
     }
 
@@ -135,6 +152,7 @@ impl Worker {
     }
 
     pub async fn stop(&self) {
+        self.network.set_barrier(None);
         self.loops.cancel();
         // The agent gets its own grace to stop; leave waits no longer.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.running.wait()).await;
@@ -142,6 +160,8 @@ impl Worker {
 }
 
 struct Session {
+    /// The manager whose session this worker follows now (the leader).
+    following: Arc<Mutex<Option<String>>>,
     peers: Arc<Peers>,
     managers: Arc<Mutex<Vec<String>>>,
     sets: watch::Sender<Arc<Vec<Assignment>>>,
@@ -187,15 +207,24 @@ impl Session {
             Err(error) => return error.to_string(),
         };
         tracing::info!(manager = %addr, "session opened");
+        self.set_following(Some(addr.to_string()));
         let mut lines = Lines::new(response.into_body());
-        loop {
+        let ended = loop {
             let message = match tokio::time::timeout(SESSION_SILENCE, lines.next()).await {
-                Err(_) => return "the manager went silent".to_string(),
-                Ok(None) => return "the manager closed the session".to_string(),
-                Ok(Some(Err(error))) => return format!("bad session message: {error}"),
+                Err(_) => break "the manager went silent".to_string(),
+                Ok(None) => break "the manager closed the session".to_string(),
+                Ok(Some(Err(error))) => break format!("bad session message: {error}"),
                 Ok(Some(Ok(message))) => message,
             };
             self.take(message);
+        };
+        self.set_following(None);
+        ended
+    }
+
+    fn set_following(&self, addr: Option<String>) {
+        if let Ok(mut following) = self.following.lock() {
+            *following = addr;
         }
     }
 
@@ -218,6 +247,9 @@ impl Session {
                 .follow_ingress(plane, &self.node_id, &self.loops);
         }
         if let Some(set) = message.assignments {
+            // Before the agent sees the set: the plane it builds from it
+            // is reported to the leader with this index.
+            self.network.note_routing_index(message.index);
             self.sets.send_if_modified(|current| {
                 let same = current.as_slice() == set.as_slice();
                 if !same {

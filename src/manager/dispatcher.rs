@@ -22,22 +22,31 @@ use crate::types::{Kind, Object, Timestamp};
 /// How many reports one raft entry carries at most.
 const MAX_BATCH: usize = 512;
 
-/// Keeps `assignments` equal to the tasks placed on `node_id`.
+/// Keeps `assignments` equal to the tasks placed on `node_id`; with
+/// `computed_at`, also the store index the latest set reflects (sent after
+/// the set, so a reader of the index then the set gets a set at least that
+/// recent).
 pub async fn publish_assignments(
     node_id: String,
     store: Arc<Store>,
     dns: Dns,
     assignments: watch::Sender<Arc<Vec<Assignment>>>,
+    computed_at: Option<watch::Sender<u64>>,
     shutdown: CancellationToken,
 ) {
     let mut watcher = store.watch_from(store.index());
     // The first set is always sent, even empty: the agent waits for it
     // before it removes containers no task claims.
+    let index = store.index();
     assignments.send_replace(Arc::new(assignment_set(&store, &node_id, dns)));
+    if let Some(at) = &computed_at {
+        at.send_replace(index);
+    }
     loop {
         if !super::wait_for_change(&store, &mut watcher, &shutdown, None).await {
             break;
         }
+        let index = store.index();
         let set = assignment_set(&store, &node_id, dns);
         assignments.send_if_modified(|current| {
             let same = current.as_slice() == set.as_slice();
@@ -46,6 +55,9 @@ pub async fn publish_assignments(
             }
             !same
         });
+        if let Some(at) = &computed_at {
+            at.send_replace(index);
+        }
     }
 }
 

@@ -62,6 +62,7 @@ pub fn start_node(
             // This node's data plane serves DNS on its networks' gateways.
             crate::network::Dns::OnGateways,
             assignments_tx,
+            None,
             shutdown.clone(),
         )
         .boxed(),

@@ -407,7 +407,7 @@ async fn disconnect_all(docker: &Docker, name: &str) {
 }
 
 /// The attachments of a task, as swarm network IDs with their aliases.
-pub(super) fn task_attachments(task: &Task) -> Vec<(String, Vec<String>)> {
+pub fn task_attachments(task: &Task) -> Vec<(String, Vec<String>)> {
     task.spec
         .as_ref()
         .and_then(|s| s.networks.as_ref())

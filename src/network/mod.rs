@@ -46,6 +46,7 @@
 
 pub mod address;
 pub mod allocate;
+pub mod barrier;
 pub mod dns;
 pub mod drain;
 pub mod ingress;
@@ -271,6 +272,7 @@ pub async fn run(
         // Last: every step above routes by the store at `index` or later,
         // so stops waiting for it may go on.
         applied_tx.send_replace(index);
+        node.routed_at(index);
         tracing::debug!(index, took = ?begun.elapsed(), "data plane applied");
         let wake = tokio::time::Instant::now() + REPAIR_EVERY;
         if !crate::manager::wait_for_change(&store, &mut watcher, &shutdown, Some(wake)).await {

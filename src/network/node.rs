@@ -4,12 +4,14 @@
 //! nodes in one process each have their own.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::barrier::Barrier;
 use super::dns::{Dns, Zone};
 use super::drain::DataPlane;
 use super::ingress::{Ingress, IngressPlane, OpenConnections};
@@ -40,6 +42,14 @@ pub struct NodeNetwork {
     /// Without a data plane (a worker), while its ingress runs: what a
     /// stop waits on.
     worker_ingress: Arc<RwLock<Option<WorkerIngress>>>,
+    /// The store index this node's routing (VIPs, DNS, ingress) reflects,
+    /// reported to the leader for drains across hosts (`barrier`).
+    routing_applied: Arc<watch::Sender<u64>>,
+    /// A worker: the index its session said the latest set was computed
+    /// at, noted before the set reaches the agent.
+    routing_noted: Arc<AtomicU64>,
+    /// How a stop waits for the other nodes (set by the cluster part).
+    barrier: Arc<RwLock<Option<Arc<dyn Barrier>>>>,
     /// One bridge creation at a time: tasks prepared together would both
     /// find a bridge missing, and the engine refuses the second with
     /// "Pool overlaps" rather than a conflict.
@@ -58,6 +68,8 @@ struct WorkerIngress {
 /// VXLAN peers, names and VIPs per network.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct WorkerPlane {
+    /// The store index the assignments were computed at.
+    index: u64,
     cluster_id: String,
     overlays: Vec<Overlay>,
     zones: HashMap<String, Zone>,
@@ -81,6 +93,9 @@ impl NodeNetwork {
             overlays: Arc::default(),
             ingress: Arc::default(),
             worker_ingress: Arc::default(),
+            routing_applied: Arc::new(watch::channel(0).0),
+            routing_noted: Arc::default(),
+            barrier: Arc::default(),
             creating: Arc::default(),
         }
     }
@@ -94,6 +109,9 @@ impl NodeNetwork {
             overlays: Arc::default(),
             ingress: Arc::default(),
             worker_ingress: Arc::default(),
+            routing_applied: Arc::new(watch::channel(0).0),
+            routing_noted: Arc::default(),
+            barrier: Arc::default(),
             creating: Arc::default(),
         }
     }
@@ -148,6 +166,34 @@ impl NodeNetwork {
         Ok(())
     }
 
+    /// This node's routing reflects the store at `index` (or later).
+    pub(super) fn routed_at(&self, index: u64) {
+        self.routing_applied.send_if_modified(|at| {
+            let newer = index > *at;
+            *at = (*at).max(index);
+            newer
+        });
+    }
+
+    /// The store index this node's routing reflects, as it advances.
+    pub fn routing_applied(&self) -> watch::Receiver<u64> {
+        self.routing_applied.subscribe()
+    }
+
+    /// A worker's session got a set computed at store index `index`: noted
+    /// before the set goes to the agent, so the plane built from it carries
+    /// the index.
+    pub fn note_routing_index(&self, index: u64) {
+        self.routing_noted.fetch_max(index, Ordering::SeqCst);
+    }
+
+    /// How stops wait for the other nodes from now on.
+    pub fn set_barrier(&self, barrier: Option<Arc<dyn Barrier>>) {
+        if let Ok(mut slot) = self.barrier.write() {
+            *slot = barrier;
+        }
+    }
+
     /// Held while bridges are created: the engine (API 1.41) would make two
     /// bridges of one name when the data plane and a task create it at once.
     pub(super) async fn creating_bridges(&self) -> tokio::sync::MutexGuard<'_, ()> {
@@ -169,7 +215,8 @@ impl NodeNetwork {
         if self.running().is_some() {
             return;
         }
-        let wanted = merge(set);
+        let mut wanted = merge(set);
+        wanted.index = self.routing_noted.load(Ordering::SeqCst);
         let Ok(mut slot) = self.overlays.lock() else {
             return;
         };
@@ -187,6 +234,7 @@ impl NodeNetwork {
                 tokio::spawn(keep_worker_plane(
                     engine.clone(),
                     self.data_plane.clone(),
+                    self.routing_applied.clone(),
                     rx,
                     shutdown.clone(),
                 ));
@@ -261,6 +309,12 @@ impl NodeNetwork {
         container: &str,
         grace: Duration,
     ) {
+        // The other nodes first: their VIPs and DNS stop sending new
+        // connections here while the task still answers.
+        let barrier = self.barrier.read().ok().and_then(|b| b.clone());
+        if let (Some(barrier), Some(index)) = (barrier, changed_at) {
+            barrier.wait_routed_out(task_id.to_string(), index).await;
+        }
         if let Some(data_plane) = self.running() {
             data_plane.before_stop(changed_at, container, grace).await;
             return;
@@ -313,6 +367,7 @@ fn merge<'a>(set: impl IntoIterator<Item = &'a TaskNetworking>) -> WorkerPlane {
         })
         .collect();
     WorkerPlane {
+        index: 0,
         cluster_id,
         overlays,
         zones,
@@ -328,6 +383,7 @@ const REPAIR_EVERY: Duration = Duration::from_secs(3);
 async fn keep_worker_plane(
     engine: Arc<Engine>,
     data_plane: Arc<RwLock<Option<Arc<DataPlane>>>>,
+    routing_applied: Arc<watch::Sender<u64>>,
     mut wanted: watch::Receiver<WorkerPlane>,
     shutdown: CancellationToken,
 ) {
@@ -349,6 +405,11 @@ async fn keep_worker_plane(
                 .await;
             dns.reconcile(&bridges, current.zones.clone()).await;
         }
+        routing_applied.send_if_modified(|at| {
+            let newer = current.index > *at;
+            *at = (*at).max(current.index);
+            newer
+        });
         tokio::select! {
             _ = shutdown.cancelled() => break false,
             changed = wanted.changed() => if changed.is_err() {
