@@ -39,8 +39,19 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads.max(1))
+    // One thread (the default): tokio's current-thread scheduler, which
+    // skips the work-stealing machinery (queue tuning, cross-thread
+    // wake-ups) that a one-worker multi-thread runtime still pays on every
+    // request. Blocking work goes to the blocking pool either way.
+    let mut builder = match config.worker_threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
