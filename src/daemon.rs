@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         ));
     }
     serving.close();
+    tasks.spawn(return_free_memory(shutdown.clone()));
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -125,4 +126,25 @@ fn engine_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, Star
         .zip(config.engine_tlskey.as_deref());
     let client = tls::engine_client_config(config.engine_tlscacert.as_deref(), cert_and_key)?;
     Ok(Some(Arc::new(client)))
+}
+
+/// How often freed heap goes back to the system.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// glibc keeps what a burst freed (a raft snapshot built, 10,000 client
+/// connections closed, a large listing answered) in its arenas: shoal's RSS
+/// would stay at its peak. Every [`TRIM_EVERY`], on a blocking thread (a
+/// trim walks the heap), the free pages go back. Ends at `shutdown`.
+async fn return_free_memory(shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TRIM_EVERY) => {}
+        }
+        #[cfg(target_env = "gnu")]
+        {
+            // SAFETY: malloc_trim only releases free memory of the heap.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    }
 }
