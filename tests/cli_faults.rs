@@ -361,3 +361,86 @@ fn a_full_data_dir_refuses_writes_and_loses_nothing() {
     drop(_swarm);
     shoal.stop();
 }
+
+/// A manager whose disk fills stays in the swarm: the leader and the other
+/// manager go on committing, the full one refuses its own writes and the
+/// leader's entries (rather than failing a log write, which stops raft for
+/// good), keeps answering reads, and catches up by itself once there is
+/// room again: no restart.
+#[test]
+fn a_manager_with_a_full_disk_catches_up_when_space_returns() {
+    let Some(hosts) = Hosts::try_start(3) else {
+        return;
+    };
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    h3.stop_shoal();
+    let data = h3.dir.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let disk = Tmpfs::mount(&data, "24m");
+    h3.start_shoal();
+    init(h1);
+    let manager_token = h1
+        .docker_ok(&["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_string();
+    for h in [h2, h3] {
+        h.docker_ok(&[
+            "swarm",
+            "join",
+            "--token",
+            &manager_token,
+            "--advertise-addr",
+            &h.ip.to_string(),
+            &format!("{}:2377", h1.ip),
+        ]);
+    }
+    let configs = |h: &Host| -> Option<Vec<String>> {
+        let out = h.docker(&["config", "ls", "--format", "{{.Name}}"]);
+        out.status.success().then(|| {
+            let mut names: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+            names.sort_unstable();
+            names
+        })
+    };
+    h1.docker_ok(&["config", "create", "before", "/etc/hostname"]);
+    wait_for("h3 has the first config", CONVERGE, || {
+        (configs(h3)? == ["before"]).then_some(())
+    });
+
+    let filler = disk.fill("filler");
+    // Writes through the leader, committed by h1 and h2; h3 cannot take
+    // them (a log write on its full disk would fail).
+    let mut expected = vec!["before".to_string()];
+    for i in 0..10 {
+        let name = format!("during-{i}");
+        h1.docker_ok(&["config", "create", &name, "/etc/hostname"]);
+        expected.push(name);
+    }
+    expected.sort_unstable();
+    // h3 serves reads from what it has and refuses its own writes.
+    assert!(configs(h3).is_some(), "h3 stopped answering reads");
+    let refused = h3.docker(&["config", "create", "on-h3", "/etc/hostname"]);
+    assert!(!refused.status.success(), "a write on the full h3 worked");
+    assert!(
+        stderr(&refused).to_lowercase().contains("no space"),
+        "write on the full h3: {}",
+        stderr(&refused)
+    );
+    assert!(h3.shoal_running(), "h3's shoal exited on a full disk");
+
+    std::fs::remove_file(&filler).expect("remove the filler");
+    wait_for("h3 caught up without a restart", CONVERGE, || {
+        (configs(h3)? == expected).then_some(())
+    });
+    wait_for("writes through h3 again", CONVERGE, || {
+        h3.docker(&["config", "create", "after", "/etc/hostname"])
+            .status
+            .success()
+            .then_some(())
+    });
+    wait_for("h2 has h3's write", CONVERGE, || {
+        configs(h2)?.contains(&"after".to_string()).then_some(())
+    });
+    assert!(h3.shoal_running(), "h3's shoal exited");
+    drop(disk);
+}

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -944,5 +944,200 @@ fn tasks_stop_with_their_stop_signal_then_sigkill_after_the_grace_period() {
     wait_replicas(&shoal, "usr1", "1/1");
     wait_replicas(&shoal, "stubborn", "1/1");
 
+    node.leave(&shoal);
+}
+
+/// Every container of node `node` on the engine, stopped ones too:
+/// (container ID, task ID, service name, running).
+fn node_task_containers(node: &str) -> Vec<(String, String, String, bool)> {
+    let out = ok(&engine_docker(&[
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--filter",
+        &format!("label=com.docker.swarm.node.id={node}"),
+        "--format",
+        "{{.ID}}|{{.Label \"com.docker.swarm.task.id\"}}|{{.Label \"com.docker.swarm.service.name\"}}|{{.State}}",
+    ]));
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f.len() == 4).then(|| {
+                (
+                    f[0].to_string(),
+                    f[1].to_string(),
+                    f[2].to_string(),
+                    f[3] == "running",
+                )
+            })
+        })
+        .collect()
+}
+
+/// What the swarm says after a round: (service name → replicas wanted),
+/// and every task it knows, with whether it should run.
+fn swarm_view(shoal: &Shoal) -> Option<(HashMap<String, u64>, HashMap<String, bool>)> {
+    let services = shoal.http("GET", "/v1.41/services");
+    let tasks = shoal.http("GET", "/v1.41/tasks");
+    if services.status != 200 || tasks.status != 200 {
+        return None;
+    }
+    let wanted = services
+        .json()
+        .as_array()?
+        .iter()
+        .map(|s| {
+            let name = s["Spec"]["Name"].as_str().unwrap_or_default().to_string();
+            let n = s["Spec"]["Mode"]["Replicated"]["Replicas"]
+                .as_u64()
+                .unwrap_or(0);
+            (name, n)
+        })
+        .collect();
+    let tasks = tasks
+        .json()
+        .as_array()?
+        .iter()
+        .map(|t| {
+            let id = t["ID"].as_str().unwrap_or_default().to_string();
+            (id, t["DesiredState"] == "running")
+        })
+        .collect();
+    Some((wanted, tasks))
+}
+
+/// Polls `cond` until it gives a value or `timeout` passes (then `None`,
+/// so the caller can show what it saw).
+fn wait_for_or_none<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// shoal SIGKILLed at random moments while `service create`, `update
+/// --force` and `rm` are under way, then started again: once it has
+/// converged, each service runs exactly its replicas, no task ever has two
+/// containers, and no container is left that the swarm does not know of
+/// (or that runs for a task that should not).
+#[test]
+fn kill_9_at_random_moments_of_create_update_and_rm_leaves_no_duplicate_or_orphan() {
+    let mut shoal = Shoal::start();
+    let node = shoal.swarm_init();
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    eprintln!("kill moments seed {seed}");
+    let mut rng = seed;
+    let mut next = move |below: u64| {
+        // xorshift64: enough to spread the kill moments, and reproducible
+        // from the printed seed.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % below
+    };
+    // Skip the first outputs of a small seed.
+    for _ in 0..16 {
+        next(2);
+    }
+    // Every kind of change, beside other services and on its own; a
+    // change killed before it was acknowledged may not have happened, and
+    // a later one on that service then fails, as it would for a user.
+    let schedule = [
+        ("create", "k0"),
+        ("create", "k1"),
+        ("update", "k0"),
+        ("rm", "k1"),
+        ("create", "k2"),
+        ("update", "k2"),
+        ("update", "k0"),
+        ("rm", "k0"),
+        ("create", "k3"),
+        ("update", "k3"),
+        ("rm", "k2"),
+        ("rm", "k3"),
+    ];
+    let mut services: Vec<String> = Vec::new();
+    for (round, (change, name)) in schedule.into_iter().enumerate() {
+        let args: Vec<&str> = match change {
+            "create" => vec![
+                "service",
+                "create",
+                "--detach",
+                "--stop-grace-period",
+                "1s",
+                "--update-parallelism",
+                "0",
+                "--replicas",
+                "4",
+                "--name",
+                name,
+                IMAGE,
+                "sleep",
+                "1d",
+            ],
+            "update" => vec!["service", "update", "--detach", "--force", name],
+            _ => vec!["service", "rm", name],
+        };
+        let mut cli = shoal
+            .docker_cmd()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn docker");
+        let moment = next(600);
+        thread::sleep(Duration::from_millis(moment));
+        shoal.restart();
+        let _ = cli.wait();
+        eprintln!("round {round}: {args:?}, killed after {moment} ms");
+
+        let converged = wait_for_or_none(CONVERGE, || {
+            let (wanted, tasks) = swarm_view(&shoal)?;
+            let containers = node_task_containers(&node.id);
+            let running =
+                |service: &str| containers.iter().filter(|c| c.3 && c.2 == service).count() as u64;
+            let all_run = wanted.iter().all(|(s, n)| running(s) == *n);
+            let none_strays = containers
+                .iter()
+                .all(|c| tasks.get(&c.1).is_some_and(|run| *run || !c.3));
+            (all_run && none_strays).then_some(wanted)
+        });
+        let containers = node_task_containers(&node.id);
+        let Some(wanted) = converged else {
+            panic!(
+                "round {round} ({args:?}, killed after {moment} ms, seed {seed}) did not \
+                 converge: swarm {:?}\ncontainers {containers:?}",
+                swarm_view(&shoal)
+            );
+        };
+        let mut per_task: HashMap<&str, usize> = HashMap::new();
+        for c in &containers {
+            *per_task.entry(c.1.as_str()).or_default() += 1;
+        }
+        assert!(
+            per_task.values().all(|n| *n == 1),
+            "round {round} (seed {seed}): a task with two containers: {containers:?}"
+        );
+        // What the CLI was told may have been lost with the kill; the swarm
+        // decides what exists, and the test follows it.
+        services = wanted.keys().cloned().collect();
+        services.sort();
+    }
+    for s in &services {
+        shoal.docker_ok(&["service", "rm", s]);
+    }
+    wait_for("every task container removed", CONVERGE, || {
+        node_task_containers(&node.id).is_empty().then_some(())
+    });
     node.leave(&shoal);
 }

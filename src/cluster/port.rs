@@ -15,6 +15,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
+use openraft::raft::AppendEntriesRequest;
 use openraft::{BasicNode, ChangeMembers};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -26,7 +27,9 @@ use super::{the_cluster, Cluster, ClusterError, Manager};
 use crate::agent::StatusReport;
 use crate::body::{full, Body, BoxError};
 use crate::network::ingress;
-use crate::raft::{Batch, Forwarded, APPEND_PATH, PROPOSE_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::raft::{
+    Batch, Forwarded, TypeConfig, APPEND_PATH, PROPOSE_PATH, SNAPSHOT_PATH, VOTE_PATH,
+};
 use crate::transport::tls::MANAGER_NAME;
 use crate::transport::{Handler, Peer, Role};
 use crate::types::{new_id, Kind, Object, Timestamp};
@@ -229,9 +232,28 @@ impl Port {
             )));
         }
         match path {
-            APPEND_PATH => answer(&raft.append_entries(read(request).await?).await),
+            APPEND_PATH => {
+                let append: AppendEntriesRequest<TypeConfig> = read(request).await?;
+                if !append.entries.is_empty() {
+                    if let Err(no_room) = room_for_entries(&manager) {
+                        // Still a heartbeat for this node's raft (it writes
+                        // nothing new): without it this node would call an
+                        // election and unseat a leader that is doing fine.
+                        let heartbeat = AppendEntriesRequest {
+                            entries: Vec::new(),
+                            ..append
+                        };
+                        let _ = raft.append_entries(heartbeat).await;
+                        return Err(no_room);
+                    }
+                }
+                answer(&raft.append_entries(append).await)
+            }
             VOTE_PATH => answer(&raft.vote(read(request).await?).await),
-            SNAPSHOT_PATH => answer(&raft.install_snapshot(read(request).await?).await),
+            SNAPSHOT_PATH => {
+                room_for_entries(&manager)?;
+                answer(&raft.install_snapshot(read(request).await?).await)
+            }
             PROPOSE_PATH => {
                 let batch: Batch = read(request).await?;
                 answer(&propose_forwarded(&manager, batch).await?)
@@ -311,6 +333,16 @@ fn raft_peer(manager: &Manager, peer: &Peer) -> bool {
 
 /// The leader's side of a forwarded write: through its own proposer, so
 /// forwarded and local writes share group commits.
+/// Refuses entries from the leader while this node's log is nearly out of
+/// space: the leader retries, commits with the other managers meanwhile,
+/// and sends them again once there is room.
+fn room_for_entries(manager: &Manager) -> Result<(), PortError> {
+    manager
+        .raft_node()
+        .room_for_entries()
+        .map_err(|e| PortError::Unavailable(e.to_string()))
+}
+
 async fn propose_forwarded(manager: &Manager, batch: Batch) -> Result<Forwarded, PortError> {
     let proposer = manager.proposer();
     let pending = batch.0.into_iter().map(|tx| proposer.propose(tx));

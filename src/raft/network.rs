@@ -89,7 +89,10 @@ impl PeerClient {
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(error) if error.is_unreachable() => {
+            // Only a peer that cannot be reached makes openraft back off
+            // (no heartbeats for 500 ms); a slow answer is retried at the
+            // next heartbeat, or a loaded follower would call elections.
+            Err(error @ TransportError::Unreachable { .. }) => {
                 Err(RPCError::Unreachable(Unreachable::new(&error)))
             }
             Err(error) => Err(RPCError::Network(NetworkError::new(&error))),

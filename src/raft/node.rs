@@ -231,8 +231,16 @@ impl RaftNode {
         stopped.map_err(|e| RaftError::Raft(e.to_string()))
     }
 
+    /// Whether the log has room for more entries: checked before this
+    /// node writes anything raft could fail on, its own proposals and the
+    /// entries or snapshots a leader sends it (openraft stops for good at a
+    /// failed log write; refusing first keeps the node in the cluster).
+    pub fn room_for_entries(&self) -> Result<(), ProposeError> {
+        enough_space(&self.raft_dir)
+    }
+
     async fn write(&self, tx: Transaction) -> Result<ApplyOutcome, ProposeError> {
-        enough_space(&self.raft_dir)?;
+        self.room_for_entries()?;
         let (reply, outcome) = oneshot::channel();
         self.proposals
             .send((tx, reply))
