@@ -205,7 +205,9 @@ fn spawn_connection<S>(
 {
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
-        let service = service_fn(move |req| api.clone().handle(req));
+        // Boxed: hyper keeps room for a request's future beside every
+        // connection from its start, and answering any route is a large one.
+        let service = service_fn(move |req| Box::pin(api.clone().handle(req)));
         let mut builder = http1::Builder::new();
         builder
             .preserve_header_case(true)
